@@ -1,0 +1,124 @@
+//! The `Processor` trait: what an application implements.
+
+use crate::error::ProcessError;
+use crate::record::{Output, Record, TaskId};
+
+/// Application logic, one instance per task (input partition).
+///
+/// `process` is synchronous: it runs inside an open Kafka transaction on the task's stream
+/// thread, so it must not block for long and must not spawn work that outlives the call.
+/// Everything it sends through [`Context::send`] becomes visible if and only if the
+/// transaction that carries the record's offset commits.
+///
+/// ```
+/// use exactly_core::{Context, Output, ProcessError, Processor, Record};
+///
+/// struct Upper;
+/// impl Processor for Upper {
+///     fn process(&mut self, record: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+///         let value = record.value.ok_or_else(|| ProcessError::dead_letter("empty value"))?;
+///         ctx.send(Output::to("upper").value(value.to_ascii_uppercase()));
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait Processor: Send + 'static {
+    /// Called when the task starts running (after its dedup store is restored), and again
+    /// after every restart of the task. A processor's own in-memory state is not rolled back
+    /// when a transaction aborts; rebuild it here if it matters.
+    fn init(&mut self, _ctx: &mut InitContext<'_>) -> Result<(), ProcessError> {
+        Ok(())
+    }
+
+    /// Handles one record that has not been seen before (by message ID).
+    fn process(&mut self, record: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError>;
+
+    /// Called when the task is closed (revoked, shut down).
+    fn close(&mut self) {}
+}
+
+/// Creates one [`Processor`] per task. Implemented for every `Fn(&TaskId) -> P`.
+pub trait ProcessorFactory: Send + Sync + 'static {
+    /// The processor type.
+    type Processor: Processor;
+    /// A processor for `task`.
+    fn create(&self, task: &TaskId) -> Self::Processor;
+}
+
+impl<P: Processor, F: Fn(&TaskId) -> P + Send + Sync + 'static> ProcessorFactory for F {
+    type Processor = P;
+    fn create(&self, task: &TaskId) -> P {
+        self(task)
+    }
+}
+
+/// What a processor sees of its task at `init`.
+#[derive(Debug)]
+pub struct InitContext<'a> {
+    pub(crate) task: &'a TaskId,
+}
+
+impl<'a> InitContext<'a> {
+    /// A context for `task` (used by runtimes and tests).
+    pub fn new(task: &'a TaskId) -> Self {
+        Self { task }
+    }
+    /// The task being started.
+    pub fn task(&self) -> &TaskId {
+        self.task
+    }
+}
+
+/// What a processor can see and do while handling one record.
+#[derive(Debug)]
+pub struct Context<'a> {
+    pub(crate) task: &'a TaskId,
+    pub(crate) message_id: Option<&'a [u8]>,
+    pub(crate) offset: i64,
+    pub(crate) timestamp: Option<i64>,
+    pub(crate) outputs: &'a mut Vec<Output>,
+}
+
+impl<'a> Context<'a> {
+    /// A context collecting outputs into `outputs` (used by runtimes and tests).
+    pub fn new(
+        task: &'a TaskId,
+        record: &Record<'_>,
+        message_id: Option<&'a [u8]>,
+        outputs: &'a mut Vec<Output>,
+    ) -> Self {
+        Self {
+            task,
+            message_id,
+            offset: record.offset,
+            timestamp: record.timestamp,
+            outputs,
+        }
+    }
+
+    /// Queues an output. It is sent only if `process` returns `Ok`; outputs of a failed
+    /// attempt are discarded.
+    pub fn send(&mut self, output: Output) {
+        self.outputs.push(output);
+    }
+    /// The record's message ID (`None` when processed without one by the ID policy `process`).
+    pub fn message_id(&self) -> Option<&[u8]> {
+        self.message_id
+    }
+    /// The task (input topic and partition).
+    pub fn task(&self) -> &TaskId {
+        self.task
+    }
+    /// Input partition.
+    pub fn partition(&self) -> i32 {
+        self.task.partition
+    }
+    /// Input offset.
+    pub fn offset(&self) -> i64 {
+        self.offset
+    }
+    /// Record timestamp (ms since the Unix epoch).
+    pub fn timestamp(&self) -> Option<i64> {
+        self.timestamp
+    }
+}
