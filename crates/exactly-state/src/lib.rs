@@ -1,0 +1,49 @@
+//! The RocksDB dedup store of `exactly`: one RocksDB instance per task, IDs and changelog
+//! checkpoint in one `WriteBatch`, whole-key bloom filters, TTL expiry by a compaction filter,
+//! and one block cache and write-buffer budget shared by every store of the process.
+//!
+//! [`RocksDedupStore`] implements [`exactly_core::DedupStore`] and passes the conformance
+//! suite of `exactly-testkit`. It is a cache of the task's changelog partition: it may lag the
+//! changelog (the restore replays the tail from its checkpoint) but never leads it.
+//!
+//! ```no_run
+//! use exactly_core::{ChangelogCheckpoint, DedupStore, SeenEntry, StoreBatch};
+//! use exactly_state::{task_dir, RocksDedupStore, SharedRocksResources, StoreIdentity};
+//! use std::path::Path;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let shared = SharedRocksResources::default(); // one per process
+//! let identity = StoreIdentity::new("billing-payments-dedup-changelog", 3);
+//! let dir = task_dir(Path::new("/var/lib/exactly"), "billing", "payments", 3);
+//!
+//! // A corrupt or foreign directory is wiped; the task then restores from the changelog.
+//! let (mut store, wiped_because) = RocksDedupStore::open_or_recreate(&dir, &shared, &identity)?;
+//! if let Some(reason) = wiped_because {
+//!     eprintln!("restoring from scratch: {reason}");
+//! }
+//!
+//! // After the Kafka transaction committed: IDs and checkpoint in one atomic write.
+//! store.apply(&StoreBatch {
+//!     entries: vec![(b"order-17".to_vec(), SeenEntry { first_seen_ms: 1_700_000_000_000, source_offset: 42 })],
+//!     checkpoint: ChangelogCheckpoint {
+//!         topic: identity.changelog_topic.clone(),
+//!         partition: identity.partition,
+//!         next_offset: 1,
+//!     },
+//! })?;
+//! assert!(store.get(b"order-17")?.is_some());
+//! # Ok(())
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+mod error;
+pub mod layout;
+mod resources;
+mod store;
+mod tuning;
+
+pub use error::StateError;
+pub use layout::{task_dir, StoreIdentity};
+pub use resources::{SharedRocksResources, StoreOptions};
+pub use store::RocksDedupStore;

@@ -1,0 +1,97 @@
+//! Process-wide RocksDB memory budget and per-store tuning.
+
+use rocksdb::{Cache, WriteBufferManager};
+use std::fmt;
+
+/// Memory shared by every task store of a process: one LRU block cache and one write-buffer
+/// manager.
+///
+/// Stores come and go with rebalances and each holds a RocksDB instance; giving each its own
+/// cache and memtable budget would make memory grow with the number of assigned tasks. With
+/// these shared, memory stays flat: data, index and filter blocks of all stores compete for one
+/// cache, and the write-buffer manager triggers flushes once all memtables together exceed
+/// their budget. Cloning is cheap and shares the same resources.
+#[derive(Clone)]
+pub struct SharedRocksResources {
+    pub(crate) block_cache: Cache,
+    pub(crate) write_buffer_manager: WriteBufferManager,
+    block_cache_bytes: usize,
+    write_buffer_bytes: usize,
+}
+
+impl SharedRocksResources {
+    /// Default block cache capacity: 64 MiB.
+    pub const DEFAULT_BLOCK_CACHE_BYTES: usize = 64 << 20;
+    /// Default memtable budget across all stores: 64 MiB.
+    pub const DEFAULT_WRITE_BUFFER_BYTES: usize = 64 << 20;
+
+    /// A block cache of `block_cache_bytes` and a memtable budget of `write_buffer_bytes`.
+    ///
+    /// The memtable budget is a flush trigger, not a stall: a stream thread is never blocked
+    /// waiting for another store's flush.
+    pub fn new(block_cache_bytes: usize, write_buffer_bytes: usize) -> Self {
+        Self {
+            block_cache: Cache::new_lru_cache(block_cache_bytes),
+            write_buffer_manager: WriteBufferManager::new_write_buffer_manager(
+                write_buffer_bytes,
+                false,
+            ),
+            block_cache_bytes,
+            write_buffer_bytes,
+        }
+    }
+
+    /// Bytes currently held by the block cache (all stores together).
+    pub fn block_cache_usage(&self) -> usize {
+        self.block_cache.get_usage()
+    }
+
+    /// Bytes currently held by memtables (all stores together).
+    pub fn write_buffer_usage(&self) -> usize {
+        self.write_buffer_manager.get_usage()
+    }
+}
+
+impl Default for SharedRocksResources {
+    fn default() -> Self {
+        Self::new(
+            Self::DEFAULT_BLOCK_CACHE_BYTES,
+            Self::DEFAULT_WRITE_BUFFER_BYTES,
+        )
+    }
+}
+
+impl fmt::Debug for SharedRocksResources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedRocksResources")
+            .field("block_cache_bytes", &self.block_cache_bytes)
+            .field("write_buffer_bytes", &self.write_buffer_bytes)
+            .finish()
+    }
+}
+
+/// Tuning of one store.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StoreOptions {
+    /// Write without RocksDB's write-ahead log (default `true`).
+    ///
+    /// Safe because the changelog is the source of truth and the checkpoint is written in the
+    /// same batch as the IDs: after a crash the store may have lost its latest batches, which
+    /// only means it is behind the changelog and the restore replays the tail. See
+    /// [`RocksDedupStore`](crate::RocksDedupStore) for why entries and checkpoint still stay
+    /// consistent.
+    pub disable_wal: bool,
+    /// Bloom filter bits per key of the ids column family (default 10, about 1% false
+    /// positives). Most lookups are misses, which the filter answers without reading data
+    /// blocks. `0.0` disables the filter.
+    pub bloom_bits: f64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            disable_wal: true,
+            bloom_bits: 10.0,
+        }
+    }
+}

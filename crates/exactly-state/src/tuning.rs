@@ -1,0 +1,86 @@
+//! RocksDB options of a task store: shared memory budget, bloom filters, compression, the
+//! retention compaction filter, and atomic flushes.
+
+use crate::resources::{SharedRocksResources, StoreOptions};
+use exactly_core::changelog::decode_entry;
+use rocksdb::compaction_filter::Decision;
+use rocksdb::{BlockBasedOptions, DBCompressionType, DataBlockIndexType, Options};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+/// Memtable size of the ids column family. Kept well below RocksDB's 64 MiB default because a
+/// process holds one memtable per assigned task and each allocates its arena in blocks of 1/8
+/// of this size; the shared write-buffer manager bounds the total anyway.
+const IDS_WRITE_BUFFER_BYTES: usize = 16 << 20;
+
+/// Memtable size of the meta column family: it holds two small keys, rewritten on every apply.
+const META_WRITE_BUFFER_BYTES: usize = 1 << 20;
+
+pub(crate) fn db_options(shared: &SharedRocksResources) -> Options {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    // Entries and checkpoint must reach disk together even without a WAL (see the type doc).
+    opts.set_atomic_flush(true);
+    opts.set_write_buffer_manager(&shared.write_buffer_manager);
+    // Every task directory gets RocksDB's info log; keep it small.
+    opts.set_keep_log_file_num(2);
+    opts.set_max_log_file_size(1 << 20);
+    opts
+}
+
+fn table_options(shared: &SharedRocksResources) -> BlockBasedOptions {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(&shared.block_cache);
+    // Index and filter blocks live in the shared cache too, or they would grow with the data
+    // outside any budget; L0's stay pinned because every lookup consults them.
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    table
+}
+
+pub(crate) fn ids_cf_options(
+    shared: &SharedRocksResources,
+    options: &StoreOptions,
+    retention_cutoff: Arc<AtomicI64>,
+) -> Options {
+    let mut table = table_options(shared);
+    if options.bloom_bits > 0.0 {
+        // Whole-key bloom filters: most lookups are misses, answered without a data block.
+        table.set_bloom_filter(options.bloom_bits, false);
+        table.set_whole_key_filtering(true);
+        table.set_optimize_filters_for_memory(true);
+    }
+    table.set_data_block_index_type(DataBlockIndexType::BinaryAndHash);
+    table.set_data_block_hash_ratio(0.75);
+
+    let mut opts = Options::default();
+    opts.set_block_based_table_factory(&table);
+    opts.set_compression_type(DBCompressionType::Lz4);
+    opts.set_write_buffer_size(IDS_WRITE_BUFFER_BYTES);
+    if options.bloom_bits > 0.0 {
+        // The memtable gets a whole-key bloom filter too, for misses on recent writes.
+        opts.set_memtable_prefix_bloom_ratio(0.02);
+        opts.set_memtable_whole_key_filtering(true);
+    }
+    opts.set_compaction_filter(
+        "exactly-dedup-retention",
+        move |_level: u32, _id: &[u8], value: &[u8]| {
+            match decode_entry(value) {
+                Ok(entry) if entry.first_seen_ms < retention_cutoff.load(Ordering::Relaxed) => {
+                    Decision::Remove
+                }
+                // An undecodable value is kept so that lookups report the corruption.
+                _ => Decision::Keep,
+            }
+        },
+    );
+    opts
+}
+
+pub(crate) fn meta_cf_options(shared: &SharedRocksResources) -> Options {
+    let mut opts = Options::default();
+    opts.set_block_based_table_factory(&table_options(shared));
+    opts.set_write_buffer_size(META_WRITE_BUFFER_BYTES);
+    opts
+}
