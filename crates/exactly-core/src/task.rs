@@ -190,6 +190,23 @@ impl TaskCounters {
     pub fn take(&mut self) -> TaskCounters {
         std::mem::take(self)
     }
+
+    /// Adds `other` to these counters.
+    pub fn merge(&mut self, other: TaskCounters) {
+        self.consumed += other.consumed;
+        self.processed += other.processed;
+        self.duplicates += other.duplicates;
+        self.outputs += other.outputs;
+        for (k, v) in other.dead_lettered {
+            *self.dead_lettered.entry(k).or_default() += v;
+        }
+        for (k, v) in other.processor_errors {
+            *self.processor_errors.entry(k).or_default() += v;
+        }
+        self.without_dedup += other.without_dedup;
+        self.restored += other.restored;
+        self.expired += other.expired;
+    }
 }
 
 /// How one record's processing ended.

@@ -6,6 +6,10 @@
 //! - [`oracle`]: per-message-ID duplicate/loss accounting.
 #![warn(missing_docs)]
 
+#[cfg(feature = "broker")]
+pub mod broker;
+#[cfg(feature = "broker")]
+pub mod chaos;
 pub mod conformance;
 pub mod disk;
 pub mod driver;

@@ -1,0 +1,127 @@
+//! Runtime configuration and the names the runtime derives from it.
+
+use exactly_core::TaskConfig;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Processing guarantee.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Guarantee {
+    /// Kafka transactions (EOS v2): outputs, changelog and offsets commit atomically.
+    #[default]
+    ExactlyOnce,
+    /// No transactions: flush outputs, then apply IDs to the store, then commit offsets.
+    /// A crash between flush and store write can duplicate.
+    AtLeastOnce,
+}
+
+/// Everything a runtime needs to run an app.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Application id: the consumer group id and the prefix of internal topics.
+    pub app_id: String,
+    /// Stable id of this instance (e.g. a StatefulSet ordinal); part of `transactional.id`, so
+    /// a restarted instance fences its predecessor at once.
+    pub instance_id: String,
+    /// Kafka bootstrap servers.
+    pub bootstrap: String,
+    /// Input topics.
+    pub inputs: Vec<String>,
+    /// Output topics the processor writes to; checked to exist before processing starts.
+    pub outputs: Vec<String>,
+    /// Root of the state directories.
+    pub state_dir: PathBuf,
+    /// Stream threads in this instance.
+    pub threads: usize,
+    /// Commit interval.
+    pub commit_interval: Duration,
+    /// Maximum input records in one transaction.
+    pub max_batch_records: usize,
+    /// Processing guarantee.
+    pub guarantee: Guarantee,
+    /// Static group membership: each stream thread's consumer uses its transactional id as
+    /// `group.instance.id`, so a restarted instance gets its partitions back without a
+    /// rebalance. A member that is gone for good (or shut down) keeps its partitions until
+    /// `session.timeout.ms` passes.
+    pub static_membership: bool,
+    /// Task settings (IDs, retries, error policy, retention, DLQ topic).
+    pub task: TaskConfig,
+    /// Create the dead-letter topic if it is missing.
+    pub create_dead_letter_topic: bool,
+    /// Replication factor for internal topics the runtime creates.
+    pub replication_factor: i32,
+    /// Transaction timeout (`transaction.timeout.ms`).
+    pub transaction_timeout: Duration,
+    /// Timeout for requests to the cluster at start (metadata, topic creation).
+    pub startup_timeout: Duration,
+    /// RocksDB block cache shared by the instance's stores (bytes).
+    pub block_cache_bytes: usize,
+    /// RocksDB write buffer budget shared by the instance's stores (bytes).
+    pub write_buffer_bytes: usize,
+    /// librdkafka properties passed to every client (secrets allowed; never logged).
+    pub kafka: BTreeMap<String, String>,
+}
+
+impl RuntimeConfig {
+    /// A config with defaults for everything but the names.
+    pub fn new(app_id: impl Into<String>, bootstrap: impl Into<String>) -> Self {
+        Self {
+            app_id: app_id.into(),
+            instance_id: "0".into(),
+            bootstrap: bootstrap.into(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            state_dir: PathBuf::from("state"),
+            threads: 1,
+            commit_interval: Duration::from_millis(100),
+            max_batch_records: 2000,
+            guarantee: Guarantee::ExactlyOnce,
+            static_membership: true,
+            task: TaskConfig::default(),
+            create_dead_letter_topic: true,
+            replication_factor: 1,
+            transaction_timeout: Duration::from_secs(10),
+            startup_timeout: Duration::from_secs(30),
+            block_cache_bytes: 64 << 20,
+            write_buffer_bytes: 64 << 20,
+            kafka: BTreeMap::new(),
+        }
+    }
+
+    /// `transactional.id` of a stream thread: `{app}-{instance}-{thread}`.
+    pub fn transactional_id(&self, thread: usize) -> String {
+        format!("{}-{}-{}", self.app_id, self.instance_id, thread)
+    }
+}
+
+/// The dedup changelog topic of an input topic: `{app}-{input}-dedup-changelog`.
+pub fn changelog_topic(app_id: &str, input: &str) -> String {
+    format!("{app_id}-{input}-dedup-changelog")
+}
+
+/// Default dead-letter topic of an app: `{app}-dlq`.
+pub fn default_dead_letter_topic(app_id: &str) -> String {
+    format!("{app_id}-dlq")
+}
+
+/// librdkafka properties the runtime sets itself: overriding them would break the protocol.
+pub const MANAGED_KAFKA_PROPERTIES: [&str; 6] = [
+    "transactional.id",
+    "group.id",
+    "group.instance.id",
+    "enable.auto.commit",
+    "isolation.level",
+    "enable.idempotence",
+];
+
+/// librdkafka property names whose values must never be logged.
+pub fn is_secret_property(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n.contains("password")
+        || n.contains("secret")
+        || n.contains("key.pem")
+        || n.ends_with(".key")
+        || n.contains("token")
+        || n.contains("credentials")
+}

@@ -1,0 +1,58 @@
+//! The Kafka adapter of `exactly`: runs the task state machine of `exactly-core` on stream
+//! threads, each with one consumer (a consumer-group member) and one transactional producer
+//! (EOS v2, KIP-447), with `RocksDedupStore`s from `exactly-state`.
+//!
+//! Most apps use the `exactly` facade's `App` builder instead of this crate directly.
+//!
+//! ```no_run
+//! use exactly_core::{Context, Output, ProcessError, Processor, Record, TaskId};
+//! use exactly_kafka::{start, NoopObserver, RuntimeConfig};
+//! use std::sync::Arc;
+//!
+//! struct Forward;
+//! impl Processor for Forward {
+//!     fn process(&mut self, r: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+//!         ctx.send(Output::forward("out", r));
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let mut config = RuntimeConfig::new("my-app", "127.0.0.1:29092");
+//! config.inputs = vec!["in".into()];
+//! config.outputs = vec!["out".into()];
+//! let handle = start(config, |_: &TaskId| Forward, Arc::new(NoopObserver)).unwrap();
+//! handle.join().unwrap();
+//! ```
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod error;
+mod failpoint;
+pub mod observe;
+pub mod runtime;
+mod thread;
+pub mod topics;
+pub mod writer;
+
+pub use config::{changelog_topic, default_dead_letter_topic, Guarantee, RuntimeConfig};
+pub use error::RuntimeError;
+pub use observe::{NoopObserver, RuntimeObserver};
+pub use runtime::{start, RuntimeHandle};
+
+/// Routes librdkafka's own log lines to `tracing`.
+pub(crate) fn log_librdkafka(
+    client: &str,
+    level: rdkafka::config::RDKafkaLogLevel,
+    fac: &str,
+    msg: &str,
+) {
+    use rdkafka::config::RDKafkaLogLevel as L;
+    match level {
+        L::Emerg | L::Alert | L::Critical | L::Error => {
+            tracing::error!(target: "librdkafka", client, fac, "{msg}")
+        }
+        L::Warning => tracing::warn!(target: "librdkafka", client, fac, "{msg}"),
+        L::Notice | L::Info => tracing::info!(target: "librdkafka", client, fac, "{msg}"),
+        L::Debug => tracing::debug!(target: "librdkafka", client, fac, "{msg}"),
+    }
+}

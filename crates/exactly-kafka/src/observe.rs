@@ -1,0 +1,49 @@
+//! What the runtime reports as it runs. The `exactly` facade turns these calls into
+//! Prometheus metrics; the default methods do nothing.
+
+use exactly_core::TaskCounters;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Receives runtime events. Called from stream threads: implementations must be cheap and
+/// must not block.
+#[allow(unused_variables)]
+pub trait RuntimeObserver: Send + Sync + 'static {
+    /// Task counters (consumed, processed, duplicates, dead letters, errors) of a committed
+    /// transaction, per input topic. Counters of aborted transactions are not reported.
+    fn task_counters(&self, topic: &str, counters: &TaskCounters) {}
+    /// A transaction (or at-least-once commit) succeeded.
+    fn committed(&self, seconds: f64, records: usize, delivered: &HashMap<String, u64>) {}
+    /// A transaction was aborted (`error`, `rebalance`, `shutdown`).
+    fn aborted(&self, reason: &'static str) {}
+    /// A rebalance revoked partitions of this thread.
+    fn rebalance(&self) {}
+    /// The producer was fenced.
+    fn fenced(&self) {}
+    /// A stream thread received an assignment (possibly empty) from the group.
+    fn assigned(&self, thread: usize) {}
+    /// Number of tasks of a stream thread.
+    fn tasks(&self, thread: usize, tasks: usize) {}
+    /// A store was wiped before restore (`corrupt`, `wrong_identity`, `checkpoint_beyond_end`).
+    fn store_wiped(&self, topic: &str, partition: i32, reason: &'static str) {}
+    /// Changelog records read during restore, and how many were applied (not expired).
+    fn restored(&self, topic: &str, partition: i32, read: u64, applied: u64) {}
+    /// Changelog records left to restore.
+    fn restore_remaining(&self, topic: &str, partition: i32, remaining: i64) {}
+    /// A restore finished after `seconds`.
+    fn restore_done(&self, topic: &str, partition: i32, seconds: f64) {}
+    /// Consumer lag of a partition (high watermark minus committed offset).
+    fn lag(&self, topic: &str, partition: i32, lag: i64) {}
+    /// Store size of a task.
+    fn store(&self, topic: &str, partition: i32, entries: u64, bytes: u64) {}
+    /// A partition left this thread: drop its per-partition series.
+    fn forget_partition(&self, topic: &str, partition: i32) {}
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Default)]
+pub struct NoopObserver;
+impl RuntimeObserver for NoopObserver {}
+
+/// Shared handle used by stream threads.
+pub(crate) type Observer = Arc<dyn RuntimeObserver>;

@@ -1,0 +1,157 @@
+//! Starting and stopping the stream threads of an instance.
+
+use crate::config::RuntimeConfig;
+use crate::error::RuntimeError;
+use crate::observe::RuntimeObserver;
+use crate::thread::{self, Shared};
+use crate::topics::ensure_topics;
+use exactly_core::ProcessorFactory;
+use exactly_state::SharedRocksResources;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// A running instance: its stream threads.
+pub struct RuntimeHandle {
+    shutdown: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<Result<(), RuntimeError>>>,
+    first_error: Arc<Mutex<Option<String>>>,
+}
+
+impl RuntimeHandle {
+    /// Asks every stream thread to commit, close its tasks and stop.
+    pub fn shutdown(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+    }
+
+    /// A flag that stops the runtime when set (for signal handlers).
+    pub fn shutdown_flag(&self) -> Arc<AtomicBool> {
+        self.shutdown.clone()
+    }
+
+    /// Whether every stream thread has ended.
+    pub fn is_finished(&self) -> bool {
+        self.threads.iter().all(JoinHandle::is_finished)
+    }
+
+    /// Waits for every stream thread; returns the first error.
+    pub fn join(self) -> Result<(), RuntimeError> {
+        let mut result = Ok(());
+        for (i, t) in self.threads.into_iter().enumerate() {
+            let r = match t.join() {
+                Ok(r) => r,
+                Err(panic) => {
+                    let msg = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                        .unwrap_or_default();
+                    Err(RuntimeError::ThreadPanic(i, msg))
+                }
+            };
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
+}
+
+fn validate(config: &RuntimeConfig) -> Result<(), RuntimeError> {
+    let bad = |what: &str| Err(RuntimeError::Config(what.to_owned()));
+    if config.app_id.trim().is_empty() {
+        return bad("`app_id` is empty; set it to a stable name (it is the consumer group id)");
+    }
+    if config.instance_id.trim().is_empty() {
+        return bad(
+            "`instance_id` is empty; set a stable id per instance (e.g. the StatefulSet ordinal)",
+        );
+    }
+    if config.inputs.is_empty() {
+        return bad("no input topics; set `inputs`");
+    }
+    if config.threads == 0 {
+        return bad("`threads` must be at least 1");
+    }
+    if config.max_batch_records == 0 {
+        return bad("`max_batch_records` must be at least 1");
+    }
+    if config.commit_interval.is_zero() {
+        return bad("`commit_interval_ms` must be at least 1");
+    }
+    if config.task.dedup_retention_ms <= 0 {
+        return bad("`dedup.retention_ms` must be positive");
+    }
+    for key in crate::config::MANAGED_KAFKA_PROPERTIES {
+        if config.kafka.contains_key(key) {
+            return Err(RuntimeError::Config(format!(
+                "`kafka.{key}` is managed by exactly and cannot be overridden (it is part of the exactly-once protocol)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the configuration and topics, then starts `config.threads` stream threads running
+/// processors made by `factory`.
+pub fn start<F: ProcessorFactory>(
+    config: RuntimeConfig,
+    factory: F,
+    observer: Arc<dyn RuntimeObserver>,
+) -> Result<RuntimeHandle, RuntimeError> {
+    validate(&config)?;
+    let partitions = ensure_topics(&config)?;
+    tracing::info!(app = %config.app_id, instance = %config.instance_id, ?partitions, threads = config.threads, guarantee = ?config.guarantee, "starting");
+    std::fs::create_dir_all(&config.state_dir).map_err(|e| {
+        RuntimeError::Config(format!(
+            "cannot create state dir {}: {e}",
+            config.state_dir.display()
+        ))
+    })?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let shared = Arc::new(Shared {
+        task_config: Arc::new(config.task.clone()),
+        rocks: SharedRocksResources::new(config.block_cache_bytes, config.write_buffer_bytes),
+        config: Arc::new(config),
+        factory: Arc::new(factory),
+        observer,
+        shutdown: shutdown.clone(),
+    });
+    let first_error = Arc::new(Mutex::new(None));
+    let mut threads = Vec::new();
+    for i in 0..shared.config.threads {
+        let shared = shared.clone();
+        let stop = shutdown.clone();
+        let first = first_error.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("exactly-stream-{i}"))
+            .spawn(move || {
+                let result = thread::run(i, shared);
+                if let Err(e) = &result {
+                    tracing::error!(thread = i, error = %e, "stream thread failed; stopping the instance");
+                    first.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e.to_string());
+                    // One failed thread stops the instance: its partitions must move to a
+                    // healthy member, which needs this process to leave the group.
+                    stop.store(true, Ordering::SeqCst);
+                }
+                result
+            })
+            .map_err(|e| RuntimeError::Config(format!("cannot spawn a stream thread: {e}")))?;
+        threads.push(handle);
+    }
+    Ok(RuntimeHandle {
+        shutdown,
+        threads,
+        first_error,
+    })
+}
+
+impl RuntimeHandle {
+    /// The first error a stream thread stopped with, if any (while still running).
+    pub fn first_error(&self) -> Option<String> {
+        self.first_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}

@@ -1,0 +1,1076 @@
+//! A stream thread: one consumer (group member) and one transactional producer on a dedicated
+//! OS thread, running the tasks of the partitions assigned to it.
+//!
+//! Rebalance callbacks run inside `consumer.poll` on this same thread; they reach the thread's
+//! state through the consumer context (`Mutex<Core>`, never contended: the main loop releases
+//! it before polling).
+
+use crate::config::{changelog_topic, Guarantee, RuntimeConfig};
+use crate::error::RuntimeError;
+use crate::failpoint;
+use crate::observe::Observer;
+use crate::writer::{DeliveryTracker, KafkaTxnWriter};
+use exactly_core::{
+    HeaderRef, ProcessorFactory, Record, SystemClock, Task, TaskConfig, TaskError, TaskId,
+};
+use exactly_state::{task_dir, RocksDedupStore, SharedRocksResources, StoreIdentity};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// What every stream thread of an instance shares.
+pub(crate) struct Shared<F: ProcessorFactory> {
+    pub config: Arc<RuntimeConfig>,
+    pub task_config: Arc<TaskConfig>,
+    pub factory: Arc<F>,
+    pub rocks: SharedRocksResources,
+    pub observer: Observer,
+    pub shutdown: Arc<AtomicBool>,
+}
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often running tasks drop IDs older than the dedup retention from their stores (the
+/// changelog drops them by its own `retention.ms`).
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
+
+type TaskKey = (Arc<str>, i32);
+/// Changelog records `(offset, key, value)` polled for one changelog partition.
+type ChangelogBatch = Vec<(i64, Vec<u8>, Option<Vec<u8>>)>;
+
+struct Restoring {
+    started: Instant,
+    /// First changelog offset to read (the plan), used until the consumer has a position.
+    from: i64,
+    /// Read-committed end of the changelog partition at the last check.
+    end: i64,
+    last_check: Option<Instant>,
+    last_wait_log: Instant,
+}
+
+struct Slot<P: exactly_core::Processor> {
+    task: Task<P, RocksDedupStore>,
+    changelog: String,
+    restoring: Option<Restoring>,
+}
+
+/// The state of a stream thread that the rebalance callbacks need too.
+pub(crate) struct Core<F: ProcessorFactory> {
+    thread: usize,
+    txn_id: String,
+    shared: Arc<Shared<F>>,
+    producer: BaseProducer<DeliveryTracker>,
+    /// Reads changelogs during restore (read_committed, no group membership).
+    restore_consumer: BaseConsumer<LogContext>,
+    /// Asks for high watermarks (read_uncommitted), to see open transactions.
+    watermark_client: BaseConsumer<LogContext>,
+    tasks: BTreeMap<TaskKey, Slot<F::Processor>>,
+    restore_assignment_dirty: bool,
+    txn_open: bool,
+    txn_records: usize,
+    txn_started: Instant,
+    consecutive_failures: u32,
+    /// Task counters of the open transaction, by input topic: reported when it commits,
+    /// dropped when it aborts (its records are handled again), so metrics count effects.
+    pending_counters: BTreeMap<Arc<str>, exactly_core::TaskCounters>,
+    /// Set by a callback when the thread must stop.
+    fatal: Option<RuntimeError>,
+}
+
+/// Consumer context of the group member.
+pub(crate) struct MemberContext<F: ProcessorFactory> {
+    core: Mutex<Option<Core<F>>>,
+}
+
+impl<F: ProcessorFactory> MemberContext<F> {
+    fn lock(&self) -> MutexGuard<'_, Option<Core<F>>> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Context of auxiliary clients: routes librdkafka logs to `tracing`.
+pub(crate) struct LogContext;
+impl ClientContext for LogContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, msg: &str) {
+        crate::log_librdkafka("aux", level, fac, msg);
+    }
+}
+impl ConsumerContext for LogContext {}
+
+impl<F: ProcessorFactory> ClientContext for MemberContext<F> {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, msg: &str) {
+        crate::log_librdkafka("consumer", level, fac, msg);
+    }
+}
+
+impl<F: ProcessorFactory> ConsumerContext for MemberContext<F> {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let mut guard = self.lock();
+        let Some(core) = guard.as_mut() else { return };
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                core.shared.observer.rebalance();
+                // Finish the open transaction before the partitions move, so the next owner
+                // starts from committed offsets and a complete changelog.
+                if let Err(e) = core.end_transaction(consumer, "rebalance") {
+                    core.fatal.get_or_insert(e);
+                }
+                for el in tpl.elements() {
+                    core.close_task(&(Arc::from(el.topic()), el.partition()));
+                }
+                tracing::info!(
+                    thread = core.thread,
+                    revoked = tpl.count(),
+                    "partitions revoked"
+                );
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(e) => {
+                tracing::warn!(thread = core.thread, error = %e, "rebalance error")
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let mut guard = self.lock();
+        let Some(core) = guard.as_mut() else { return };
+        if let Rebalance::Assign(tpl) = rebalance {
+            core.shared.observer.assigned(core.thread);
+            // New tasks restore first: their input partitions stay paused until then.
+            if let Err(e) = consumer.pause(tpl) {
+                tracing::warn!(error = %e, "could not pause newly assigned partitions");
+            }
+            for el in tpl.elements() {
+                let key: TaskKey = (Arc::from(el.topic()), el.partition());
+                if core.tasks.contains_key(&key) {
+                    continue;
+                }
+                if let Err(e) = core.open_task(key) {
+                    core.fatal.get_or_insert(e);
+                }
+            }
+            tracing::info!(
+                thread = core.thread,
+                assigned = tpl.count(),
+                tasks = core.tasks.len(),
+                "partitions assigned"
+            );
+        }
+    }
+}
+
+fn client_config(config: &RuntimeConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.bootstrap);
+    // The test broker ignores fetch.max.bytes; a high receive limit keeps big fetches legal.
+    c.set("receive.message.max.bytes", "1000000000");
+    for (k, v) in &config.kafka {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Runs one stream thread until shutdown or a fatal error.
+pub(crate) fn run<F: ProcessorFactory>(
+    thread: usize,
+    shared: Arc<Shared<F>>,
+) -> Result<(), RuntimeError> {
+    let config = shared.config.clone();
+    let txn_id = config.transactional_id(thread);
+    let changelogs = config
+        .inputs
+        .iter()
+        .map(|i| changelog_topic(&config.app_id, i));
+    let mut pc = client_config(&config);
+    pc.set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("client.id", format!("{txn_id}-producer"));
+    if config.guarantee == Guarantee::ExactlyOnce {
+        pc.set("transactional.id", &txn_id).set(
+            "transaction.timeout.ms",
+            config.transaction_timeout.as_millis().to_string(),
+        );
+    }
+    let producer: BaseProducer<DeliveryTracker> = pc
+        .create_with_context(DeliveryTracker::new(changelogs))
+        .map_err(|e| RuntimeError::Kafka {
+            during: "creating the producer",
+            source: e,
+        })?;
+    if config.guarantee == Guarantee::ExactlyOnce {
+        // Fences any previous producer with this transactional.id and aborts its open
+        // transaction (crash point "after sends, before commit").
+        producer
+            .init_transactions(config.startup_timeout)
+            .map_err(|e| RuntimeError::Kafka {
+                during: "init_transactions",
+                source: e,
+            })?;
+    }
+    let mut rc = client_config(&config);
+    rc.set("group.id", format!("{}-restore", config.app_id))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("client.id", format!("{txn_id}-restore"));
+    let restore_consumer: BaseConsumer<LogContext> =
+        rc.create_with_context(LogContext)
+            .map_err(|e| RuntimeError::Kafka {
+                during: "creating the restore consumer",
+                source: e,
+            })?;
+    let mut wc = client_config(&config);
+    wc.set("isolation.level", "read_uncommitted")
+        .set("client.id", format!("{txn_id}-watermarks"));
+    let watermark_client: BaseConsumer<LogContext> =
+        wc.create_with_context(LogContext)
+            .map_err(|e| RuntimeError::Kafka {
+                during: "creating the watermark client",
+                source: e,
+            })?;
+
+    let core = Core {
+        thread,
+        txn_id: txn_id.clone(),
+        shared: shared.clone(),
+        producer,
+        restore_consumer,
+        watermark_client,
+        tasks: BTreeMap::new(),
+        restore_assignment_dirty: false,
+        txn_open: false,
+        txn_records: 0,
+        txn_started: Instant::now(),
+        consecutive_failures: 0,
+        pending_counters: BTreeMap::new(),
+        fatal: None,
+    };
+    let ctx = MemberContext {
+        core: Mutex::new(Some(core)),
+    };
+    let mut cc = client_config(&config);
+    cc.set("group.id", &config.app_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .set("client.id", format!("{txn_id}-consumer"));
+    if !config.kafka.contains_key("partition.assignment.strategy") {
+        cc.set("partition.assignment.strategy", "cooperative-sticky");
+    }
+    if config.static_membership {
+        // A restarted instance takes its partitions back at once, without a rebalance; one
+        // that does not come back loses them after `session.timeout.ms`.
+        cc.set("group.instance.id", &txn_id);
+    }
+    let consumer: BaseConsumer<MemberContext<F>> =
+        cc.create_with_context(ctx)
+            .map_err(|e| RuntimeError::Kafka {
+                during: "creating the consumer",
+                source: e,
+            })?;
+    let inputs: Vec<&str> = config.inputs.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&inputs)
+        .map_err(|e| RuntimeError::Kafka {
+            during: "subscribe",
+            source: e,
+        })?;
+    tracing::info!(thread, transactional_id = %txn_id, inputs = ?config.inputs, "stream thread started");
+
+    let result = main_loop(&consumer, &shared);
+    // Shut down: finish the transaction, close the tasks (their stores keep their files).
+    {
+        let mut guard = consumer.context().lock();
+        if let Some(core) = guard.as_mut() {
+            if result.is_ok() {
+                if let Err(e) = core.end_transaction(&consumer, "shutdown") {
+                    tracing::warn!(thread, error = %e, "final commit failed");
+                }
+            } else if core.txn_open {
+                let _ = core.producer.abort_transaction(REQUEST_TIMEOUT);
+            }
+            let keys: Vec<TaskKey> = core.tasks.keys().cloned().collect();
+            for k in keys {
+                core.close_task(&k);
+            }
+        }
+    }
+    consumer.unsubscribe();
+    // Leaving the group lets the others take over at once instead of after a session timeout.
+    let _ = consumer.poll(Duration::from_millis(0));
+    consumer.context().lock().take();
+    tracing::info!(thread, ok = result.is_ok(), "stream thread stopped");
+    result
+}
+
+fn main_loop<F: ProcessorFactory>(
+    consumer: &BaseConsumer<MemberContext<F>>,
+    shared: &Shared<F>,
+) -> Result<(), RuntimeError> {
+    let config = &shared.config;
+    let mut msgs: Vec<BorrowedMessage<'_>> = Vec::with_capacity(config.max_batch_records);
+    let mut last_lag = Instant::now();
+    let mut last_expiry = Instant::now();
+    while !shared.shutdown.load(Ordering::Relaxed) {
+        // Poll without holding the core: rebalance callbacks take it.
+        let (restoring, room) = {
+            let guard = consumer.context().lock();
+            let core = guard.as_ref().expect("core lives until the thread ends");
+            (
+                core.is_restoring(),
+                config
+                    .max_batch_records
+                    .saturating_sub(core.txn_records)
+                    .max(1),
+            )
+        };
+        let wait = if restoring {
+            Duration::from_millis(10)
+        } else {
+            Duration::from_millis(20)
+        };
+        let mut polled = Ok(());
+        if let Some(first) = consumer.poll(wait) {
+            polled = push_message(first, &mut msgs);
+            while polled.is_ok() && msgs.len() < room {
+                match consumer.poll(Duration::ZERO) {
+                    Some(m) => polled = push_message(m, &mut msgs),
+                    None => break,
+                }
+            }
+        }
+        let mut guard = consumer.context().lock();
+        let core = guard.as_mut().expect("core lives until the thread ends");
+        match polled {
+            Ok(()) => {}
+            Err(Polled::Fenced) => {
+                tracing::error!(
+                    thread = core.thread,
+                    "fenced: a newer member joined with this thread's group.instance.id"
+                );
+                if core.txn_open {
+                    let _ = core.producer.abort_transaction(REQUEST_TIMEOUT);
+                }
+                return Err(core.fenced_error());
+            }
+            Err(Polled::Failed(e)) => return Err(e),
+        }
+        if let Some(e) = core.fatal.take() {
+            return Err(e);
+        }
+        let processed = core.process(consumer, &msgs);
+        msgs.clear();
+        processed?;
+        core.restore_step(consumer)?;
+        if core.txn_open
+            && (core.txn_started.elapsed() >= config.commit_interval
+                || core.txn_records >= config.max_batch_records)
+        {
+            core.commit(consumer)?;
+        }
+        core.producer.poll(Duration::ZERO);
+        if last_lag.elapsed() >= Duration::from_secs(1) {
+            core.report_lag(consumer);
+            last_lag = Instant::now();
+        }
+        if !core.txn_open && last_expiry.elapsed() >= EXPIRY_INTERVAL {
+            core.expire();
+            last_expiry = Instant::now();
+        }
+    }
+    Ok(())
+}
+
+/// Why polling stopped the thread.
+enum Polled {
+    /// A newer member with the same `group.instance.id` took this member's place.
+    Fenced,
+    Failed(RuntimeError),
+}
+
+fn push_message<'c>(
+    m: Result<BorrowedMessage<'c>, KafkaError>,
+    msgs: &mut Vec<BorrowedMessage<'c>>,
+) -> Result<(), Polled> {
+    match m {
+        Ok(m) => msgs.push(m),
+        Err(KafkaError::PartitionEOF(_)) => {}
+        Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::FencedInstanceId) => {
+            return Err(Polled::Fenced)
+        }
+        Err(KafkaError::MessageConsumption(code)) if is_missing_topic(code) => {
+            return Err(Polled::Failed(RuntimeError::Topic(format!(
+                "an input topic disappeared while running ({code}); recreate it or fix `inputs`"
+            ))))
+        }
+        Err(e) => tracing::warn!(error = %e, "consumer error (retrying)"),
+    }
+    Ok(())
+}
+
+fn is_missing_topic(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic
+    )
+}
+
+/// Whether a producer error means this producer is done for (fenced or fatal).
+fn is_fatal_producer_error(e: &KafkaError) -> bool {
+    match e {
+        KafkaError::Transaction(err) => err.is_fatal(),
+        _ => matches!(
+            e.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+                    | RDKafkaErrorCode::Fenced
+            )
+        ),
+    }
+}
+
+impl<F: ProcessorFactory> Core<F> {
+    fn is_restoring(&self) -> bool {
+        self.tasks.values().any(|s| s.restoring.is_some())
+    }
+
+    fn exactly_once(&self) -> bool {
+        self.shared.config.guarantee == Guarantee::ExactlyOnce
+    }
+
+    /// Opens the store of a newly assigned partition and starts its restore.
+    fn open_task(&mut self, key: TaskKey) -> Result<(), RuntimeError> {
+        let cfg = &self.shared.config;
+        let changelog = changelog_topic(&cfg.app_id, &key.0);
+        let dir = task_dir(&cfg.state_dir, &cfg.app_id, &key.0, key.1);
+        let identity = StoreIdentity::new(changelog.clone(), key.1);
+        let (store, recreated) =
+            RocksDedupStore::open_or_recreate(&dir, &self.shared.rocks, &identity)?;
+        if let Some(reason) = recreated {
+            self.shared.observer.store_wiped(&key.0, key.1, "corrupt");
+            tracing::warn!(task = %format!("{}-{}", key.0, key.1), %reason, "store recreated; restoring it from the changelog");
+        }
+        let id = TaskId::new(key.0.clone(), key.1);
+        let processor = self.shared.factory.create(&id);
+        let mut task = Task::new(
+            id,
+            changelog.clone(),
+            processor,
+            store,
+            self.shared.task_config.clone(),
+        );
+        let (low, end) = self
+            .restore_consumer
+            .fetch_watermarks(&changelog, key.1, REQUEST_TIMEOUT)
+            .map_err(|e| RuntimeError::Kafka {
+                during: "reading changelog watermarks",
+                source: e,
+            })?;
+        let plan = task.restore_plan(low, end)?;
+        if let Some(reason) = &plan.wiped {
+            self.shared
+                .observer
+                .store_wiped(&key.0, key.1, reason.label());
+            tracing::warn!(task = %task.id(), %reason, "store wiped; full restore from the changelog");
+        }
+        tracing::info!(task = %task.id(), from = plan.from, end, "restoring dedup store");
+        self.shared
+            .observer
+            .restore_remaining(&key.0, key.1, (end - plan.from).max(0));
+        let mut tpl = self.restore_consumer.assignment().unwrap_or_default();
+        tpl.add_partition_offset(&changelog, key.1, Offset::Offset(plan.from))
+            .map_err(|e| RuntimeError::Kafka {
+                during: "assigning a changelog partition",
+                source: e,
+            })?;
+        self.restore_consumer
+            .assign(&tpl)
+            .map_err(|e| RuntimeError::Kafka {
+                during: "assigning a changelog partition",
+                source: e,
+            })?;
+        self.tasks.insert(
+            key,
+            Slot {
+                task,
+                changelog,
+                restoring: Some(Restoring {
+                    started: Instant::now(),
+                    from: plan.from,
+                    end,
+                    last_check: None,
+                    last_wait_log: Instant::now(),
+                }),
+            },
+        );
+        self.shared.observer.tasks(self.thread, self.tasks.len());
+        Ok(())
+    }
+
+    /// Closes a task: its staged IDs were committed or aborted before; its store keeps its
+    /// files so a quick re-assignment restores only the tail.
+    fn close_task(&mut self, key: &TaskKey) {
+        if let Some(slot) = self.tasks.remove(key) {
+            if slot.restoring.is_some() {
+                self.restore_assignment_dirty = true;
+            }
+            drop(slot.task.close());
+        }
+        self.shared.observer.tasks(self.thread, self.tasks.len());
+        self.shared.observer.forget_partition(&key.0, key.1);
+    }
+
+    /// Replays changelog records into restoring tasks; completes restores that reached the
+    /// end of a changelog partition with no open transaction on it.
+    fn restore_step(
+        &mut self,
+        consumer: &BaseConsumer<MemberContext<F>>,
+    ) -> Result<(), RuntimeError> {
+        if self.restore_assignment_dirty {
+            self.reassign_restore_consumer()?;
+        }
+        if !self.is_restoring() {
+            return Ok(());
+        }
+        let clock = SystemClock;
+        let mut batches: BTreeMap<(String, i32), ChangelogBatch> = BTreeMap::new();
+        for _ in 0..10_000 {
+            match self.restore_consumer.poll(Duration::ZERO) {
+                Some(Ok(m)) => batches
+                    .entry((m.topic().to_owned(), m.partition()))
+                    .or_default()
+                    .push((
+                        m.offset(),
+                        m.key().unwrap_or_default().to_vec(),
+                        m.payload().map(<[u8]>::to_vec),
+                    )),
+                Some(Err(e)) => tracing::warn!(error = %e, "restore consumer error (retrying)"),
+                None => break,
+            }
+        }
+        for ((topic, p), recs) in batches {
+            let Some(slot) = self.tasks.values_mut().find(|s| {
+                s.changelog == topic && s.task.id().partition == p && s.restoring.is_some()
+            }) else {
+                continue;
+            };
+            let n = slot.task.restore_records(
+                recs.iter()
+                    .map(|(o, k, v)| (*o, k.as_slice(), v.as_deref())),
+                &clock,
+            )?;
+            self.shared
+                .observer
+                .restored(&slot.task.id().topic, p, recs.len() as u64, n as u64);
+        }
+        // Which restores may be complete?
+        let positions = self.restore_consumer.position().unwrap_or_default();
+        let keys: Vec<TaskKey> = self
+            .tasks
+            .iter()
+            .filter(|(_, s)| s.restoring.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            let slot = self.tasks.get_mut(&key).expect("listed above");
+            let r = slot.restoring.as_mut().expect("listed above");
+            // No position yet (nothing read): the consumer stands at the plan's start.
+            let pos = positions
+                .find_partition(&slot.changelog, key.1)
+                .and_then(|e| e.offset().to_raw())
+                .filter(|o| *o >= 0)
+                .unwrap_or(r.from);
+            self.shared
+                .observer
+                .restore_remaining(&key.0, key.1, (r.end - pos).max(0));
+            let due = r
+                .last_check
+                .is_none_or(|t| t.elapsed() >= Duration::from_millis(100));
+            if !due {
+                continue;
+            }
+            r.last_check = Some(Instant::now());
+            let (_, lso) = self
+                .restore_consumer
+                .fetch_watermarks(&slot.changelog, key.1, REQUEST_TIMEOUT)
+                .map_err(|e| RuntimeError::Kafka {
+                    during: "reading changelog watermarks",
+                    source: e,
+                })?;
+            r.end = lso;
+            if pos < lso {
+                continue;
+            }
+            let (_, hw) = self
+                .watermark_client
+                .fetch_watermarks(&slot.changelog, key.1, REQUEST_TIMEOUT)
+                .map_err(|e| RuntimeError::Kafka {
+                    during: "reading changelog watermarks",
+                    source: e,
+                })?;
+            if hw > lso {
+                // A predecessor's transaction on this changelog partition is still open. Its
+                // offsets may still commit: wait for it to end before reading committed offsets.
+                if r.last_wait_log.elapsed() >= Duration::from_secs(5) {
+                    r.last_wait_log = Instant::now();
+                    tracing::info!(task = %slot.task.id(), lso, hw, "restore waits for an open transaction on the changelog to finish");
+                }
+                continue;
+            }
+            self.finish_restore(consumer, &key)?;
+        }
+        Ok(())
+    }
+
+    fn finish_restore(
+        &mut self,
+        consumer: &BaseConsumer<MemberContext<F>>,
+        key: &TaskKey,
+    ) -> Result<(), RuntimeError> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&key.0, key.1);
+        let committed = consumer
+            .committed_offsets(tpl, REQUEST_TIMEOUT)
+            .map_err(|e| RuntimeError::Kafka {
+                during: "reading committed offsets",
+                source: e,
+            })?;
+        let offset = committed
+            .find_partition(&key.0, key.1)
+            .and_then(|e| e.offset().to_raw())
+            .filter(|o| *o >= 0);
+        let slot = self.tasks.get_mut(key).expect("restoring task exists");
+        slot.task.restore_complete(offset)?;
+        let r = slot.restoring.take().expect("was restoring");
+        self.restore_assignment_dirty = true;
+        let secs = r.started.elapsed().as_secs_f64();
+        self.shared.observer.restore_done(&key.0, key.1, secs);
+        tracing::info!(task = %slot.task.id(), committed = ?offset, seconds = secs, entries = slot.task.store_stats().entries, "task restored; running");
+        let mut resume = TopicPartitionList::new();
+        resume.add_partition(&key.0, key.1);
+        consumer.resume(&resume).map_err(|e| RuntimeError::Kafka {
+            during: "resuming a partition",
+            source: e,
+        })?;
+        let target = offset.map_or(Offset::Beginning, Offset::Offset);
+        seek(consumer, &key.0, key.1, target)
+    }
+
+    fn reassign_restore_consumer(&mut self) -> Result<(), RuntimeError> {
+        self.restore_assignment_dirty = false;
+        let current = self.restore_consumer.position().unwrap_or_default();
+        let mut tpl = TopicPartitionList::new();
+        for slot in self.tasks.values() {
+            let Some(r) = &slot.restoring else { continue };
+            let p = slot.task.id().partition;
+            // Keep the consumer's position; a partition not read yet starts at the plan.
+            let offset = current
+                .find_partition(&slot.changelog, p)
+                .and_then(|e| e.offset().to_raw())
+                .filter(|o| *o >= 0)
+                .map_or(Offset::Offset(r.from), Offset::Offset);
+            tpl.add_partition_offset(&slot.changelog, p, offset)
+                .map_err(|e| RuntimeError::Kafka {
+                    during: "assigning changelog partitions",
+                    source: e,
+                })?;
+        }
+        self.restore_consumer
+            .assign(&tpl)
+            .map_err(|e| RuntimeError::Kafka {
+                during: "assigning changelog partitions",
+                source: e,
+            })
+    }
+
+    /// Runs the tasks on polled records. A record of a task that is not running (restoring,
+    /// or revoked since it was polled) is skipped: the task seeks to its committed offset when
+    /// it starts.
+    fn process(
+        &mut self,
+        consumer: &BaseConsumer<MemberContext<F>>,
+        msgs: &[BorrowedMessage<'_>],
+    ) -> Result<(), RuntimeError> {
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        // Headers of all messages in one buffer: no allocation per record.
+        let mut headers: Vec<HeaderRef<'_>> = Vec::new();
+        let mut spans = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            let start = headers.len();
+            if let Some(h) = m.headers() {
+                for i in 0..h.count() {
+                    let hh = h.get(i);
+                    headers.push(HeaderRef {
+                        key: hh.key,
+                        value: hh.value,
+                    });
+                }
+            }
+            spans.push(start..headers.len());
+        }
+        let records: Vec<Record<'_>> = msgs
+            .iter()
+            .zip(&spans)
+            .map(|(m, span)| Record {
+                topic: m.topic(),
+                partition: m.partition(),
+                offset: m.offset(),
+                timestamp: m.timestamp().to_millis(),
+                key: m.key(),
+                value: m.payload(),
+                headers: &headers[span.clone()],
+            })
+            .collect();
+        // Group consecutive runs of one partition (order within a partition is kept).
+        let mut i = 0;
+        let clock = SystemClock;
+        while i < records.len() {
+            let (topic, p) = (records[i].topic, records[i].partition);
+            let mut j = i + 1;
+            while j < records.len() && records[j].topic == topic && records[j].partition == p {
+                j += 1;
+            }
+            let run = &records[i..j];
+            i = j;
+            let key: TaskKey = (Arc::from(topic), p);
+            let running = self.tasks.get(&key).is_some_and(|s| s.restoring.is_none());
+            if !running {
+                continue;
+            }
+            self.begin_if_needed()?;
+            let slot = self.tasks.get_mut(&key).expect("checked above");
+            // Skip records before the task's position (a fetch that raced a seek).
+            let mut writer = KafkaTxnWriter {
+                producer: &self.producer,
+                sent: 0,
+            };
+            let result = slot.task.handle_batch(run, &clock, &mut writer);
+            self.txn_records += run.len();
+            let counters = slot.task.counters_mut().take();
+            self.pending_counters
+                .entry(key.0.clone())
+                .or_default()
+                .merge(counters);
+            if let Err(e) = result {
+                return self.on_task_error(consumer, &key, e);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_task_error(
+        &mut self,
+        consumer: &BaseConsumer<MemberContext<F>>,
+        key: &TaskKey,
+        e: TaskError,
+    ) -> Result<(), RuntimeError> {
+        if e.is_fatal() {
+            tracing::error!(thread = self.thread, error = %e, "fatal task error: aborting and stopping");
+            self.abort(consumer, "error")?;
+            return Err(RuntimeError::Task(e));
+        }
+        tracing::warn!(thread = self.thread, error = %e, "task error: aborting the transaction and retrying");
+        self.abort(consumer, "error")?;
+        if matches!(e, TaskError::Store { .. }) {
+            // Do not go on with a store that failed: restore it from the changelog.
+            self.close_task(key);
+            self.open_task(key.clone())?;
+            pause(consumer, &key.0, key.1);
+        }
+        self.backoff();
+        Ok(())
+    }
+
+    fn begin_if_needed(&mut self) -> Result<(), RuntimeError> {
+        if self.txn_open {
+            return Ok(());
+        }
+        if self.exactly_once() {
+            if let Err(e) = self.producer.begin_transaction() {
+                if is_fatal_producer_error(&e) {
+                    return Err(self.fenced_error());
+                }
+                return Err(RuntimeError::Kafka {
+                    during: "begin_transaction",
+                    source: e,
+                });
+            }
+        }
+        self.txn_open = true;
+        self.txn_records = 0;
+        self.txn_started = Instant::now();
+        failpoint::hit(failpoint::Point::BeforeSend);
+        Ok(())
+    }
+
+    fn fenced_error(&mut self) -> RuntimeError {
+        self.shared.observer.fenced();
+        // A zombie writes nothing more: drop staged IDs, close tasks without applying.
+        let keys: Vec<TaskKey> = self.tasks.keys().cloned().collect();
+        for k in keys {
+            if let Some(slot) = self.tasks.get_mut(&k) {
+                slot.task.on_aborted();
+            }
+            self.close_task(&k);
+        }
+        self.txn_open = false;
+        RuntimeError::Fenced {
+            thread: self.thread,
+            transactional_id: self.txn_id.clone(),
+        }
+    }
+
+    /// Commits the open transaction (or, at least once: flush, apply, commit offsets).
+    fn commit(&mut self, consumer: &BaseConsumer<MemberContext<F>>) -> Result<(), RuntimeError> {
+        if !self.txn_open {
+            return Ok(());
+        }
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, p), slot) in &self.tasks {
+            if let Some(o) = slot.task.offset_to_commit() {
+                offsets
+                    .add_partition_offset(topic, *p, Offset::Offset(o))
+                    .map_err(|e| RuntimeError::Kafka {
+                        during: "building offsets",
+                        source: e,
+                    })?;
+            }
+        }
+        let started = Instant::now();
+        let result = if self.exactly_once() {
+            self.commit_transaction(consumer, &offsets)
+        } else {
+            self.commit_at_least_once(consumer, &offsets)
+        };
+        let deliveries = self.producer.context().take();
+        match result {
+            Ok(()) => {
+                let records = self.txn_records;
+                self.txn_open = false;
+                self.txn_records = 0;
+                self.consecutive_failures = 0;
+                self.shared.observer.committed(
+                    started.elapsed().as_secs_f64(),
+                    records,
+                    &deliveries.delivered,
+                );
+                for (topic, counters) in std::mem::take(&mut self.pending_counters) {
+                    self.shared.observer.task_counters(&topic, &counters);
+                }
+                failpoint::hit(failpoint::Point::AfterCommit);
+                // Apply staged IDs + checkpoint to each store, only now (store never ahead of
+                // the committed changelog).
+                let mut failed = Vec::new();
+                for (key, slot) in self.tasks.iter_mut() {
+                    let next = deliveries
+                        .changelog_last
+                        .get(&(slot.changelog.clone(), key.1))
+                        .map(|o| o + 1);
+                    if slot.restoring.is_none() {
+                        if let Err(e) = slot.task.on_committed(next) {
+                            tracing::warn!(task = %slot.task.id(), error = %e, "store apply failed after commit; restoring the task from the changelog");
+                            failed.push(key.clone());
+                        }
+                    }
+                }
+                for key in failed {
+                    self.close_task(&key);
+                    self.open_task(key.clone())?;
+                    pause(consumer, &key.0, key.1);
+                }
+                Ok(())
+            }
+            Err(e) if is_fatal_producer_error(&e) => Err(self.fenced_error()),
+            Err(e) => {
+                tracing::warn!(thread = self.thread, error = %e, "commit failed: aborting and rewinding");
+                self.abort(consumer, "error")?;
+                self.backoff();
+                Ok(())
+            }
+        }
+    }
+
+    fn commit_transaction(
+        &self,
+        consumer: &BaseConsumer<MemberContext<F>>,
+        offsets: &TopicPartitionList,
+    ) -> Result<(), KafkaError> {
+        failpoint::hit(failpoint::Point::AfterSend);
+        if offsets.count() > 0 {
+            let metadata = consumer.group_metadata().ok_or_else(|| {
+                KafkaError::Subscription("the consumer has no group metadata yet".into())
+            })?;
+            self.producer
+                .send_offsets_to_transaction(offsets, &metadata, REQUEST_TIMEOUT)?;
+        }
+        failpoint::hit(failpoint::Point::DuringCommit);
+        self.producer.commit_transaction(REQUEST_TIMEOUT)
+    }
+
+    fn commit_at_least_once(
+        &self,
+        consumer: &BaseConsumer<MemberContext<F>>,
+        offsets: &TopicPartitionList,
+    ) -> Result<(), KafkaError> {
+        self.producer.flush(REQUEST_TIMEOUT)?;
+        if let Some(e) = self.producer.context().take_error() {
+            return Err(e);
+        }
+        if offsets.count() > 0 {
+            consumer.commit(offsets, rdkafka::consumer::CommitMode::Sync)?;
+        }
+        Ok(())
+    }
+
+    /// Aborts the open transaction and rewinds every running task to its committed offset.
+    fn abort(
+        &mut self,
+        consumer: &BaseConsumer<MemberContext<F>>,
+        reason: &'static str,
+    ) -> Result<(), RuntimeError> {
+        if self.txn_open && self.exactly_once() {
+            if let Err(e) = self.producer.abort_transaction(REQUEST_TIMEOUT) {
+                if is_fatal_producer_error(&e) {
+                    return Err(self.fenced_error());
+                }
+                return Err(RuntimeError::Kafka {
+                    during: "abort_transaction",
+                    source: e,
+                });
+            }
+        }
+        let _ = self.producer.context().take();
+        self.pending_counters.clear();
+        if self.txn_open {
+            self.shared.observer.aborted(reason);
+        }
+        self.txn_open = false;
+        self.txn_records = 0;
+        for (key, slot) in self.tasks.iter_mut() {
+            if slot.restoring.is_some() {
+                continue;
+            }
+            let target = slot
+                .task
+                .on_aborted()
+                .map_or(Offset::Beginning, Offset::Offset);
+            seek(consumer, &key.0, key.1, target)?;
+        }
+        Ok(())
+    }
+
+    /// Commits (or, if that fails, aborts) the open transaction; used before a revoke and at
+    /// shutdown.
+    fn end_transaction(
+        &mut self,
+        consumer: &BaseConsumer<MemberContext<F>>,
+        reason: &'static str,
+    ) -> Result<(), RuntimeError> {
+        if !self.txn_open {
+            return Ok(());
+        }
+        self.commit(consumer)?;
+        if self.txn_open {
+            self.abort(consumer, reason)?;
+        }
+        Ok(())
+    }
+
+    fn backoff(&mut self) {
+        self.consecutive_failures += 1;
+        let ms = (50u64 << self.consecutive_failures.min(7)).min(5_000);
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+
+    /// TTL expiry of every running task's store; between transactions only.
+    fn expire(&mut self) {
+        let clock = SystemClock;
+        for slot in self.tasks.values_mut() {
+            if slot.restoring.is_some() {
+                continue;
+            }
+            match slot.task.expire(&clock) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(task = %slot.task.id(), expired = n, "expired message IDs older than the dedup retention")
+                }
+                // The store is left as is: a failed delete only keeps old IDs a little longer.
+                Err(e) => {
+                    tracing::warn!(task = %slot.task.id(), error = %e, "TTL expiry failed; will retry")
+                }
+            }
+            let counters = slot.task.counters_mut().take();
+            self.shared
+                .observer
+                .task_counters(&slot.task.id().topic, &counters);
+        }
+    }
+
+    fn report_lag(&self, consumer: &BaseConsumer<MemberContext<F>>) {
+        for ((topic, p), slot) in &self.tasks {
+            if slot.restoring.is_some() {
+                continue;
+            }
+            if let Ok((_, high)) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(1)) {
+                let committed = slot.task.committed_offset().unwrap_or(0);
+                self.shared
+                    .observer
+                    .lag(topic, *p, (high - committed).max(0));
+            }
+            let stats = slot.task.store_stats();
+            self.shared
+                .observer
+                .store(topic, *p, stats.entries, stats.bytes);
+        }
+    }
+}
+
+fn seek<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    p: i32,
+    offset: Offset,
+) -> Result<(), RuntimeError> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, p, offset)
+        .map_err(|e| RuntimeError::Kafka {
+            during: "seek",
+            source: e,
+        })?;
+    match consumer.seek_partitions(tpl, REQUEST_TIMEOUT) {
+        Ok(res) => {
+            if let Some(e) = res.elements().iter().find_map(|e| e.error().err()) {
+                return Err(RuntimeError::Kafka {
+                    during: "seek",
+                    source: e,
+                });
+            }
+            Ok(())
+        }
+        Err(e) => Err(RuntimeError::Kafka {
+            during: "seek",
+            source: e,
+        }),
+    }
+}
+
+fn pause<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, p: i32) {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, p);
+    if let Err(e) = consumer.pause(&tpl) {
+        tracing::warn!(topic, partition = p, error = %e, "pause failed");
+    }
+}

@@ -1,0 +1,292 @@
+//! Helpers for tests against a real Kafka-compatible broker (feature `broker`).
+//!
+//! Tests call [`require_broker`] first: outside CI a missing broker skips the test with a
+//! printed reason; under `CI=true` it fails the test loudly.
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// `KAFKA_BOOTSTRAP`, or the local test broker `127.0.0.1:29092`.
+pub fn bootstrap() -> String {
+    std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:29092".to_owned())
+}
+
+/// Returns the bootstrap servers if a broker answers. Otherwise: under `CI=true` panics with
+/// how to start one; elsewhere prints why the test is skipped and returns `None`.
+pub fn require_broker(test: &str) -> Option<String> {
+    let bs = bootstrap();
+    if reachable(&bs, Duration::from_secs(10)) {
+        return Some(bs);
+    }
+    let how = "start it with `scripts/broker.sh up` or point KAFKA_BOOTSTRAP at a cluster";
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{test}: no Kafka broker at {bs} and CI=true: this test must not be skipped; {how}");
+    }
+    eprintln!("SKIPPED {test}: no Kafka broker at {bs} ({how})");
+    None
+}
+
+/// Whether a cluster at `bs` answers a metadata request within `timeout`.
+pub fn reachable(bs: &str, timeout: Duration) -> bool {
+    let client: Result<BaseConsumer, _> = ClientConfig::new().set("bootstrap.servers", bs).create();
+    client.is_ok_and(|c| c.fetch_metadata(None, timeout).is_ok())
+}
+
+/// A topic name unique to this process and call.
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() % 100_000_000)
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{ms}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn admin(bs: &str) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bs)
+        .create()
+        .expect("admin client")
+}
+
+/// Creates topics (panics on failure: this is test set-up).
+pub fn create_topics(bs: &str, topics: &[(&str, i32)]) {
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(t, n)| NewTopic::new(t, *n, TopicReplication::Fixed(1)))
+        .collect();
+    let res = futures_executor::block_on(admin(bs).create_topics(&new, &AdminOptions::new()))
+        .expect("create_topics request");
+    for r in res {
+        if let Err((name, code)) = r {
+            panic!("creating topic {name}: {code}");
+        }
+    }
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bs)
+        .create()
+        .expect("client");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (t, n) in topics {
+        loop {
+            let md = consumer.fetch_metadata(Some(t), Duration::from_secs(5));
+            if md.is_ok_and(|m| {
+                m.topics()
+                    .first()
+                    .is_some_and(|mt| mt.partitions().len() as i32 == *n)
+            }) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "topic {t} did not appear");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Deletes topics, ignoring errors (clean-up: the test broker keeps all data in memory).
+pub fn delete_topics(bs: &str, topics: &[&str]) {
+    let _ = futures_executor::block_on(admin(bs).delete_topics(topics, &AdminOptions::new()));
+}
+
+/// A record to produce in tests.
+#[derive(Debug, Clone)]
+pub struct TestMessage {
+    /// Message ID (header `message-id`), if any.
+    pub id: Option<String>,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value.
+    pub value: Vec<u8>,
+}
+
+/// Produces messages with an idempotent producer and waits for all acks.
+pub fn produce(bs: &str, topic: &str, messages: &[TestMessage]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bs)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "2000000")
+        .create()
+        .expect("producer");
+    for m in messages {
+        let mut headers = OwnedHeaders::new();
+        if let Some(id) = &m.id {
+            headers = headers.insert(Header {
+                key: "message-id",
+                value: Some(id.as_bytes()),
+            });
+        }
+        // Timestamp for end-to-end latency measurements.
+        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
+            .payload(m.value.as_slice())
+            .headers(headers);
+        if let Some(k) = &m.key {
+            rec = rec.key(k.as_slice());
+        }
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(60)).expect("flush");
+}
+
+/// A record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct ReadRecord {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value.
+    pub value: Option<Vec<u8>>,
+    /// Headers.
+    pub headers: HashMap<String, Vec<u8>>,
+    /// Timestamp (ms).
+    pub timestamp: Option<i64>,
+}
+
+impl ReadRecord {
+    /// The `message-id` header as a string.
+    pub fn id(&self) -> Option<String> {
+        self.headers
+            .get("message-id")
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// Reads every record of `topic` a read_committed consumer sees, up to the current end
+/// (last stable offset) of each partition.
+pub fn read_committed(bs: &str, topic: &str) -> Vec<ReadRecord> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bs)
+        .set("group.id", unique_name("reader"))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("receive.message.max.bytes", "1000000000")
+        .create()
+        .expect("reader");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    let partitions = md
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len() as i32);
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for p in 0..partitions {
+        let (_, end) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .expect("watermarks");
+        ends.insert(p, end);
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("tpl");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let pos = consumer.position().expect("position");
+        let done = (0..partitions).all(|p| {
+            let end = ends[&p];
+            end == 0
+                || pos
+                    .find_partition(topic, p)
+                    .and_then(|e| e.offset().to_raw())
+                    .is_some_and(|o| o >= end)
+        });
+        if done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reading {topic} did not reach its end offsets {ends:?}"
+        );
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let mut headers = HashMap::new();
+                if let Some(h) = m.headers() {
+                    for hh in h.iter() {
+                        headers.insert(hh.key.to_owned(), hh.value.unwrap_or_default().to_vec());
+                    }
+                }
+                out.push(ReadRecord {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    headers,
+                    timestamp: m.timestamp().to_millis(),
+                });
+            }
+            Some(Err(e)) => eprintln!("read_committed {topic}: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+/// The group's committed offsets of a topic (read_committed), by partition.
+pub fn committed_offsets(bs: &str, group: &str, topic: &str, partitions: i32) -> HashMap<i32, i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bs)
+        .set("group.id", group)
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("client");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let c = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed");
+    (0..partitions)
+        .filter_map(|p| {
+            c.find_partition(topic, p)
+                .and_then(|e| e.offset().to_raw())
+                .map(|o| (p, o))
+        })
+        .collect()
+}
+
+/// High watermarks of every partition of `topic`.
+pub fn end_offsets(bs: &str, topic: &str, partitions: i32) -> HashMap<i32, i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bs)
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .expect("client");
+    (0..partitions)
+        .map(|p| {
+            (
+                p,
+                consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .expect("watermarks")
+                    .1,
+            )
+        })
+        .collect()
+}

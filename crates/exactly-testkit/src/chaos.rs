@@ -1,0 +1,384 @@
+//! Running apps as real processes, killing them, and checking their output per message ID
+//! (feature `broker`). Used by the process-level tests, `exactly demo` and `exactly chaos`.
+
+use crate::broker::{self, ReadRecord, TestMessage};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// One app process (an instance) that can be killed and restarted with the same identity.
+/// Its stderr goes to `log` (appended across restarts). Dropping it SIGKILLs the process.
+pub struct AppProcess {
+    /// Instance id (passed as `--instance-id`).
+    pub id: String,
+    program: PathBuf,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    child: Option<Child>,
+    /// Where the process's stderr goes.
+    pub log: PathBuf,
+    /// How many times it was started.
+    pub starts: u32,
+}
+
+impl AppProcess {
+    /// An instance of `program` run as `program [prefix_args] --instance-id ID [args]`.
+    pub fn new(
+        program: impl Into<PathBuf>,
+        prefix_args: &[&str],
+        id: &str,
+        args: Vec<String>,
+        log_dir: &Path,
+    ) -> Self {
+        let mut full: Vec<String> = prefix_args.iter().map(|s| (*s).to_owned()).collect();
+        full.extend(["--instance-id".to_owned(), id.to_owned()]);
+        full.extend(args);
+        Self {
+            id: id.to_owned(),
+            program: program.into(),
+            args: full,
+            envs: vec![("RUST_LOG".into(), "info,librdkafka=warn".into())],
+            child: None,
+            log: log_dir.join(format!("instance-{id}.log")),
+            starts: 0,
+        }
+    }
+
+    /// Sends stderr to `path` from the next start on (two processes with one instance id).
+    pub fn set_log(&mut self, path: impl Into<PathBuf>) {
+        self.log = path.into();
+    }
+
+    /// Sets an environment variable for later starts.
+    pub fn env(&mut self, key: &str, value: &str) {
+        self.envs.retain(|(k, _)| k != key);
+        self.envs.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// Starts the process (it must not be running).
+    pub fn start(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "instance {} is already running",
+            self.id
+        );
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", self.log.display()));
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.program.display()));
+        self.child = Some(child);
+        self.starts += 1;
+    }
+
+    /// The process id while running.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// Sends a signal to the running process.
+    pub fn signal(&self, sig: i32) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill(2) on our own child's pid; no memory is touched.
+            unsafe {
+                libc::kill(pid, sig);
+            }
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGSTOP: the process freezes (a zombie-to-be); [`AppProcess::resume`] continues it.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    /// Waits (bounded) for the process to end on its own and reaps it. Panics on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "instance {} still runs after {timeout:?}; log tail:\n{}",
+                self.id,
+                self.log_tail(30)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM and wait (bounded) for a graceful exit. Panics if it does not stop in time.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut c = self.child.take()?;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!(
+                    "instance {} did not stop within {timeout:?} after SIGTERM; see {}",
+                    self.id,
+                    self.log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The exit status if the process has ended on its own.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// The last `n` lines of the log (for failure messages).
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+impl Drop for AppProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// `unique` messages with IDs `m0..m{unique-1}` (key = ID) plus resends of earlier IDs with
+/// the same key and value, so that `dup_share` of all messages are resends. Half the resends
+/// land within 50 messages of their original, half anywhere later (far apart in time when
+/// produced in chunks). Returns the messages in send order.
+pub fn messages_with_duplicates(unique: usize, dup_share: f64, seed: u64) -> Vec<TestMessage> {
+    assert!(
+        (0.0..1.0).contains(&dup_share),
+        "dup_share must be in [0, 1)"
+    );
+    let mut rng = StdRng::seed_from_u64(seed);
+    let dups = ((unique as f64) * dup_share / (1.0 - dup_share)).round() as usize;
+    let mut out: Vec<TestMessage> = (0..unique)
+        .map(|i| {
+            let id = format!("m{i}");
+            TestMessage {
+                key: Some(id.clone().into_bytes()),
+                value: format!("payload-{i}").into_bytes(),
+                id: Some(id),
+            }
+        })
+        .collect();
+    for _ in 0..dups {
+        let i = rng.gen_range(0..unique);
+        let orig = out[i].clone();
+        let pos = if rng.gen_bool(0.5) {
+            (i + rng.gen_range(1..50)).min(out.len())
+        } else {
+            rng.gen_range(i + 1..=out.len())
+        };
+        out.insert(pos, orig);
+    }
+    out
+}
+
+/// Waits until the group's committed offsets reach `ends` on every partition of `topic`.
+/// Panics on timeout or if an instance exits on its own.
+pub fn wait_caught_up(
+    bs: &str,
+    group: &str,
+    topic: &str,
+    ends: &HashMap<i32, i64>,
+    timeout: Duration,
+    instances: &mut [AppProcess],
+) {
+    let partitions = ends.len() as i32;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let committed = broker::committed_offsets(bs, group, topic, partitions);
+        if (0..partitions).all(|p| committed.get(&p).copied().unwrap_or(0) >= ends[&p]) {
+            return;
+        }
+        for inst in instances.iter_mut() {
+            if let Some(status) = inst.exited() {
+                panic!(
+                    "instance {} exited unexpectedly ({status}); log tail:\n{}",
+                    inst.id,
+                    inst.log_tail(30)
+                );
+            }
+        }
+        assert!(Instant::now() < deadline, "group {group} did not catch up within {timeout:?}: committed {committed:?}, ends {ends:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Output records per message ID (`<no id>` for records without one).
+pub fn count_by_id(records: &[ReadRecord]) -> HashMap<String, u64> {
+    let mut m = HashMap::new();
+    for r in records {
+        *m.entry(r.id().unwrap_or_else(|| "<no id>".into()))
+            .or_default() += 1;
+    }
+    m
+}
+
+/// The per-ID comparison of an input and an output topic.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verification {
+    /// Input records.
+    pub inputs: usize,
+    /// Distinct message IDs in the input.
+    pub unique_ids: usize,
+    /// Output records.
+    pub outputs: usize,
+    /// Output records beyond the first per ID.
+    pub duplicates: u64,
+    /// Input IDs with no output, sorted.
+    pub missing: Vec<String>,
+    /// Output IDs that were never input (or have no ID), sorted.
+    pub unexpected: Vec<String>,
+}
+
+impl Verification {
+    /// Compares input and output records by `message-id`.
+    pub fn compare(inputs: &[ReadRecord], outputs: &[ReadRecord]) -> Self {
+        let ins = count_by_id(inputs);
+        let outs = count_by_id(outputs);
+        let mut missing: Vec<String> = ins
+            .keys()
+            .filter(|id| !outs.contains_key(*id))
+            .cloned()
+            .collect();
+        missing.sort();
+        let mut unexpected: Vec<String> = outs
+            .keys()
+            .filter(|id| !ins.contains_key(*id))
+            .cloned()
+            .collect();
+        unexpected.sort();
+        Self {
+            inputs: inputs.len(),
+            unique_ids: ins.len(),
+            outputs: outputs.len(),
+            duplicates: outs.values().map(|n| n.saturating_sub(1)).sum(),
+            missing,
+            unexpected,
+        }
+    }
+
+    /// Zero duplicates, zero missing, nothing unexpected.
+    pub fn is_exact(&self) -> bool {
+        self.duplicates == 0 && self.missing.is_empty() && self.unexpected.is_empty()
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; for an app's `--metrics-addr`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `GET path` over HTTP/1.1 on `addr`; returns the status code and body, or `None` if nothing
+/// answers.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// Sum of the samples of metric `name` in a Prometheus text exposition whose labels include
+/// every `label="value"` pair of `labels` (so `&[]` sums over all series).
+pub fn metric_sum(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| label_text.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+            all.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// Waits until the process's log contains `needle` (an event the app logs), or panics after
+/// `timeout` (or if the process exits first).
+pub fn wait_for_log(process: &mut AppProcess, needle: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if std::fs::read_to_string(&process.log)
+            .unwrap_or_default()
+            .contains(needle)
+        {
+            return;
+        }
+        if let Some(status) = process.exited() {
+            panic!(
+                "instance {} exited ({status}) before logging `{needle}`; log tail:\n{}",
+                process.id,
+                process.log_tail(30)
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "instance {} did not log `{needle}` within {timeout:?}; log tail:\n{}",
+            process.id,
+            process.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,57 @@
+//! Command-line options every exactly app takes, for binaries built with clap:
+//! `#[command(flatten)] run: exactly::cli::RunArgs`, then `run.app(app_id)`.
+
+use crate::App;
+use exactly_kafka::RuntimeError;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How to run an app instance: cluster, identity, state, threads, metrics, librdkafka options.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:29092")]
+    pub bootstrap: String,
+    /// Stable instance id (part of the transactional id: a restart with the same id fences its
+    /// predecessor).
+    #[arg(long, default_value = "0")]
+    pub instance_id: String,
+    /// Root of the task stores.
+    #[arg(long, default_value = "state")]
+    pub state_dir: PathBuf,
+    /// Stream threads.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Commit interval in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub commit_interval_ms: u64,
+    /// Serve /metrics, /health and /ready on this address (e.g. 0.0.0.0:9100).
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// librdkafka property for every client, `key=value` (repeatable).
+    #[arg(long = "kafka", value_name = "KEY=VALUE")]
+    pub kafka: Vec<String>,
+}
+
+impl RunArgs {
+    /// An [`App`] named `app_id` configured from these options.
+    pub fn app(&self, app_id: impl Into<String>) -> Result<App, RuntimeError> {
+        let mut app = App::new(app_id)
+            .bootstrap(self.bootstrap.clone())
+            .instance_id(self.instance_id.clone())
+            .state_dir(self.state_dir.clone())
+            .threads(self.threads)
+            .commit_interval(Duration::from_millis(self.commit_interval_ms));
+        for kv in &self.kafka {
+            let (k, v) = kv.split_once('=').ok_or_else(|| {
+                RuntimeError::Config(format!("--kafka expects KEY=VALUE, got `{kv}`"))
+            })?;
+            app = app.kafka(k.trim(), v.trim());
+        }
+        if let Some(addr) = self.metrics_addr {
+            app = app.metrics_addr(addr);
+        }
+        Ok(app)
+    }
+}

@@ -1,0 +1,44 @@
+//! `exactly`: Kafka stream processors that act on every message exactly once.
+//!
+//! Implement [`Processor`]; run it with [`App`]. Each input partition becomes a task with a
+//! local RocksDB store of the message IDs it handled, changelogged to a compacted topic; outputs,
+//! input offsets and seen IDs commit together in one Kafka transaction.
+//!
+//! ```no_run
+//! use exactly::{App, Context, Output, ProcessError, Processor, Record, TaskId};
+//!
+//! struct Forward;
+//! impl Processor for Forward {
+//!     fn process(&mut self, r: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+//!         ctx.send(Output::forward("payments-clean", r));
+//!         Ok(())
+//!     }
+//! }
+//!
+//! App::new("payments-dedup")
+//!     .input("payments")
+//!     .output("payments-clean")
+//!     .run(|_: &TaskId| Forward)
+//!     .unwrap();
+//! ```
+#![warn(missing_docs)]
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod observer;
+pub mod processors;
+
+pub use app::App;
+pub use exactly_core::{
+    Context, ErrorPolicy, IdPolicy, IdSource, InitContext, InvalidIdPolicy, Output, ProcessError,
+    Processor, ProcessorFactory, Record, RetryPolicy, TaskConfig, TaskId,
+};
+pub use exactly_kafka::{Guarantee, RuntimeConfig, RuntimeError};
+pub use exactly_metrics::{Health, Metrics};
+
+/// The README's code compiles (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

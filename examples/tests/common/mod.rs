@@ -1,0 +1,148 @@
+//! Shared set-up of the process-level tests: topics, app instances, verification.
+#![allow(dead_code)]
+
+use exactly_testkit::broker::{self, ReadRecord};
+use exactly_testkit::chaos::{wait_caught_up, AppProcess, Verification};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const FORWARD: &str = env!("CARGO_BIN_EXE_dedup-forward");
+
+/// Topics and a work dir for one test; the topics are deleted on drop.
+pub struct Setup {
+    pub bs: String,
+    pub input: String,
+    pub output: String,
+    pub app: String,
+    pub partitions: i32,
+    pub dir: tempfile::TempDir,
+}
+
+impl Setup {
+    /// Creates input and output topics with `partitions` partitions, or `None` (skip) when no
+    /// broker answers outside CI.
+    pub fn new(test: &str, partitions: i32) -> Option<Self> {
+        let bs = broker::require_broker(test)?;
+        let base = broker::unique_name(test);
+        let s = Self {
+            input: format!("{base}-in"),
+            output: format!("{base}-out"),
+            app: format!("{base}-app"),
+            bs,
+            partitions,
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        broker::create_topics(&s.bs, &[(&s.input, partitions), (&s.output, partitions)]);
+        Some(s)
+    }
+
+    pub fn changelog(&self) -> String {
+        format!("{}-{}-dedup-changelog", self.app, self.input)
+    }
+
+    pub fn dlq(&self) -> String {
+        format!("{}-dlq", self.app)
+    }
+
+    pub fn state_dir(&self, instance: &str) -> PathBuf {
+        self.dir.path().join(format!("state-{instance}"))
+    }
+
+    /// A dedup-forward instance with its own state dir (unless `extra` names one); `extra`
+    /// args are appended.
+    pub fn forward(&self, id: &str, extra: &[&str]) -> AppProcess {
+        let mut args: Vec<String> = [
+            "--bootstrap",
+            &self.bs,
+            "--input",
+            &self.input,
+            "--output",
+            &self.output,
+            "--app-id",
+            &self.app,
+            "--kafka",
+            "session.timeout.ms=6000",
+            "--kafka",
+            "heartbeat.interval.ms=500",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        if !extra.contains(&"--state-dir") {
+            args.extend([
+                "--state-dir".to_owned(),
+                self.state_dir(id).display().to_string(),
+            ]);
+        }
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        AppProcess::new(FORWARD, &[], id, args, self.dir.path())
+    }
+
+    pub fn ends(&self) -> HashMap<i32, i64> {
+        broker::end_offsets(&self.bs, &self.input, self.partitions)
+    }
+
+    /// Waits (up to 5 min) until the app committed every input offset produced so far.
+    pub fn wait_caught_up(&self, instances: &mut [AppProcess]) {
+        wait_caught_up(
+            &self.bs,
+            &self.app,
+            &self.input,
+            &self.ends(),
+            Duration::from_secs(300),
+            instances,
+        );
+    }
+
+    pub fn output_records(&self) -> Vec<ReadRecord> {
+        broker::read_committed(&self.bs, &self.output)
+    }
+
+    /// Input vs output per message ID, both read with isolation.level=read_committed.
+    pub fn verify(&self) -> Verification {
+        Verification::compare(
+            &broker::read_committed(&self.bs, &self.input),
+            &self.output_records(),
+        )
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let (c, d) = (self.changelog(), self.dlq());
+        broker::delete_topics(&self.bs, &[&self.input, &self.output, &c, &d]);
+    }
+}
+
+/// Stops every instance with SIGTERM and asserts each exits 0.
+pub fn stop_all(instances: &mut [AppProcess]) {
+    for inst in instances {
+        if let Some(status) = inst.terminate(Duration::from_secs(60)) {
+            assert!(
+                status.success(),
+                "instance {} exited with {status} after SIGTERM; log tail:\n{}",
+                inst.id,
+                inst.log_tail(30)
+            );
+        }
+    }
+}
+
+/// Asserts the verification is exact and that `unique` IDs reached the output.
+pub fn assert_exact(v: &Verification, unique: usize) {
+    assert_eq!(v.duplicates, 0, "duplicate outputs: {v:?}");
+    assert!(
+        v.missing.is_empty(),
+        "{} missing IDs, e.g. {:?}",
+        v.missing.len(),
+        &v.missing[..v.missing.len().min(5)]
+    );
+    assert!(
+        v.unexpected.is_empty(),
+        "unexpected output IDs: {:?}",
+        &v.unexpected[..v.unexpected.len().min(5)]
+    );
+    assert_eq!(v.unique_ids, unique, "unique input IDs");
+    assert_eq!(v.outputs, unique, "output records");
+}
