@@ -853,7 +853,7 @@ impl<F: ProcessorFactory> Core<F> {
         let result = if self.exactly_once() {
             self.commit_transaction(consumer, &offsets)
         } else {
-            self.commit_at_least_once(consumer, &offsets)
+            self.flush_at_least_once()
         };
         let deliveries = self.producer.context().take();
         match result {
@@ -891,6 +891,13 @@ impl<F: ProcessorFactory> Core<F> {
                     self.open_task(key.clone())?;
                     pause(consumer, &key.0, key.1);
                 }
+                if !self.exactly_once() && offsets.count() > 0 {
+                    // At least once: offsets last, after outputs and IDs are durable. A crash
+                    // before this line re-delivers records whose IDs the stores now hold.
+                    if let Err(e) = consumer.commit(&offsets, rdkafka::consumer::CommitMode::Sync) {
+                        tracing::warn!(thread = self.thread, error = %e, "offset commit failed; the next commit covers these records");
+                    }
+                }
                 Ok(())
             }
             Err(e) if is_fatal_producer_error(&e) => Err(self.fenced_error()),
@@ -920,19 +927,14 @@ impl<F: ProcessorFactory> Core<F> {
         self.producer.commit_transaction(REQUEST_TIMEOUT)
     }
 
-    fn commit_at_least_once(
-        &self,
-        consumer: &BaseConsumer<MemberContext<F>>,
-        offsets: &TopicPartitionList,
-    ) -> Result<(), KafkaError> {
+    /// At least once: every output and changelog record is delivered (or the error is
+    /// returned).
+    fn flush_at_least_once(&self) -> Result<(), KafkaError> {
         self.producer.flush(REQUEST_TIMEOUT)?;
-        if let Some(e) = self.producer.context().take_error() {
-            return Err(e);
+        match self.producer.context().take_error() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        if offsets.count() > 0 {
-            consumer.commit(offsets, rdkafka::consumer::CommitMode::Sync)?;
-        }
-        Ok(())
     }
 
     /// Aborts the open transaction and rewinds every running task to its committed offset.

@@ -226,7 +226,7 @@ pub fn wait_caught_up(
     let deadline = Instant::now() + timeout;
     loop {
         let committed = broker::committed_offsets(bs, group, topic, partitions);
-        if (0..partitions).all(|p| committed.get(&p).copied().unwrap_or(0) >= ends[&p]) {
+        if (0..partitions).all(|p| committed.get(&p).copied().unwrap_or(0).max(0) >= ends[&p]) {
             return;
         }
         for inst in instances.iter_mut() {

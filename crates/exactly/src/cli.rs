@@ -2,7 +2,7 @@
 //! `#[command(flatten)] run: exactly::cli::RunArgs`, then `run.app(app_id)`.
 
 use crate::App;
-use exactly_kafka::RuntimeError;
+use exactly_kafka::{Guarantee, RuntimeError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,9 +29,21 @@ pub struct RunArgs {
     /// Serve /metrics, /health and /ready on this address (e.g. 0.0.0.0:9100).
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
+    /// Processing guarantee.
+    #[arg(long, value_enum, default_value_t = GuaranteeArg::ExactlyOnce)]
+    pub guarantee: GuaranteeArg,
     /// librdkafka property for every client, `key=value` (repeatable).
     #[arg(long = "kafka", value_name = "KEY=VALUE")]
     pub kafka: Vec<String>,
+}
+
+/// `--guarantee` values.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuaranteeArg {
+    /// Kafka transactions: outputs, changelog and offsets commit atomically.
+    ExactlyOnce,
+    /// No transactions: flush, store, then offsets; a crash can duplicate a batch.
+    AtLeastOnce,
 }
 
 impl RunArgs {
@@ -42,7 +54,11 @@ impl RunArgs {
             .instance_id(self.instance_id.clone())
             .state_dir(self.state_dir.clone())
             .threads(self.threads)
-            .commit_interval(Duration::from_millis(self.commit_interval_ms));
+            .commit_interval(Duration::from_millis(self.commit_interval_ms))
+            .guarantee(match self.guarantee {
+                GuaranteeArg::ExactlyOnce => Guarantee::ExactlyOnce,
+                GuaranteeArg::AtLeastOnce => Guarantee::AtLeastOnce,
+            });
         for kv in &self.kafka {
             let (k, v) = kv.split_once('=').ok_or_else(|| {
                 RuntimeError::Config(format!("--kafka expects KEY=VALUE, got `{kv}`"))
