@@ -5,7 +5,10 @@
 mod common;
 use common::{assert_exact, stop_all, Setup};
 use exactly_testkit::broker::{self, TestMessage};
-use exactly_testkit::chaos::{free_port, http_get, messages_with_duplicates, metric_sum};
+use exactly_testkit::chaos::{
+    free_port, http_get, messages_with_duplicates, metric_sum, scrape_until,
+};
+use std::time::Duration;
 
 #[test]
 fn producer_resends_are_dropped_and_each_id_is_output_once() {
@@ -33,27 +36,34 @@ fn producer_resends_are_dropped_and_each_id_is_output_once() {
         "at least 20 % resends: {injected} of {total}"
     );
 
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = format!("127.0.0.1:{}", free_port());
     let mut app = [s.forward("0", &["--metrics-addr", &addr])];
     app[0].start();
     broker::produce(&s.bs, &s.input, &first);
     s.wait_caught_up(&mut app);
+    // During the run: after the first half, the counters match the first half exactly.
+    let consumed = |t: &str| metric_sum(t, "exactly_records_consumed_total", &[]) as usize;
+    let mid = scrape_until(&addr, Duration::from_secs(10), |t| {
+        consumed(t) >= first.len()
+    });
+    assert_eq!(
+        consumed(&mid),
+        first.len(),
+        "records consumed after the first half"
+    );
+    assert_eq!(
+        http_get(&addr, "/ready").map(|r| r.0),
+        Some(200),
+        "ready once every task runs"
+    );
+    assert_eq!(http_get(&addr, "/health").map(|r| r.0), Some(200));
+
     broker::produce(&s.bs, &s.input, &second);
     s.wait_caught_up(&mut app);
-
-    // The counters move right after each commit returns: wait for the last one to land.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let text = loop {
-        let (status, text) = http_get(&addr, "/metrics").expect("metrics endpoint answers");
-        assert_eq!(status, 200);
-        if metric_sum(&text, "exactly_duplicates_dropped_total", &[]) as usize >= injected
-            || std::time::Instant::now() > deadline
-        {
-            break text;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    // Lag is reported every second; the counters right after each commit.
+    let text = scrape_until(&addr, Duration::from_secs(10), |t| {
+        consumed(t) >= total && metric_sum(t, "exactly_consumer_lag_records", &[]) == 0.0
+    });
     stop_all(&mut app);
 
     let v = s.verify();
@@ -64,11 +74,48 @@ fn producer_resends_are_dropped_and_each_id_is_output_once() {
     );
     assert_eq!(v.inputs, total);
     assert_exact(&v, unique);
-    let dropped = metric_sum(&text, "exactly_duplicates_dropped_total", &[]);
+    let m = |name: &str, labels: &[(&str, &str)]| metric_sum(&text, name, labels) as usize;
     assert_eq!(
-        dropped as usize, injected,
-        "exactly_duplicates_dropped_total"
+        m("exactly_duplicates_dropped_total", &[]),
+        injected,
+        "duplicates dropped"
     );
+    assert_eq!(
+        m("exactly_records_consumed_total", &[]),
+        total,
+        "records consumed"
+    );
+    assert_eq!(
+        m("exactly_records_processed_total", &[]),
+        unique,
+        "records processed"
+    );
+    assert_eq!(
+        m("exactly_records_produced_total", &[("topic", &s.output)]),
+        unique,
+        "records produced"
+    );
+    assert_eq!(
+        m("exactly_transaction_batch_records_sum", &[]),
+        total,
+        "records in committed transactions"
+    );
+    let txns = m("exactly_transactions_committed_total", &[]);
+    assert!(txns > 0, "transactions committed");
+    assert_eq!(
+        m("exactly_transaction_batch_records_count", &[]),
+        txns,
+        "one batch size per transaction"
+    );
+    assert_eq!(
+        m("exactly_transaction_commit_seconds_count", &[]),
+        txns,
+        "one commit latency per transaction"
+    );
+    assert_eq!(m("exactly_transactions_aborted_total", &[]), 0, "no aborts");
+    assert_eq!(m("exactly_consumer_lag_records", &[]), 0, "lag back to 0");
+    assert_eq!(m("exactly_assigned_tasks", &[]), 4, "tasks");
+    assert_eq!(m("exactly_tasks_restoring", &[]), 0, "restoring tasks");
     assert!(
         broker::read_committed(&s.bs, &s.dlq()).is_empty(),
         "nothing was dead-lettered"

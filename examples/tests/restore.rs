@@ -9,8 +9,8 @@ use common::{assert_exact, stop_all, Setup};
 use exactly_core::{ChangelogCheckpoint, DedupStore, StoreBatch};
 use exactly_state::{task_dir, RocksDedupStore, SharedRocksResources, StoreIdentity};
 use exactly_testkit::broker::{self, TestMessage};
-use exactly_testkit::chaos::{free_port, http_get, metric_sum};
-use std::time::{Duration, Instant};
+use exactly_testkit::chaos::{free_port, metric_sum, scrape_until};
+use std::time::Duration;
 
 /// One run: start, produce `messages`, wait until committed, scrape `/metrics`, SIGTERM.
 fn run(s: &Setup, messages: &[TestMessage]) -> String {
@@ -19,16 +19,10 @@ fn run(s: &Setup, messages: &[TestMessage]) -> String {
     app[0].start();
     broker::produce(&s.bs, &s.input, messages);
     s.wait_caught_up(&mut app);
-    // Counters move right after the commit returns; wait for the consumed count to settle.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let text = loop {
-        let text = http_get(&addr, "/metrics").expect("metrics endpoint").1;
-        let consumed = metric_sum(&text, "exactly_records_consumed_total", &[]);
-        if consumed as usize >= messages.len() || Instant::now() > deadline {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    // Counters move right after the commit returns.
+    let text = scrape_until(&addr, Duration::from_secs(10), |t| {
+        metric_sum(t, "exactly_records_consumed_total", &[]) as usize >= messages.len()
+    });
     stop_all(&mut app);
     text
 }

@@ -382,3 +382,19 @@ pub fn wait_for_log(process: &mut AppProcess, needle: &str, timeout: Duration) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Scrapes `http://{addr}/metrics` until `done` holds for the exposition (metrics move right
+/// after the event a test waited for, e.g. a commit) or `timeout` passes; returns the last
+/// exposition either way, for the test to assert on. Panics if the endpoint does not answer 200.
+pub fn scrape_until(addr: &str, timeout: Duration, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (status, text) = http_get(addr, "/metrics")
+            .unwrap_or_else(|| panic!("nothing answers at http://{addr}/metrics"));
+        assert_eq!(status, 200, "GET /metrics: {text}");
+        if done(&text) || Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,6 +1,7 @@
 //! The `exactly` command line: a demo on the local broker and tools to operate apps.
 
 mod demo;
+mod ops;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -23,6 +24,21 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Runs a dedup-forward app instance (what `demo` starts as its instances).
     Forward(ForwardArgs),
+    /// Compares an input and an output topic per message ID (read_committed): duplicates,
+    /// missing and unexpected IDs. Exits 1 if there are any.
+    Verify(ops::VerifyArgs),
+    /// Lists the task stores of a stopped app: entries, bytes, checkpoint; looks an ID up.
+    Inspect(ops::InspectArgs),
+    /// Describes an app's internal topics (changelogs, dead-letter topic); creates them with
+    /// --create.
+    Topics(ops::TopicsArgs),
+    /// Loads and validates an app config (TOML file plus EXACTLY_* environment overrides) and
+    /// prints the effective config, secrets redacted. Exits 1 with the reason if it is invalid.
+    Check {
+        /// The config file (omit to check the environment alone).
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+    },
 }
 
 /// A dedup-forward instance.
@@ -47,6 +63,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Forward(a) => run_forward(a),
+        Command::Verify(a) => ops::verify(a),
+        Command::Inspect(a) => ops::inspect(a),
+        Command::Topics(a) => ops::topics(a),
+        Command::Check { config } => check(config.as_deref()),
     };
     match result {
         Ok(code) => code,
@@ -55,6 +75,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn check(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let loaded = exactly::config::load(path)?;
+    println!("{}", exactly::config::redacted(&loaded.runtime));
+    if let Some(addr) = loaded.metrics_addr {
+        println!("metrics_addr = \"{addr}\"");
+    }
+    eprintln!("config OK");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_forward(a: ForwardArgs) -> anyhow::Result<ExitCode> {

@@ -1,0 +1,291 @@
+//! Operations subcommands: `verify`, `inspect`, `topics`.
+
+use exactly_core::DedupStore;
+use exactly_kafka::{changelog_topic, default_dead_letter_topic, RuntimeConfig};
+use exactly_state::{task_dir, RocksDedupStore, SharedRocksResources, StoreIdentity};
+use exactly_testkit::broker;
+use exactly_testkit::chaos::Verification;
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Options of `exactly verify`.
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    /// Input topic: every message ID in it must reach the output once.
+    #[arg(long)]
+    input: String,
+    /// Output topic.
+    #[arg(long)]
+    output: String,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:29092")]
+    bootstrap: String,
+    /// How many offending IDs to list.
+    #[arg(long, default_value_t = 20)]
+    show: usize,
+}
+
+/// Reads both topics with isolation.level=read_committed and compares them per message ID
+/// (header `message-id`). Exit code 1 on any duplicate, missing or unexpected ID.
+pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let partitions = existing_topics(&a.bootstrap, &[&a.input, &a.output])?;
+    println!(
+        "reading {} ({} partitions) and {} ({} partitions), read_committed",
+        a.input, partitions[0], a.output, partitions[1]
+    );
+    let v = Verification::compare(
+        &broker::read_committed(&a.bootstrap, &a.input),
+        &broker::read_committed(&a.bootstrap, &a.output),
+    );
+    println!("| {:<20} | {:>10} |", "verify", "count");
+    println!("|{:-<22}|{:->12}|", "", "");
+    for (k, n) in [
+        ("input records", v.inputs as u64),
+        ("unique input IDs", v.unique_ids as u64),
+        ("output records", v.outputs as u64),
+        ("duplicates", v.duplicates),
+        ("missing IDs", v.missing.len() as u64),
+        ("unexpected IDs", v.unexpected.len() as u64),
+    ] {
+        println!("| {k:<20} | {n:>10} |");
+    }
+    if v.is_exact() {
+        println!("OK: every input ID is in the output exactly once");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let outs =
+        exactly_testkit::chaos::count_by_id(&broker::read_committed(&a.bootstrap, &a.output));
+    let mut dups: Vec<(&String, &u64)> = outs.iter().filter(|(_, n)| **n > 1).collect();
+    dups.sort();
+    for (id, n) in dups.iter().take(a.show) {
+        println!("duplicate: {id} appears {n} times in {}", a.output);
+    }
+    for id in v.missing.iter().take(a.show) {
+        println!("missing: {id} is in {} but not in {}", a.input, a.output);
+    }
+    for id in v.unexpected.iter().take(a.show) {
+        println!("unexpected: {id} is in {} but not in {}", a.output, a.input);
+    }
+    println!(
+        "FAILED: {} duplicates, {} missing, {} unexpected",
+        v.duplicates,
+        v.missing.len(),
+        v.unexpected.len()
+    );
+    Ok(ExitCode::FAILURE)
+}
+
+/// Partition counts of `topics`, or an error naming the first missing one.
+fn existing_topics(bs: &str, topics: &[&str]) -> anyhow::Result<Vec<usize>> {
+    let client: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bs).create()?;
+    let md = client
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(|e| anyhow::anyhow!("cannot reach Kafka at {bs}: {e}; start it (scripts/broker.sh up) or set --bootstrap"))?;
+    topics
+        .iter()
+        .map(|t| {
+            md.topics()
+                .iter()
+                .find(|m| m.name() == *t && !m.partitions().is_empty())
+                .map(|m| m.partitions().len())
+                .ok_or_else(|| anyhow::anyhow!("topic `{t}` does not exist at {bs}"))
+        })
+        .collect()
+}
+
+/// Options of `exactly inspect`.
+#[derive(clap::Args, Debug)]
+pub struct InspectArgs {
+    /// The app's state dir (its `state_dir`).
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Application id (default: every app found in the state dir).
+    #[arg(long)]
+    app_id: Option<String>,
+    /// Look this message ID up in every task.
+    #[arg(long)]
+    id: Option<String>,
+}
+
+/// Lists the task stores under a state dir: entries, bytes, checkpoint; optionally looks an ID
+/// up. The app must be stopped (RocksDB allows one process per store).
+pub fn inspect(a: InspectArgs) -> anyhow::Result<ExitCode> {
+    let apps: Vec<String> = match &a.app_id {
+        Some(app) => vec![app.clone()],
+        None => subdirs(&a.state_dir)?,
+    };
+    anyhow::ensure!(
+        !apps.is_empty(),
+        "no app directories in {}",
+        a.state_dir.display()
+    );
+    let shared = SharedRocksResources::new(16 << 20, 16 << 20);
+    let mut found_any = false;
+    println!(
+        "| {:<40} | {:>10} | {:>12} | {:<40} |{}",
+        "task",
+        "entries",
+        "bytes",
+        "checkpoint (changelog next offset)",
+        if a.id.is_some() { " id" } else { "" }
+    );
+    for app in apps {
+        for task in subdirs(&a.state_dir.join(&app))? {
+            let Some((topic, partition)) = task
+                .rsplit_once('-')
+                .and_then(|(t, p)| Some((t.to_owned(), p.parse::<i32>().ok()?)))
+            else {
+                println!("| {task:<40} | not a task directory (expected <topic>-<partition>)");
+                continue;
+            };
+            let dir = task_dir(&a.state_dir, &app, &topic, partition);
+            let identity = StoreIdentity::new(changelog_topic(&app, &topic), partition);
+            let store = match RocksDedupStore::open(&dir, &shared, &identity) {
+                Ok(s) => s,
+                Err(e) => {
+                    println!("| {:<40} | cannot open: {e}", format!("{app}/{task}"));
+                    continue;
+                }
+            };
+            let stats = store.stats();
+            let checkpoint = match store.checkpoint() {
+                Ok(Some(cp)) => format!("{}[{}] @ {}", cp.topic, cp.partition, cp.next_offset),
+                Ok(None) => "none (restores from the start)".to_owned(),
+                Err(e) => format!("unreadable: {e}"),
+            };
+            let lookup = match &a.id {
+                Some(id) => match store.get(id.as_bytes()) {
+                    Ok(Some(e)) => {
+                        found_any = true;
+                        format!(
+                            " seen (first_seen_ms {}, source offset {})",
+                            e.first_seen_ms, e.source_offset
+                        )
+                    }
+                    Ok(None) => " not seen".to_owned(),
+                    Err(e) => format!(" error: {e}"),
+                },
+                None => String::new(),
+            };
+            println!(
+                "| {:<40} | {:>10} | {:>12} | {checkpoint:<40} |{lookup}",
+                format!("{app}/{task}"),
+                stats.entries,
+                stats.bytes
+            );
+        }
+    }
+    if let Some(id) = &a.id {
+        println!(
+            "{id}: {}",
+            if found_any {
+                "seen"
+            } else {
+                "not seen in any task"
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn subdirs(dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for e in
+        std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", dir.display()))?
+    {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            out.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Options of `exactly topics`.
+#[derive(clap::Args, Debug)]
+pub struct TopicsArgs {
+    /// Application id.
+    #[arg(long)]
+    app_id: String,
+    /// Input topics of the app (repeatable).
+    #[arg(long = "input", required = true)]
+    inputs: Vec<String>,
+    /// Create missing internal topics (changelogs, dead-letter topic) and check existing ones.
+    #[arg(long)]
+    create: bool,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:29092")]
+    bootstrap: String,
+}
+
+/// Describes (and with `--create` creates) an app's internal topics.
+pub fn topics(a: TopicsArgs) -> anyhow::Result<ExitCode> {
+    if a.create {
+        let mut config = RuntimeConfig::new(a.app_id.clone(), a.bootstrap.clone());
+        config.inputs = a.inputs.clone();
+        config.task.dead_letter_topic = Some(default_dead_letter_topic(&a.app_id));
+        exactly_kafka::topics::ensure_topics(&config)?;
+    }
+    let mut internal: Vec<String> = a
+        .inputs
+        .iter()
+        .map(|i| changelog_topic(&a.app_id, i))
+        .collect();
+    internal.push(default_dead_letter_topic(&a.app_id));
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &a.bootstrap)
+        .create()?;
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &a.bootstrap)
+        .create()?;
+    let md = client
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(|e| anyhow::anyhow!("cannot reach Kafka at {}: {e}", a.bootstrap))?;
+    println!(
+        "| {:<50} | {:>10} | {:<16} | {:>14} |",
+        "topic", "partitions", "cleanup.policy", "retention.ms"
+    );
+    let mut missing = 0;
+    for t in a.inputs.iter().chain(internal.iter()) {
+        let partitions = md
+            .topics()
+            .iter()
+            .find(|m| m.name() == t.as_str())
+            .map_or(0, |m| m.partitions().len());
+        if partitions == 0 {
+            missing += usize::from(internal.contains(t));
+            println!("| {t:<50} | {:>10} | {:<16} | {:>14} |", "missing", "", "");
+            continue;
+        }
+        let (policy, retention) = topic_config(&admin, t);
+        println!("| {t:<50} | {partitions:>10} | {policy:<16} | {retention:>14} |");
+    }
+    if missing > 0 && !a.create {
+        println!("{missing} internal topic(s) missing: run again with --create (the app also creates them at start)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn topic_config(admin: &AdminClient<DefaultClientContext>, topic: &str) -> (String, String) {
+    let spec = [ResourceSpecifier::Topic(topic)];
+    let res = futures_executor::block_on(admin.describe_configs(&spec, &AdminOptions::new()));
+    let Ok(results) = res else {
+        return ("?".into(), "?".into());
+    };
+    let Some(Ok(resource)) = results.into_iter().next() else {
+        return ("?".into(), "?".into());
+    };
+    let get = |name: &str| {
+        resource
+            .get(name)
+            .and_then(|e| e.value.clone())
+            .unwrap_or_else(|| "-".into())
+    };
+    (get("cleanup.policy"), get("retention.ms"))
+}
