@@ -297,7 +297,7 @@ pub(crate) fn run<F: ProcessorFactory>(
                     tracing::warn!(thread, error = %e, "final commit failed");
                 }
             } else if core.txn_open {
-                let _ = core.producer.abort_transaction(REQUEST_TIMEOUT);
+                let _ = abort_transaction(&core.producer);
             }
             let keys: Vec<TaskKey> = core.tasks.keys().cloned().collect();
             for k in keys {
@@ -359,7 +359,7 @@ fn main_loop<F: ProcessorFactory>(
                     "fenced: a newer member joined with this thread's group.instance.id"
                 );
                 if core.txn_open {
-                    let _ = core.producer.abort_transaction(REQUEST_TIMEOUT);
+                    let _ = abort_transaction(&core.producer);
                 }
                 return Err(core.fenced_error());
             }
@@ -944,7 +944,7 @@ impl<F: ProcessorFactory> Core<F> {
         reason: &'static str,
     ) -> Result<(), RuntimeError> {
         if self.txn_open && self.exactly_once() {
-            if let Err(e) = self.producer.abort_transaction(REQUEST_TIMEOUT) {
+            if let Err(e) = abort_transaction(&self.producer) {
                 if is_fatal_producer_error(&e) {
                     return Err(self.fenced_error());
                 }
@@ -1036,6 +1036,21 @@ impl<F: ProcessorFactory> Core<F> {
             self.shared
                 .observer
                 .store(topic, *p, stats.entries, stats.bytes);
+        }
+    }
+}
+
+/// Aborts the producer's transaction. librdkafka's abort purges the queued messages and then
+/// waits for their delivery reports, which a `BaseProducer` only gets while polled: abort in
+/// short resumable steps (a timed-out abort is retried by calling it again) and poll between.
+fn abort_transaction(producer: &BaseProducer<DeliveryTracker>) -> Result<(), KafkaError> {
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    loop {
+        producer.poll(Duration::ZERO);
+        match producer.abort_transaction(Duration::from_millis(100)) {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && Instant::now() < deadline => {}
+            Err(e) => return Err(e),
         }
     }
 }

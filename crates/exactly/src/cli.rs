@@ -29,6 +29,9 @@ pub struct RunArgs {
     /// Serve /metrics, /health and /ready on this address (e.g. 0.0.0.0:9100).
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
+    /// How long start-up waits for the cluster (metadata, topic creation), in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub startup_timeout_ms: u64,
     /// Processing guarantee.
     #[arg(long, value_enum, default_value_t = GuaranteeArg::ExactlyOnce)]
     pub guarantee: GuaranteeArg,
@@ -59,6 +62,7 @@ impl RunArgs {
                 GuaranteeArg::ExactlyOnce => Guarantee::ExactlyOnce,
                 GuaranteeArg::AtLeastOnce => Guarantee::AtLeastOnce,
             });
+        app.config_mut().startup_timeout = Duration::from_millis(self.startup_timeout_ms);
         for kv in &self.kafka {
             let (k, v) = kv.split_once('=').ok_or_else(|| {
                 RuntimeError::Config(format!("--kafka expects KEY=VALUE, got `{kv}`"))
