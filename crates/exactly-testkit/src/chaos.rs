@@ -398,3 +398,184 @@ pub fn scrape_until(addr: &str, timeout: Duration, done: impl Fn(&str) -> bool) 
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A seeded chaos run: app processes over a topic, killed and restarted at random while
+/// messages (with resent IDs) stream in, then verified per message ID.
+#[derive(Debug, Clone)]
+pub struct ChaosPlan {
+    /// The app binary; it must accept `--bootstrap --input --output --app-id --instance-id
+    /// --state-dir --kafka K=V` (e.g. `dedup-forward`, or `exactly forward`).
+    pub program: PathBuf,
+    /// Arguments before the options (e.g. `["forward"]` for the `exactly` binary).
+    pub prefix_args: Vec<String>,
+    /// App processes.
+    pub instances: usize,
+    /// Partitions of the input and output topics.
+    pub partitions: i32,
+    /// Distinct message IDs.
+    pub unique: usize,
+    /// Share of messages that resend an earlier ID.
+    pub dup_share: f64,
+    /// Disruptions (SIGKILL, SIGSTOP/SIGCONT, SIGTERM), each followed by a restart if needed.
+    pub actions: usize,
+    /// Seed of the messages and of the schedule: the same seed replays the same schedule.
+    pub seed: u64,
+}
+
+/// What a chaos run did and found.
+#[derive(Debug, Clone, Default)]
+pub struct ChaosReport {
+    /// The seed (replay with it).
+    pub seed: u64,
+    /// SIGKILLs sent, of which right after a restart (while the tasks restore).
+    pub sigkills: u32,
+    /// SIGKILLs that landed during start-up or restore.
+    pub restore_kills: u32,
+    /// SIGSTOP/SIGCONT pauses.
+    pub pauses: u32,
+    /// Graceful SIGTERM restarts.
+    pub terminations: u32,
+    /// The per-ID comparison of input and output (read_committed).
+    pub verification: Verification,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+impl ChaosReport {
+    /// One line with every figure.
+    pub fn summary(&self) -> String {
+        let v = &self.verification;
+        format!(
+            "chaos seed {}: {} inputs, {} unique IDs, {} resent; {} SIGKILLs ({} during start-up/restore), {} SIGSTOP/SIGCONT, \
+             {} SIGTERM restarts; {} outputs, {} duplicates, {} missing, {} unexpected; {:.1} s",
+            self.seed,
+            v.inputs,
+            v.unique_ids,
+            v.inputs.saturating_sub(v.unique_ids),
+            self.sigkills,
+            self.restore_kills,
+            self.pauses,
+            self.terminations,
+            v.outputs,
+            v.duplicates,
+            v.missing.len(),
+            v.unexpected.len(),
+            self.seconds
+        )
+    }
+}
+
+/// Runs `plan` against the cluster at `bs`, with state and logs under `work_dir`. Creates (and
+/// afterwards deletes) its own topics. Panics with the log tail of an instance that exits on
+/// its own, or if the group does not catch up within 10 minutes.
+pub fn run(bs: &str, plan: &ChaosPlan, work_dir: &Path) -> ChaosReport {
+    let base = broker::unique_name("chaos");
+    let (input, output, app) = (
+        format!("{base}-in"),
+        format!("{base}-out"),
+        format!("{base}-app"),
+    );
+    broker::create_topics(bs, &[(&input, plan.partitions), (&output, plan.partitions)]);
+    let mut rng = StdRng::seed_from_u64(plan.seed);
+    let messages = messages_with_duplicates(plan.unique, plan.dup_share, plan.seed);
+    let prefix: Vec<&str> = plan.prefix_args.iter().map(String::as_str).collect();
+    let mut instances: Vec<AppProcess> = (0..plan.instances)
+        .map(|i| {
+            let args = vec![
+                "--bootstrap".into(),
+                bs.to_owned(),
+                "--input".into(),
+                input.clone(),
+                "--output".into(),
+                output.clone(),
+                "--app-id".into(),
+                app.clone(),
+                "--state-dir".into(),
+                work_dir.join(format!("state-{i}")).display().to_string(),
+                "--kafka".into(),
+                "session.timeout.ms=6000".into(),
+                "--kafka".into(),
+                "heartbeat.interval.ms=500".into(),
+            ];
+            AppProcess::new(&plan.program, &prefix, &i.to_string(), args, work_dir)
+        })
+        .collect();
+    instances.iter_mut().for_each(AppProcess::start);
+    let started = Instant::now();
+    let mut report = ChaosReport {
+        seed: plan.seed,
+        ..ChaosReport::default()
+    };
+    for chunk in messages.chunks(messages.len().div_ceil(plan.actions.max(1))) {
+        broker::produce(bs, &input, chunk);
+        let victim = rng.gen_range(0..instances.len());
+        std::thread::sleep(Duration::from_millis(rng.gen_range(100..1500)));
+        if let Some(status) = instances[victim].exited() {
+            panic!(
+                "instance {victim} exited on its own ({status}); log tail:\n{}",
+                instances[victim].log_tail(30)
+            );
+        }
+        let inst = &mut instances[victim];
+        match rng.gen_range(0..100) {
+            0..=64 => {
+                inst.kill9();
+                report.sigkills += 1;
+                inst.start();
+                if rng.gen_bool(0.3) {
+                    // Again, quickly: this lands in start-up or restore.
+                    std::thread::sleep(Duration::from_millis(rng.gen_range(100..800)));
+                    inst.kill9();
+                    report.sigkills += 1;
+                    report.restore_kills += 1;
+                    inst.start();
+                }
+            }
+            65..=84 => {
+                // A pause shorter than the session timeout: the instance keeps its partitions
+                // and its open transaction, then goes on.
+                inst.freeze();
+                std::thread::sleep(Duration::from_millis(rng.gen_range(200..3000)));
+                inst.resume();
+                report.pauses += 1;
+            }
+            _ => {
+                let status = inst.terminate(Duration::from_secs(60)).expect("running");
+                assert!(
+                    status.success(),
+                    "instance {} exited with {status} after SIGTERM; log tail:\n{}",
+                    inst.id,
+                    inst.log_tail(30)
+                );
+                report.terminations += 1;
+                inst.start();
+            }
+        }
+    }
+    let ends = broker::end_offsets(bs, &input, plan.partitions);
+    wait_caught_up(
+        bs,
+        &app,
+        &input,
+        &ends,
+        Duration::from_secs(600),
+        &mut instances,
+    );
+    for inst in &mut instances {
+        let status = inst.terminate(Duration::from_secs(60)).expect("running");
+        assert!(
+            status.success(),
+            "instance {} exited with {status} after SIGTERM; log tail:\n{}",
+            inst.id,
+            inst.log_tail(30)
+        );
+    }
+    report.verification = Verification::compare(
+        &broker::read_committed(bs, &input),
+        &broker::read_committed(bs, &output),
+    );
+    report.seconds = started.elapsed().as_secs_f64();
+    let changelog = format!("{app}-{input}-dedup-changelog");
+    broker::delete_topics(bs, &[&input, &output, &changelog, &format!("{app}-dlq")]);
+    report
+}

@@ -22,6 +22,10 @@ enum Command {
     /// Runs two instances of a dedup-forward app on the local broker over messages with
     /// duplicate IDs, SIGKILLs and restarts one mid-stream, and prints what reached the output.
     Demo(demo::DemoArgs),
+    /// Runs N instances of a dedup-forward app over a topic, kills and restarts them on a
+    /// seeded random schedule (SIGKILL, SIGSTOP/SIGCONT, SIGTERM), then verifies per message ID
+    /// and prints a report. Exit code 1 on any duplicate or loss.
+    Chaos(ChaosArgs),
     /// Runs a dedup-forward app instance (what `demo` starts as its instances).
     Forward(ForwardArgs),
     /// Compares an input and an output topic per message ID (read_committed): duplicates,
@@ -39,6 +43,29 @@ enum Command {
         #[arg(long)]
         config: Option<std::path::PathBuf>,
     },
+}
+
+/// Options of `exactly chaos`.
+#[derive(clap::Args, Debug)]
+struct ChaosArgs {
+    /// App processes.
+    #[arg(long, default_value_t = 2)]
+    instances: usize,
+    /// Input partitions.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// Distinct message IDs.
+    #[arg(long, default_value_t = 40_000)]
+    unique: usize,
+    /// Share of messages that resend an earlier ID.
+    #[arg(long, default_value_t = 0.2)]
+    dup_share: f64,
+    /// Disruptions (SIGKILL, SIGSTOP/SIGCONT, SIGTERM).
+    #[arg(long, default_value_t = 20)]
+    kills: usize,
+    /// Seed of the schedule (default: random; printed, so a run can be replayed).
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 /// A dedup-forward instance.
@@ -63,6 +90,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Forward(a) => run_forward(a),
+        Command::Chaos(a) => run_chaos(a),
         Command::Verify(a) => ops::verify(a),
         Command::Inspect(a) => ops::inspect(a),
         Command::Topics(a) => ops::topics(a),
@@ -85,6 +113,51 @@ fn check(path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
     }
     eprintln!("config OK");
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_chaos(a: ChaosArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        (0.0..0.95).contains(&a.dup_share),
+        "--dup-share must be in [0, 0.95)"
+    );
+    anyhow::ensure!(
+        a.instances > 0 && a.partitions > 0 && a.unique > 0,
+        "--instances, --partitions and --unique must be positive"
+    );
+    let bs = exactly_testkit::broker::bootstrap();
+    anyhow::ensure!(
+        exactly_testkit::broker::reachable(&bs, std::time::Duration::from_secs(10)),
+        "no Kafka broker answers at {bs}: start the local one with `scripts/broker.sh up`, or set KAFKA_BOOTSTRAP"
+    );
+    let plan = exactly_testkit::chaos::ChaosPlan {
+        program: std::env::current_exe()?,
+        prefix_args: vec!["forward".into()],
+        instances: a.instances,
+        partitions: a.partitions,
+        unique: a.unique,
+        dup_share: a.dup_share,
+        actions: a.kills,
+        seed: a.seed.unwrap_or_else(rand::random),
+    };
+    println!(
+        "chaos: seed {} (replay with --seed {}), {} instances, {} partitions",
+        plan.seed, plan.seed, plan.instances, plan.partitions
+    );
+    let work = tempfile::Builder::new()
+        .prefix("exactly-chaos-")
+        .tempdir()?
+        .keep();
+    println!("work dir (state and logs): {}", work.display());
+    let report = exactly_testkit::chaos::run(&bs, &plan, &work);
+    println!("{}", report.summary());
+    if report.verification.is_exact() {
+        let _ = std::fs::remove_dir_all(&work);
+        println!("exactly once: 0 duplicates, 0 missing");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("NOT exactly once; logs kept in {}", work.display());
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 fn run_forward(a: ForwardArgs) -> anyhow::Result<ExitCode> {
