@@ -72,7 +72,12 @@ pub fn fill<S: DedupStore>(store: &mut S, range: Range<u64>, batch: usize) {
 }
 
 /// [`fill`] for a store of `partition`.
-pub fn fill_partition<S: DedupStore>(store: &mut S, partition: i32, range: Range<u64>, batch: usize) {
+pub fn fill_partition<S: DedupStore>(
+    store: &mut S,
+    partition: i32,
+    range: Range<u64>,
+    batch: usize,
+) {
     let first_seen_ms = now_ms();
     let mut next = range.start;
     while next < range.end {
@@ -145,7 +150,10 @@ mod tests {
         assert_eq!(store.stats().entries, 1_000);
         assert!(store.get(&stored_id(10)).unwrap().is_some());
         assert!(store.get(&stored_id(9)).unwrap().is_none());
-        assert_eq!(store.checkpoint().unwrap(), Some(bench_checkpoint(0, 1_010)));
+        assert_eq!(
+            store.checkpoint().unwrap(),
+            Some(bench_checkpoint(0, 1_010))
+        );
     }
 
     #[test]

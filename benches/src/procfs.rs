@@ -8,11 +8,7 @@ use std::path::Path;
 fn status_field_bytes(pid: u32, field: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = text.lines().find(|l| l.starts_with(field))?;
-    let kb: u64 = line
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
 

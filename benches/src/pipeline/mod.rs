@@ -1,0 +1,699 @@
+//! The end-to-end pipeline benchmark: on one input backlog, (a) a raw rdkafka copy, (b)
+//! exactly at least once, (c) exactly exactly once, each in its own worker process; then the
+//! restore rate of (c) after wiping its state, and process memory at two store sizes.
+//!
+//! Per mode it measures throughput while the worker catches up with the backlog, then
+//! end-to-end latency under a paced load (see [`data::measure_latency`] for the method),
+//! commit latency, peak RSS, store size, and CPU use of worker, broker and machine.
+
+pub mod data;
+pub mod measure;
+pub mod report;
+pub mod worker;
+
+use crate::procfs::{self, MachineCpu};
+use anyhow::{bail, Context as _};
+use exactly_testkit::{broker, chaos};
+use measure::{count_topic, offset_sum, percentiles, Histogram, OffsetClient, Percentiles};
+use report::{ModeResult, PipelineReport, RestoreResult, RunConfig, TargetCheck};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use worker::{RawResult, StoreFillResult, WorkerMode};
+
+/// Options of a pipeline run.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PipelineArgs {
+    /// Input records in the backlog.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub messages: u64,
+    /// Value size in bytes (100 and 1024 are the documented runs).
+    #[arg(long, default_value_t = 100)]
+    pub value_bytes: usize,
+    /// Input and output partitions.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// Share of input records that resend an earlier message ID.
+    #[arg(long, default_value_t = 0.1)]
+    pub dup_share: f64,
+    /// Commit interval of every mode, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub commit_interval_ms: u64,
+    /// Paced records per second in the latency phase.
+    #[arg(long, default_value_t = 2_000)]
+    pub latency_rate: u64,
+    /// Seconds of the latency phase of each mode.
+    #[arg(long, default_value_t = 10.0)]
+    pub latency_seconds: f64,
+    /// Store sizes (IDs) of the memory measurement, comma-separated; the stores are filled
+    /// directly, without the broker.
+    #[arg(long, value_delimiter = ',', default_value = "1000000,5000000")]
+    pub store_ids: Vec<u64>,
+    /// Records per transaction / commit at most, for every mode (exactly's
+    /// `max_batch_records`, default 2000).
+    #[arg(long, default_value_t = 2000)]
+    pub max_batch_records: usize,
+    /// librdkafka property for the clients of every mode, `key=value` (repeatable), e.g.
+    /// `--kafka fetch.wait.max.ms=10`.
+    #[arg(long = "kafka", value_name = "KEY=VALUE")]
+    pub kafka: Vec<String>,
+    /// How the raw copy waits for its outputs before committing offsets: `drain` polls
+    /// delivery reports until none is in flight; `rdkafka` calls `Producer::flush`, which in
+    /// rdkafka 0.39 polls in slices of 100 ms and so takes at least 100 ms whenever anything
+    /// is in flight (what exactly's runtime does; see docs/performance.md).
+    #[arg(long, value_enum, default_value_t = worker::RawFlush::Drain)]
+    pub raw_flush: worker::RawFlush,
+    /// Skip the memory-versus-store-size measurement.
+    #[arg(long)]
+    pub skip_store_memory: bool,
+    /// Skip the restore measurement.
+    #[arg(long)]
+    pub skip_restore: bool,
+    /// Where the JSON goes (default: `target/bench` next to this binary).
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:29092")]
+    pub bootstrap: String,
+    /// Give up on a phase after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    pub timeout_s: u64,
+    /// Keep the benchmark's topics on the broker (they are deleted by default: the test broker
+    /// keeps every record in memory).
+    #[arg(long)]
+    pub keep_topics: bool,
+}
+
+impl PipelineArgs {
+    /// `target/bench`, found from this binary's location (`target/release/pipeline`).
+    pub fn out_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.out_dir {
+            return dir.clone();
+        }
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.join("bench")))
+            .unwrap_or_else(|| PathBuf::from("target/bench"))
+    }
+}
+
+/// A worker child process: this binary re-executed as `worker --mode M ...`, stderr to a log.
+struct WorkerProcess {
+    child: Child,
+    log: PathBuf,
+    started: Instant,
+}
+
+impl WorkerProcess {
+    fn spawn(mode: WorkerMode, args: &[String], log: PathBuf) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("locating this binary")?;
+        let stderr = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = Command::new(exe)
+            .arg("worker")
+            .arg("--mode")
+            .arg(
+                clap::ValueEnum::to_possible_value(&mode)
+                    .map(|v| v.get_name().to_owned())
+                    .unwrap_or_default(),
+            )
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,librdkafka=warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .context("starting a worker process")?;
+        Ok(Self {
+            child,
+            log,
+            started: Instant::now(),
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Fails if the worker has ended on its own.
+    fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "worker exited unexpectedly ({status}); log {}:\n{}",
+                self.log.display(),
+                self.log_tail()
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then wait for a graceful exit.
+    fn terminate(self, timeout: Duration) -> anyhow::Result<()> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        self.wait(timeout)
+    }
+
+    /// Waits for the worker to end and checks it succeeded.
+    fn wait(mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    bail!(
+                        "worker failed ({status}); log {}:\n{}",
+                        self.log.display(),
+                        self.log_tail()
+                    );
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "worker did not stop within {timeout:?}; log {}",
+                    self.log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// What every mode of a run shares.
+struct RunContext {
+    args: PipelineArgs,
+    prefix: String,
+    input: String,
+    work_dir: PathBuf,
+    broker_pid: Option<u32>,
+    cores: usize,
+}
+
+impl RunContext {
+    fn group(&self, mode: WorkerMode) -> String {
+        format!("{}-{}", self.prefix, mode.name())
+    }
+    fn output(&self, mode: WorkerMode) -> String {
+        format!("{}-out-{}", self.prefix, mode.name())
+    }
+    fn state_dir(&self, mode: WorkerMode) -> PathBuf {
+        self.work_dir.join(format!("state-{}", mode.name()))
+    }
+    /// Topics exactly creates for an app: the dedup changelog and the dead-letter topic.
+    fn internal_topics(&self, mode: WorkerMode) -> Vec<String> {
+        let app = self.group(mode);
+        vec![
+            exactly_kafka::changelog_topic(&app, &self.input),
+            exactly_kafka::default_dead_letter_topic(&app),
+        ]
+    }
+    fn delete(&self, topics: &[String]) {
+        if self.args.keep_topics {
+            return;
+        }
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        broker::delete_topics(&self.args.bootstrap, &names);
+    }
+    fn worker_args(&self, mode: WorkerMode, metrics_port: u16, result: &Path) -> Vec<String> {
+        let mut args = vec![
+            "--bootstrap".into(),
+            self.args.bootstrap.clone(),
+            "--input".into(),
+            self.input.clone(),
+            "--output".into(),
+            self.output(mode),
+            "--group".into(),
+            self.group(mode),
+            "--state-dir".into(),
+            self.state_dir(mode).display().to_string(),
+            "--commit-interval-ms".into(),
+            self.args.commit_interval_ms.to_string(),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{metrics_port}"),
+            "--result-file".into(),
+            result.display().to_string(),
+            "--raw-flush".into(),
+            clap::ValueEnum::to_possible_value(&self.args.raw_flush)
+                .map(|v| v.get_name().to_owned())
+                .unwrap_or_default(),
+            "--max-batch-records".into(),
+            self.args.max_batch_records.to_string(),
+        ];
+        for kv in &self.args.kafka {
+            args.extend(["--kafka".to_owned(), kv.clone()]);
+        }
+        args
+    }
+}
+
+fn scrape(port: u16) -> Option<String> {
+    chaos::http_get(&format!("127.0.0.1:{port}"), "/metrics")
+        .filter(|(status, _)| *status == 200)
+        .map(|(_, body)| body)
+}
+
+const COMMIT_HISTOGRAM: &str = "exactly_transaction_commit_seconds";
+
+/// Runs one mode on the backlog: throughput, then latency, then the read-back.
+fn run_mode(ctx: &RunContext, mode: WorkerMode) -> anyhow::Result<ModeResult> {
+    let a = &ctx.args;
+    let output = ctx.output(mode);
+    broker::create_topics(&a.bootstrap, &[(output.as_str(), a.partitions)]);
+    let port = chaos::free_port();
+    let result_file = ctx.work_dir.join(format!("{}.json", mode.name()));
+    let log = ctx.work_dir.join(format!("{}.log", mode.name()));
+    let offsets = OffsetClient::new(&a.bootstrap, &ctx.group(mode), &ctx.input, a.partitions)?;
+    // The backlog plus the paced records of earlier modes: this mode catches up with all of
+    // them before its own latency phase starts.
+    let ends = offsets.ends()?;
+    let end_sum = offset_sum(&ends);
+    eprintln!("[{}] catching up with {end_sum} records", mode.name());
+    let mut worker = WorkerProcess::spawn(mode, &ctx.worker_args(mode, port, &result_file), log)?;
+    let pid = worker.pid();
+
+    // Throughput: from the first observed commit to committed offsets at the end.
+    let timeout = Duration::from_secs(a.timeout_s);
+    let mut first: Option<(Instant, i64, f64, Option<f64>, MachineCpu)> = None;
+    let finished = loop {
+        worker.check_running()?;
+        let committed = offsets.committed()?;
+        let now = Instant::now();
+        let sum = offset_sum(&committed);
+        if first.is_none() && sum > 0 {
+            first = Some((
+                now,
+                sum,
+                procfs::cpu_seconds(pid).unwrap_or(0.0),
+                ctx.broker_pid.and_then(procfs::cpu_seconds),
+                MachineCpu::now(),
+            ));
+        }
+        if ends
+            .iter()
+            .all(|(p, end)| committed.get(p).copied().unwrap_or(0) >= *end)
+        {
+            break now;
+        }
+        if worker.started.elapsed() > timeout {
+            bail!(
+                "[{}] did not catch up within {timeout:?}: committed {committed:?}, ends {ends:?}",
+                mode.name(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let (t_first, first_sum, cpu0, broker0, machine0) =
+        first.context("caught up without a commit being observed")?;
+    let worker_cpu = procfs::cpu_seconds(pid).unwrap_or(0.0) - cpu0;
+    let broker_cpu = ctx
+        .broker_pid
+        .and_then(procfs::cpu_seconds)
+        .zip(broker0)
+        .map(|(b1, b0)| b1 - b0);
+    let machine1 = MachineCpu::now();
+    let caught_up_unix_ms = crate::fixtures::now_ms() as f64;
+    let machine_busy_cores = machine1.busy_cores_since(&machine0, ctx.cores);
+    let seconds = (finished - t_first).as_secs_f64().max(1e-3);
+    let processed = (end_sum - first_sum) as f64;
+    let startup_seconds = (t_first - worker.started).as_secs_f64();
+    let total_seconds = (finished - worker.started).as_secs_f64();
+    let msgs_per_s = if processed * 2.0 >= end_sum as f64 {
+        processed / seconds
+    } else {
+        // Most of the backlog went in the first commit: too little is left to time after it.
+        eprintln!(
+            "[{}] the first observed commit covered {first_sum} of {end_sum} records; reporting the rate from the worker's start (use a larger --messages)",
+            mode.name()
+        );
+        end_sum as f64 / total_seconds
+    };
+    eprintln!(
+        "[{}] {msgs_per_s:.0} msgs/s ({processed} records in {seconds:.2} s after the first commit; startup {startup_seconds:.2} s)",
+        mode.name(),
+    );
+    let is_exactly = mode != WorkerMode::Raw;
+    let hist_backlog = if is_exactly {
+        scrape(port).map(|t| Histogram::parse(&t, COMMIT_HISTOGRAM))
+    } else {
+        None
+    };
+
+    // Latency under a paced load, the backlog done.
+    eprintln!(
+        "[{}] latency phase: {} records/s for {} s",
+        mode.name(),
+        a.latency_rate,
+        a.latency_seconds
+    );
+    let mut latency = data::measure_latency(
+        &a.bootstrap,
+        &ctx.input,
+        &output,
+        a.partitions,
+        &format!("lat-{}", mode.name()),
+        a.latency_rate,
+        a.latency_seconds,
+        a.value_bytes,
+        Duration::from_secs(30),
+    )?;
+    let hist_all = if is_exactly {
+        scrape(port).map(|t| Histogram::parse(&t, COMMIT_HISTOGRAM))
+    } else {
+        None
+    };
+    let peak_rss_bytes = procfs::peak_rss_bytes(pid).unwrap_or(0);
+    worker.terminate(Duration::from_secs(120))?;
+
+    let (commit_backlog, commit_paced) = if is_exactly {
+        let backlog = hist_backlog.unwrap_or_default();
+        let paced = hist_all.unwrap_or_default().since(&backlog);
+        (backlog.percentiles(), paced.percentiles())
+    } else {
+        let raw: RawResult = serde_json::from_slice(
+            &std::fs::read(&result_file).context("reading the raw worker's result")?,
+        )?;
+        split_raw_commits(&raw, caught_up_unix_ms)
+    };
+    let store_bytes = procfs::dir_bytes(&ctx.state_dir(mode));
+    let output_count = count_topic(&a.bootstrap, &output, a.partitions, true, timeout)?;
+    let e2e = percentiles(&mut latency.latencies_ms);
+    Ok(ModeResult {
+        mode: mode.name().to_owned(),
+        input_records: end_sum as u64,
+        startup_seconds,
+        seconds,
+        msgs_per_s,
+        msgs_per_s_incl_startup: end_sum as f64 / total_seconds,
+        vs_raw: 1.0,
+        e2e_latency: e2e,
+        latency_sent: latency.sent,
+        latency_received: latency.latencies_ms.len() as u64,
+        commit_latency_backlog: commit_backlog,
+        commit_latency_paced: commit_paced,
+        peak_rss_bytes,
+        store_bytes,
+        worker_cpu_seconds: worker_cpu,
+        worker_cores: worker_cpu / seconds,
+        broker_cores: broker_cpu.map(|c| c / seconds),
+        machine_busy_cores,
+        other_cores: (machine_busy_cores
+            - worker_cpu / seconds
+            - broker_cpu.unwrap_or(0.0) / seconds)
+            .max(0.0),
+        output: output_count,
+    })
+}
+
+/// Splits the raw worker's commit times into those that ended before the backlog was caught
+/// up (`caught_up_ms`, Unix ms) and those after.
+fn split_raw_commits(
+    raw: &RawResult,
+    caught_up_ms: f64,
+) -> (Option<Percentiles>, Option<Percentiles>) {
+    let (mut backlog, mut paced): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
+    for c in &raw.commits {
+        if c.ended_unix_ms <= caught_up_ms {
+            backlog.push(c.ms);
+        } else {
+            paced.push(c.ms);
+        }
+    }
+    (percentiles(&mut backlog), percentiles(&mut paced))
+}
+
+fn restore(ctx: &RunContext) -> anyhow::Result<RestoreResult> {
+    let a = &ctx.args;
+    let mode = WorkerMode::ExactlyOnce;
+    let state = ctx.state_dir(mode);
+    std::fs::remove_dir_all(&state).ok();
+    let port = chaos::free_port();
+    let result_file = ctx.work_dir.join("restore.json");
+    let log = ctx.work_dir.join("restore.log");
+    eprintln!("[restore] state dir wiped; restarting the exactly-once worker");
+    let mut worker = WorkerProcess::spawn(mode, &ctx.worker_args(mode, port, &result_file), log)?;
+    let timeout = Duration::from_secs(a.timeout_s);
+    let mut restore_started: Option<Instant> = None;
+    let (done, text) = loop {
+        worker.check_running()?;
+        if worker.started.elapsed() > timeout {
+            bail!(
+                "[restore] not done within {timeout:?}; log {}",
+                worker.log.display()
+            );
+        }
+        let now = Instant::now();
+        if let Some(text) = scrape(port) {
+            let restoring = chaos::metric_sum(&text, "exactly_tasks_restoring", &[]);
+            let restored_tasks = Histogram::parse(&text, "exactly_restore_seconds").count as i32;
+            if restoring > 0.0 && restore_started.is_none() {
+                restore_started = Some(now);
+            }
+            if restored_tasks >= a.partitions && restoring == 0.0 {
+                break (now, text);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let started = restore_started.unwrap_or(worker.started);
+    let restored_ids = chaos::metric_sum(&text, "exactly_restore_records_total", &[]) as u64;
+    let hist = Histogram::parse(&text, "exactly_restore_seconds");
+    let seconds = (done - started).as_secs_f64().max(1e-3);
+    let peak_rss_bytes = procfs::peak_rss_bytes(worker.pid()).unwrap_or(0);
+    let seconds_incl_startup = (done - worker.started).as_secs_f64();
+    worker.terminate(Duration::from_secs(120))?;
+    Ok(RestoreResult {
+        restored_ids,
+        seconds,
+        ids_per_s: restored_ids as f64 / seconds,
+        mean_task_seconds: hist.sum / hist.count.max(1) as f64,
+        seconds_incl_startup,
+        peak_rss_bytes,
+        store_bytes: procfs::dir_bytes(&state),
+    })
+}
+
+fn measure_store_memory(ctx: &RunContext, ids: u64) -> anyhow::Result<StoreFillResult> {
+    let dir = ctx.work_dir.join(format!("fill-{ids}"));
+    let result_file = ctx.work_dir.join(format!("fill-{ids}.json"));
+    let log = ctx.work_dir.join(format!("fill-{ids}.log"));
+    eprintln!("[store memory] filling {ids} IDs");
+    let args = vec![
+        "--state-dir".into(),
+        dir.display().to_string(),
+        "--ids".into(),
+        ids.to_string(),
+        "--partitions".into(),
+        ctx.args.partitions.to_string(),
+        "--result-file".into(),
+        result_file.display().to_string(),
+    ];
+    let worker = WorkerProcess::spawn(WorkerMode::StoreFill, &args, log)?;
+    worker.wait(Duration::from_secs(ctx.args.timeout_s))?;
+    let result = serde_json::from_slice(&std::fs::read(&result_file)?)?;
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(result)
+}
+
+fn target_checks(report: &PipelineReport, commit_interval_ms: u64) -> Vec<TargetCheck> {
+    let mut checks = Vec::new();
+    let find = |name: &str| report.modes.iter().find(|m| m.mode == name);
+    if let (Some(raw), Some(eos)) = (find("raw-copy"), find("exactly-once")) {
+        let ratio = eos.msgs_per_s / raw.msgs_per_s;
+        checks.push(TargetCheck {
+            target: "exactly-once ≥ 0.8 × raw copy msgs/s".into(),
+            measured: format!(
+                "{:.2} × ({:.0} vs {:.0} msgs/s)",
+                ratio, eos.msgs_per_s, raw.msgs_per_s
+            ),
+            met: ratio >= 0.8,
+        });
+    }
+    if let Some(eos) = find("exactly-once") {
+        if let Some(p) = &eos.e2e_latency {
+            let limit = 2.0 * commit_interval_ms as f64;
+            checks.push(TargetCheck {
+                target: format!(
+                    "exactly-once p99 end-to-end ≤ 2 × commit interval ({limit:.0} ms)"
+                ),
+                measured: format!("{:.0} ms (p50 {:.0} ms)", p.p99_ms, p.p50_ms),
+                met: p.p99_ms <= limit,
+            });
+        }
+    }
+    if let Some(r) = &report.restore {
+        checks.push(TargetCheck {
+            target: "restore ≥ 500k IDs/s".into(),
+            measured: format!(
+                "{:.0} IDs/s ({} IDs in {:.2} s)",
+                r.ids_per_s, r.restored_ids, r.seconds
+            ),
+            met: r.ids_per_s >= 500_000.0,
+        });
+    }
+    if let (Some(small), Some(large)) = (report.store_memory.first(), report.store_memory.last()) {
+        if large.ids > small.ids {
+            let ratio = large.peak_rss_bytes as f64 / small.peak_rss_bytes.max(1) as f64;
+            checks.push(TargetCheck {
+                target: format!(
+                    "peak RSS with {} IDs ≤ 1.2 × with {}",
+                    crate::fixtures::count_label(large.ids),
+                    crate::fixtures::count_label(small.ids)
+                ),
+                measured: format!(
+                    "{:.2} × ({} vs {} MiB)",
+                    ratio,
+                    large.peak_rss_bytes >> 20,
+                    small.peak_rss_bytes >> 20
+                ),
+                met: ratio <= 1.2,
+            });
+        }
+    }
+    checks
+}
+
+/// Runs the whole benchmark and writes `pipeline-<timestamp>.json` and `latest.json`.
+pub fn run(args: PipelineArgs) -> anyhow::Result<PipelineReport> {
+    let bs = args.bootstrap.clone();
+    if !broker::reachable(&bs, Duration::from_secs(10)) {
+        bail!("no Kafka broker answers at {bs}: start one with `scripts/broker.sh up` or set KAFKA_BOOTSTRAP");
+    }
+    let timestamp = report::utc_timestamp();
+    let machine = procfs::Machine::describe();
+    let out_dir = args.out_dir();
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let work = tempfile::Builder::new()
+        .prefix("pipeline-work-")
+        .tempdir_in(&out_dir)
+        .context("creating the work directory")?;
+    let port = bs
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.split(',').next()?.parse().ok())
+        .unwrap_or(29092);
+    let prefix = broker::unique_name("bench");
+    let input = format!("{prefix}-in");
+    broker::create_topics(&bs, &[(input.as_str(), args.partitions)]);
+    eprintln!(
+        "[seed] producing {} records of {} B to {input}",
+        args.messages, args.value_bytes
+    );
+    let seed = crate::fixtures::now_ms() as u64;
+    let seeded = data::seed_input(
+        &bs,
+        &input,
+        args.messages,
+        args.value_bytes,
+        args.dup_share,
+        seed,
+    )?;
+    eprintln!("[seed] {:.0} msgs/s", seeded.msgs_per_s);
+    let timeout = Duration::from_secs(args.timeout_s);
+    let broker_read = count_topic(&bs, &input, args.partitions, false, timeout)?;
+    let ctx = RunContext {
+        args: args.clone(),
+        prefix,
+        input: input.clone(),
+        work_dir: work.path().to_owned(),
+        broker_pid: procfs::find_broker_pid(port),
+        cores: machine.cores,
+    };
+
+    let mut modes = Vec::new();
+    let mut failure = None;
+    for mode in [
+        WorkerMode::Raw,
+        WorkerMode::AtLeastOnce,
+        WorkerMode::ExactlyOnce,
+    ] {
+        match run_mode(&ctx, mode) {
+            Ok(r) => modes.push(r),
+            Err(e) => {
+                failure = Some(e.context(format!("mode {}", mode.name())));
+                break;
+            }
+        }
+        // The exactly-once worker's topics stay for the restore measurement.
+        if mode != WorkerMode::ExactlyOnce {
+            ctx.delete(&[ctx.output(mode)]);
+            ctx.delete(&ctx.internal_topics(mode));
+        }
+    }
+    let restore = if failure.is_none() && !args.skip_restore {
+        match restore(&ctx) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                failure = Some(e.context("restore"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    ctx.delete(&ctx.internal_topics(WorkerMode::ExactlyOnce));
+    ctx.delete(&[ctx.output(WorkerMode::ExactlyOnce)]);
+    ctx.delete(std::slice::from_ref(&input));
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let mut store_memory = Vec::new();
+    if !args.skip_store_memory {
+        for ids in &args.store_ids {
+            store_memory.push(measure_store_memory(&ctx, *ids)?);
+        }
+    }
+
+    let raw_rate = modes.first().map_or(1.0, |m| m.msgs_per_s);
+    for m in &mut modes {
+        m.vs_raw = m.msgs_per_s / raw_rate;
+    }
+    let mut report = PipelineReport {
+        timestamp,
+        machine,
+        bootstrap: bs,
+        broker_pid: ctx.broker_pid,
+        config: RunConfig {
+            messages: args.messages,
+            value_bytes: args.value_bytes,
+            partitions: args.partitions,
+            dup_share: args.dup_share,
+            commit_interval_ms: args.commit_interval_ms,
+            latency_rate: args.latency_rate,
+            latency_seconds: args.latency_seconds,
+            raw_flush: args.raw_flush,
+            max_batch_records: args.max_batch_records,
+            kafka: args.kafka.clone(),
+        },
+        input: seeded,
+        broker_read,
+        modes,
+        restore,
+        store_memory,
+        targets: Vec::new(),
+    };
+    report.targets = target_checks(&report, args.commit_interval_ms);
+    let json = serde_json::to_vec_pretty(&report)?;
+    let file = out_dir.join(format!("pipeline-{}.json", report.timestamp));
+    std::fs::write(&file, &json).with_context(|| format!("writing {}", file.display()))?;
+    std::fs::write(out_dir.join("latest.json"), &json)?;
+    eprintln!("wrote {} and latest.json", file.display());
+    Ok(report)
+}
