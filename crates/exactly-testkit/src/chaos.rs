@@ -469,6 +469,16 @@ impl ChaosReport {
 /// afterwards deletes) its own topics. Panics with the log tail of an instance that exits on
 /// its own, or if the group does not catch up within 10 minutes.
 pub fn run(bs: &str, plan: &ChaosPlan, work_dir: &Path) -> ChaosReport {
+    run_observed(bs, plan, work_dir, &mut |_, _| {})
+}
+
+/// [`run`], telling `progress` after each disruption how many are done and what happened.
+pub fn run_observed(
+    bs: &str,
+    plan: &ChaosPlan,
+    work_dir: &Path,
+    progress: &mut dyn FnMut(usize, &str),
+) -> ChaosReport {
     let base = broker::unique_name("chaos");
     let (input, output, app) = (
         format!("{base}-in"),
@@ -506,7 +516,10 @@ pub fn run(bs: &str, plan: &ChaosPlan, work_dir: &Path) -> ChaosReport {
         seed: plan.seed,
         ..ChaosReport::default()
     };
-    for chunk in messages.chunks(messages.len().div_ceil(plan.actions.max(1))) {
+    for (done, chunk) in messages
+        .chunks(messages.len().div_ceil(plan.actions.max(1)))
+        .enumerate()
+    {
         broker::produce(bs, &input, chunk);
         let victim = rng.gen_range(0..instances.len());
         std::thread::sleep(Duration::from_millis(rng.gen_range(100..1500)));
@@ -519,6 +532,7 @@ pub fn run(bs: &str, plan: &ChaosPlan, work_dir: &Path) -> ChaosReport {
         let inst = &mut instances[victim];
         match rng.gen_range(0..100) {
             0..=64 => {
+                progress(done, &format!("SIGKILL instance {victim}"));
                 inst.kill9();
                 report.sigkills += 1;
                 inst.start();
@@ -532,6 +546,7 @@ pub fn run(bs: &str, plan: &ChaosPlan, work_dir: &Path) -> ChaosReport {
                 }
             }
             65..=84 => {
+                progress(done, &format!("SIGSTOP instance {victim}"));
                 // A pause shorter than the session timeout: the instance keeps its partitions
                 // and its open transaction, then goes on.
                 inst.freeze();
@@ -540,6 +555,7 @@ pub fn run(bs: &str, plan: &ChaosPlan, work_dir: &Path) -> ChaosReport {
                 report.pauses += 1;
             }
             _ => {
+                progress(done, &format!("SIGTERM instance {victim}"));
                 let status = inst.terminate(Duration::from_secs(60)).expect("running");
                 assert!(
                     status.success(),
@@ -552,6 +568,10 @@ pub fn run(bs: &str, plan: &ChaosPlan, work_dir: &Path) -> ChaosReport {
             }
         }
     }
+    progress(
+        plan.actions,
+        "waiting until every input offset is committed",
+    );
     let ends = broker::end_offsets(bs, &input, plan.partitions);
     wait_caught_up(
         bs,

@@ -1,7 +1,7 @@
 //! `exactly demo`: exactly-once under a SIGKILL, shown on the local broker.
 
 use exactly_testkit::broker::{self, TestMessage};
-use exactly_testkit::chaos::{messages_with_duplicates, wait_caught_up, AppProcess, Verification};
+use exactly_testkit::chaos::{messages_with_duplicates, AppProcess, Verification};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -107,14 +107,41 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     let ends = broker::end_offsets(&bs, &input, args.partitions);
     step("waiting until the app has committed every input offset");
-    wait_caught_up(
-        &bs,
-        &app,
-        &input,
-        &ends,
-        Duration::from_secs(300),
-        &mut instances,
+    let total: i64 = ends.values().sum();
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} offsets committed",
+        )
+        .expect("a valid template"),
     );
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let committed = broker::committed_offsets(&bs, &app, &input, args.partitions);
+        let done: i64 = committed.values().map(|o| (*o).max(0)).sum();
+        bar.set_position(done as u64);
+        if done >= total {
+            break;
+        }
+        if Instant::now() > deadline {
+            bar.abandon();
+            anyhow::bail!(
+                "the app did not commit every input offset within 300 s ({done} of {total}); logs in {}",
+                work.display()
+            );
+        }
+        for inst in &mut instances {
+            if let Some(status) = inst.exited() {
+                anyhow::bail!(
+                    "instance {} exited ({status}); log tail:\n{}",
+                    inst.id,
+                    inst.log_tail(30)
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bar.finish_and_clear();
     step("stopping both instances (SIGTERM)");
     for inst in &mut instances {
         let status = inst.terminate(Duration::from_secs(60));

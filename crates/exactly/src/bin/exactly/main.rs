@@ -148,7 +148,18 @@ fn run_chaos(a: ChaosArgs) -> anyhow::Result<ExitCode> {
         .tempdir()?
         .keep();
     println!("work dir (state and logs): {}", work.display());
-    let report = exactly_testkit::chaos::run(&bs, &plan, &work);
+    let bar = indicatif::ProgressBar::new(plan.actions as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} disruptions  {msg}",
+        )
+        .expect("a valid template"),
+    );
+    let report = exactly_testkit::chaos::run_observed(&bs, &plan, &work, &mut |done, what| {
+        bar.set_position(done as u64);
+        bar.set_message(what.to_owned());
+    });
+    bar.finish_and_clear();
     println!("{}", report.summary());
     if report.verification.is_exact() {
         let _ = std::fs::remove_dir_all(&work);

@@ -38,10 +38,14 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         "reading {} ({} partitions) and {} ({} partitions), read_committed",
         a.input, partitions[0], a.output, partitions[1]
     );
-    let v = Verification::compare(
-        &broker::read_committed(&a.bootstrap, &a.input),
-        &broker::read_committed(&a.bootstrap, &a.output),
-    );
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    spinner.set_message(format!("reading {}", a.input));
+    let inputs = broker::read_committed(&a.bootstrap, &a.input);
+    spinner.set_message(format!("reading {}", a.output));
+    let outputs = broker::read_committed(&a.bootstrap, &a.output);
+    spinner.finish_and_clear();
+    let v = Verification::compare(&inputs, &outputs);
     println!("| {:<20} | {:>10} |", "verify", "count");
     println!("|{:-<22}|{:->12}|", "", "");
     for (k, n) in [
@@ -58,8 +62,7 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         println!("OK: every input ID is in the output exactly once");
         return Ok(ExitCode::SUCCESS);
     }
-    let outs =
-        exactly_testkit::chaos::count_by_id(&broker::read_committed(&a.bootstrap, &a.output));
+    let outs = exactly_testkit::chaos::count_by_id(&outputs);
     let mut dups: Vec<(&String, &u64)> = outs.iter().filter(|(_, n)| **n > 1).collect();
     dups.sort();
     for (id, n) in dups.iter().take(a.show) {
