@@ -12,4 +12,7 @@ cd "$REPO_ROOT"
 "$REPO_ROOT/scripts/broker.sh" up
 eval "$("$REPO_ROOT/scripts/broker.sh" env)"
 export KAFKA_BOOTSTRAP
-exec cargo run -p exactly --bin exactly -- demo "$@"
+# Build the whole workspace the way scripts/test.sh does (same features, one build of rocksdb
+# and librdkafka for both commands), then run the demo.
+cargo build --workspace --all-targets
+exec "$REPO_ROOT/target/debug/exactly" demo "$@"
