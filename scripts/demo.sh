@@ -15,4 +15,4 @@ export KAFKA_BOOTSTRAP
 # Build the whole workspace the way scripts/test.sh does (same features, one build of rocksdb
 # and librdkafka for both commands), then run the demo.
 cargo build --workspace --all-targets
-exec "$REPO_ROOT/target/debug/exactly" demo "$@"
+exec "${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug/exactly" demo "$@"
