@@ -12,23 +12,7 @@ use std::time::Duration;
 const FAULTY: &str = env!("CARGO_BIN_EXE_faulty-forward");
 
 fn faulty(s: &Setup, extra: &[&str]) -> AppProcess {
-    let mut args: Vec<String> = [
-        "--bootstrap",
-        &s.bs,
-        "--input",
-        &s.input,
-        "--output",
-        &s.output,
-        "--app-id",
-        &s.app,
-        "--state-dir",
-        &s.state_dir("0").display().to_string(),
-    ]
-    .iter()
-    .map(|a| (*a).to_owned())
-    .collect();
-    args.extend(extra.iter().map(|a| (*a).to_owned()));
-    AppProcess::new(FAULTY, &[], "0", args, s.dir.path())
+    s.instance(FAULTY, "0", &s.state_dir("0"), extra)
 }
 
 fn msg(id: Option<&str>, value: &str) -> TestMessage {

@@ -5,7 +5,7 @@
 mod common;
 use common::{stop_all, Setup};
 use exactly_testkit::broker::{self, ReadRecord, TestMessage};
-use exactly_testkit::chaos::{count_by_id, AppProcess};
+use exactly_testkit::chaos::count_by_id;
 use std::collections::HashMap;
 
 const BIN: &str = env!("CARGO_BIN_EXE_order-validation");
@@ -50,22 +50,7 @@ fn valid_orders_are_priced_once_and_invalid_ones_dead_lettered_once_despite_rese
     let orders: Vec<TestMessage> = (0..n).map(order).collect();
     // Every fourth order is resent, after all the originals.
     let resends: Vec<TestMessage> = (0..n).step_by(4).map(order).collect();
-    let args: Vec<String> = [
-        "--input",
-        &s.input,
-        "--output",
-        &s.output,
-        "--app-id",
-        &s.app,
-        "--bootstrap",
-        &s.bs,
-        "--state-dir",
-        &s.state_dir("0").display().to_string(),
-    ]
-    .iter()
-    .map(|a| (*a).to_owned())
-    .collect();
-    let mut app = AppProcess::new(BIN, &[], "0", args, s.dir.path());
+    let mut app = s.instance(BIN, "0", &s.state_dir("0"), &[]);
     app.start();
     broker::produce(&s.bs, &s.input, &orders[..n / 2]);
     s.wait_caught_up(std::slice::from_mut(&mut app));

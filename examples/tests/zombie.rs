@@ -27,13 +27,7 @@ fn a_frozen_instance_replaced_under_the_same_id_is_fenced_and_writes_nothing_vis
     old.freeze();
 
     // The replacement: same instance id, its own state dir (another machine).
-    let mut new = s.forward(
-        "0",
-        &[
-            "--state-dir",
-            &s.state_dir("replacement").display().to_string(),
-        ],
-    );
+    let mut new = s.instance(common::FORWARD, "0", &s.state_dir("replacement"), &[]);
     new.set_log(s.dir.path().join("replacement.log"));
     new.start();
     broker::produce(&s.bs, &s.input, &thirds[1][thirds[1].len() / 2..]);

@@ -178,6 +178,36 @@ impl Drop for AppProcess {
     }
 }
 
+/// The options every app instance of a test gets: cluster, topics, app id, state dir, and a
+/// short session timeout (6 s) so a killed member's partitions move on quickly.
+pub fn instance_args(
+    bs: &str,
+    input: &str,
+    output: &str,
+    app: &str,
+    state_dir: &Path,
+) -> Vec<String> {
+    [
+        "--bootstrap",
+        bs,
+        "--input",
+        input,
+        "--output",
+        output,
+        "--app-id",
+        app,
+        "--state-dir",
+        &state_dir.display().to_string(),
+        "--kafka",
+        "session.timeout.ms=6000",
+        "--kafka",
+        "heartbeat.interval.ms=500",
+    ]
+    .iter()
+    .map(|a| (*a).to_owned())
+    .collect()
+}
+
 /// `unique` messages with IDs `m0..m{unique-1}` (key = ID) plus resends of earlier IDs with
 /// the same key and value, so that `dup_share` of all messages are resends. Half the resends
 /// land within 50 messages of their original, half anywhere later (far apart in time when
@@ -491,22 +521,13 @@ pub fn run_observed(
     let prefix: Vec<&str> = plan.prefix_args.iter().map(String::as_str).collect();
     let mut instances: Vec<AppProcess> = (0..plan.instances)
         .map(|i| {
-            let args = vec![
-                "--bootstrap".into(),
-                bs.to_owned(),
-                "--input".into(),
-                input.clone(),
-                "--output".into(),
-                output.clone(),
-                "--app-id".into(),
-                app.clone(),
-                "--state-dir".into(),
-                work_dir.join(format!("state-{i}")).display().to_string(),
-                "--kafka".into(),
-                "session.timeout.ms=6000".into(),
-                "--kafka".into(),
-                "heartbeat.interval.ms=500".into(),
-            ];
+            let args = instance_args(
+                bs,
+                &input,
+                &output,
+                &app,
+                &work_dir.join(format!("state-{i}")),
+            );
             AppProcess::new(&plan.program, &prefix, &i.to_string(), args, work_dir)
         })
         .collect();

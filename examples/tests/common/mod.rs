@@ -2,9 +2,9 @@
 #![allow(dead_code)]
 
 use exactly_testkit::broker::{self, ReadRecord};
-use exactly_testkit::chaos::{wait_caught_up, AppProcess, Verification};
+use exactly_testkit::chaos::{instance_args, wait_caught_up, AppProcess, Verification};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const FORWARD: &str = env!("CARGO_BIN_EXE_dedup-forward");
@@ -49,34 +49,23 @@ impl Setup {
         self.dir.path().join(format!("state-{instance}"))
     }
 
-    /// A dedup-forward instance with its own state dir (unless `extra` names one); `extra`
-    /// args are appended.
-    pub fn forward(&self, id: &str, extra: &[&str]) -> AppProcess {
-        let mut args: Vec<String> = [
-            "--bootstrap",
-            &self.bs,
-            "--input",
-            &self.input,
-            "--output",
-            &self.output,
-            "--app-id",
-            &self.app,
-            "--kafka",
-            "session.timeout.ms=6000",
-            "--kafka",
-            "heartbeat.interval.ms=500",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        if !extra.contains(&"--state-dir") {
-            args.extend([
-                "--state-dir".to_owned(),
-                self.state_dir(id).display().to_string(),
-            ]);
-        }
+    /// An instance of `program` (an app binary taking the standard options) with state in
+    /// `state_dir`; `extra` args are appended.
+    pub fn instance(
+        &self,
+        program: &str,
+        id: &str,
+        state_dir: &Path,
+        extra: &[&str],
+    ) -> AppProcess {
+        let mut args = instance_args(&self.bs, &self.input, &self.output, &self.app, state_dir);
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        AppProcess::new(FORWARD, &[], id, args, self.dir.path())
+        AppProcess::new(program, &[], id, args, self.dir.path())
+    }
+
+    /// A dedup-forward instance with its own state dir; `extra` args are appended.
+    pub fn forward(&self, id: &str, extra: &[&str]) -> AppProcess {
+        self.instance(FORWARD, id, &self.state_dir(id), extra)
     }
 
     pub fn ends(&self) -> HashMap<i32, i64> {

@@ -1,7 +1,7 @@
 //! `exactly demo`: exactly-once under a SIGKILL, shown on the local broker.
 
 use exactly_testkit::broker::{self, TestMessage};
-use exactly_testkit::chaos::{messages_with_duplicates, AppProcess, Verification};
+use exactly_testkit::chaos::{instance_args, messages_with_duplicates, AppProcess, Verification};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -65,23 +65,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let messages = messages_with_duplicates(args.unique, args.dup_share, args.seed);
     let mut instances: Vec<AppProcess> = (0..2)
         .map(|i| {
-            let state = work.join(format!("state-{i}")).display().to_string();
-            let a = vec![
-                "--bootstrap".into(),
-                bs.clone(),
-                "--input".into(),
-                input.clone(),
-                "--output".into(),
-                output.clone(),
-                "--app-id".into(),
-                app.clone(),
-                "--state-dir".into(),
-                state,
-                "--kafka".into(),
-                "session.timeout.ms=6000".into(),
-                "--kafka".into(),
-                "heartbeat.interval.ms=500".into(),
-            ];
+            let a = instance_args(&bs, &input, &output, &app, &work.join(format!("state-{i}")));
             AppProcess::new(&exe, &["forward"], &i.to_string(), a, &work)
         })
         .collect();
