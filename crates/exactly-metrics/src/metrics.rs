@@ -344,10 +344,21 @@ impl Metrics {
         names
     }
 
-    /// The Prometheus text exposition format (0.0.4) of every series.
+    /// The Prometheus text exposition format (0.0.4) of every series, labels sorted by name.
     pub fn encode_text(&self) -> String {
+        let mut families = self.registry.gather();
+        // The registry appends its common labels (`app`, `instance`) from a HashMap, so
+        // their order would change between processes; sorted names make every series line
+        // stable (diffable, greppable, and the same in every scrape).
+        for family in &mut families {
+            for metric in family.mut_metric() {
+                let mut labels = metric.take_label();
+                labels.sort_by(|a, b| a.name().cmp(b.name()));
+                metric.set_label(labels);
+            }
+        }
         let mut text = String::new();
-        if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), &mut text) {
+        if let Err(e) = TextEncoder::new().encode_utf8(&families, &mut text) {
             // Only malformed metric families fail to encode; serve what was encoded so far
             // rather than nothing, and say why the rest is missing.
             tracing::error!(error = %e, "encoding metrics failed; /metrics is incomplete");
@@ -399,34 +410,6 @@ impl Metrics {
 mod tests {
     use super::*;
 
-    trait Pipe: Sized {
-        fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
-            f(self)
-        }
-    }
-    impl Pipe for String {}
-
-    /// The exposition with every sample's labels in name order (prometheus writes a metric's
-    /// own labels before the constant ones), so tests can match whole sample lines.
-    fn sort_labels(text: String) -> String {
-        text.lines()
-            .map(|line| match (line.find('{'), line.rfind('}')) {
-                (Some(open), Some(close)) if !line.starts_with('#') => {
-                    let mut labels: Vec<&str> = line[open + 1..close].split(',').collect();
-                    labels.sort_unstable();
-                    format!(
-                        "{}{{{}}}{}",
-                        &line[..open],
-                        labels.join(","),
-                        &line[close + 1..]
-                    )
-                }
-                _ => line.to_owned(),
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
     #[test]
     fn two_instances_in_one_process_do_not_clash() {
         let a = Metrics::new("app-a", "0").expect("first metrics");
@@ -436,8 +419,8 @@ mod tests {
             .inc_by(2);
         b.duplicates_dropped_total.with_label_values(&["t"]).inc();
 
-        let a_text = a.encode_text().pipe(sort_labels);
-        let b_text = b.encode_text().pipe(sort_labels);
+        let a_text = a.encode_text();
+        let b_text = b.encode_text();
         assert!(a_text
             .contains(r#"exactly_duplicates_dropped_total{app="app-a",instance="0",topic="t"} 2"#));
         assert!(b_text
@@ -498,16 +481,13 @@ mod tests {
         assert!(m
             .metric_names()
             .contains(&"exactly_consumer_lag_records".to_owned()));
-        assert!(!m
-            .encode_text()
-            .pipe(sort_labels)
-            .contains("exactly_consumer_lag_records"));
+        assert!(!m.encode_text().contains("exactly_consumer_lag_records"));
     }
 
     #[test]
     fn fixed_set_series_start_at_zero() {
         let m = Metrics::new("app", "0").expect("metrics");
-        let text = m.encode_text().pipe(sort_labels);
+        let text = m.encode_text();
         assert!(text.contains(
             r#"exactly_transactions_aborted_total{app="app",instance="0",reason="fenced"} 0"#
         ));
@@ -522,7 +502,7 @@ mod tests {
         let m = Metrics::new("app", "0").expect("metrics");
         m.dead_lettered("in", DeadLetterReason::OversizedId).inc();
         m.transaction_aborted(AbortReason::Rebalance).inc_by(2);
-        let text = m.encode_text().pipe(sort_labels);
+        let text = m.encode_text();
         assert!(text.contains(
             r#"exactly_dead_lettered_total{app="app",instance="0",reason="oversized_id",topic="in"} 1"#
         ));
@@ -542,7 +522,7 @@ mod tests {
             .set(7);
         m.store_entries.with_label_values(&["in", "0"]).set(100);
         m.forget_partition("in", 0);
-        let text = m.encode_text().pipe(sort_labels);
+        let text = m.encode_text();
         assert!(!text.contains(r#"partition="0""#), "{text}");
         assert!(text.contains(
             r#"exactly_consumer_lag_records{app="app",instance="0",partition="1",topic="in"} 7"#
@@ -557,7 +537,7 @@ mod tests {
         assert_eq!(BATCH_RECORDS_BUCKETS.last(), Some(&100_000.0));
         let m = Metrics::new("app", "0").expect("metrics");
         m.transaction_commit_seconds.observe(0.003);
-        let text = m.encode_text().pipe(sort_labels);
+        let text = m.encode_text();
         assert!(text.contains(
             r#"exactly_transaction_commit_seconds_bucket{app="app",instance="0",le="0.005"} 1"#
         ));

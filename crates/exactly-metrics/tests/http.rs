@@ -93,7 +93,7 @@ async fn metrics_shows_the_exact_counter_line() {
     assert!(head.contains("Connection: close"), "{head}");
     assert!(
         body.lines()
-            .any(|l| l == r#"exactly_duplicates_dropped_total{topic="t",app="a",instance="i"} 3"#),
+            .any(|l| l == r#"exactly_duplicates_dropped_total{app="a",instance="i",topic="t"} 3"#),
         "{body}"
     );
 }
