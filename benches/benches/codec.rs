@@ -11,7 +11,9 @@
 //! poll, into an empty store; 1M records (10M with `EXACTLY_BENCH_LARGE=1`). It excludes the
 //! Kafka fetch, which the pipeline benchmark's restore measurement includes.
 
-use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use criterion::{
+    criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput,
+};
 use exactly_benches::fixtures::{
     changelog, count_label, large_enabled, now_ms, open_rocks, ChangelogRecord, NoopProcessor,
     BENCH_CHANGELOG,
@@ -100,7 +102,11 @@ fn restore(c: &mut Criterion) {
     let log = changelog(records);
     let mut group = c.benchmark_group("restore");
     group.throughput(Throughput::Elements(records));
-    group.sample_size(10);
+    // One iteration replays the whole changelog (about a second): ten flat samples.
+    group
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .measurement_time(Duration::from_secs(if large_enabled() { 120 } else { 12 }));
     group.bench_function(BenchmarkId::new("mem", count_label(records)), |b| {
         b.iter_batched(
             MemDedupStore::new,

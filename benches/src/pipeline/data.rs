@@ -187,6 +187,23 @@ pub fn measure_latency(
             .create()
             .context("creating the paced producer")?;
         let value = vec![b'l'; value_bytes];
+        // Warm up first: an idempotent producer cannot send before it has its producer id,
+        // and the first records of a fresh producer wait for that (about 0.5 s on the test
+        // broker), which would show up as a latency tail that is not the pipeline's.
+        let warm_id = format!("warmup-{sender_prefix}");
+        send_retrying(
+            &producer,
+            BaseRecord::to(&sender_input)
+                .key(warm_id.as_bytes())
+                .payload(value.as_slice())
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "message-id",
+                    value: Some(warm_id.as_bytes()),
+                })),
+        )?;
+        producer
+            .flush(Duration::from_secs(30))
+            .context("flushing the paced producer's warm-up record")?;
         let started = Instant::now();
         for n in 0..total {
             // Send record n at its scheduled time (started + n / rate).

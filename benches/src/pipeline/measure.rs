@@ -194,6 +194,9 @@ pub struct Percentiles {
     pub p99_ms: f64,
     /// Largest sample (for a histogram: the upper bound of the highest non-empty bucket).
     pub max_ms: f64,
+    /// Mean (for a histogram: its sum over its count, exact unlike the interpolated
+    /// percentiles).
+    pub mean_ms: f64,
 }
 
 /// Nearest-rank percentiles of samples in milliseconds (`None` without samples).
@@ -211,6 +214,7 @@ pub fn percentiles(samples: &mut [f64]) -> Option<Percentiles> {
         p50_ms: at(0.50),
         p99_ms: at(0.99),
         max_ms: samples[samples.len() - 1],
+        mean_ms: samples.iter().sum::<f64>() / samples.len() as f64,
     })
 }
 
@@ -338,6 +342,7 @@ impl Histogram {
             p50_ms: self.quantile(0.50)? * 1e3,
             p99_ms: self.quantile(0.99)? * 1e3,
             max_ms: max * 1e3,
+            mean_ms: self.sum / self.count.max(1) as f64 * 1e3,
         })
     }
 }
@@ -364,6 +369,7 @@ exactly_transaction_commit_seconds_count{app="a",instance="0"} 100
         assert!((h.quantile(0.5).unwrap() - 0.01).abs() < 1e-9);
         assert!((h.quantile(0.99).unwrap() - 0.0982).abs() < 1e-9);
         assert_eq!(h.percentiles().unwrap().max_ms, 100.0);
+        assert!((h.percentiles().unwrap().mean_ms - 15.0).abs() < 1e-9);
     }
 
     #[test]

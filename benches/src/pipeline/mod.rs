@@ -8,6 +8,7 @@
 
 pub mod data;
 pub mod measure;
+mod process;
 pub mod report;
 pub mod worker;
 
@@ -15,10 +16,9 @@ use crate::procfs::{self, MachineCpu};
 use anyhow::{bail, Context as _};
 use exactly_testkit::{broker, chaos};
 use measure::{count_topic, offset_sum, percentiles, Histogram, OffsetClient, Percentiles};
-use report::{ModeResult, PipelineReport, RestoreResult, RunConfig, TargetCheck};
-use std::fs::File;
+use process::WorkerProcess;
+use report::{target_checks, ModeResult, PipelineReport, RestoreResult, RunConfig};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use worker::{RawResult, StoreFillResult, WorkerMode};
 
@@ -95,106 +95,6 @@ impl PipelineArgs {
             .ok()
             .and_then(|exe| Some(exe.parent()?.parent()?.join("bench")))
             .unwrap_or_else(|| PathBuf::from("target/bench"))
-    }
-}
-
-/// A worker child process: this binary re-executed as `worker --mode M ...`, stderr to a log.
-struct WorkerProcess {
-    child: Child,
-    log: PathBuf,
-    started: Instant,
-}
-
-impl WorkerProcess {
-    fn spawn(mode: WorkerMode, args: &[String], log: PathBuf) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("locating this binary")?;
-        let stderr = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Command::new(exe)
-            .arg("worker")
-            .arg("--mode")
-            .arg(
-                clap::ValueEnum::to_possible_value(&mode)
-                    .map(|v| v.get_name().to_owned())
-                    .unwrap_or_default(),
-            )
-            .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,librdkafka=warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .context("starting a worker process")?;
-        Ok(Self {
-            child,
-            log,
-            started: Instant::now(),
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    /// Fails if the worker has ended on its own.
-    fn check_running(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!(
-                "worker exited unexpectedly ({status}); log {}:\n{}",
-                self.log.display(),
-                self.log_tail()
-            );
-        }
-        Ok(())
-    }
-
-    /// SIGTERM, then wait for a graceful exit.
-    fn terminate(self, timeout: Duration) -> anyhow::Result<()> {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        self.wait(timeout)
-    }
-
-    /// Waits for the worker to end and checks it succeeded.
-    fn wait(mut self, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                if !status.success() {
-                    bail!(
-                        "worker failed ({status}); log {}:\n{}",
-                        self.log.display(),
-                        self.log_tail()
-                    );
-                }
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "worker did not stop within {timeout:?}; log {}",
-                    self.log.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -445,6 +345,15 @@ fn restore(ctx: &RunContext) -> anyhow::Result<RestoreResult> {
     let mode = WorkerMode::ExactlyOnce;
     let state = ctx.state_dir(mode);
     std::fs::remove_dir_all(&state).ok();
+    // The Kafka side alone: one read_committed consumer reading the whole changelog.
+    let changelog = exactly_kafka::changelog_topic(&ctx.group(mode), &ctx.input);
+    let changelog_read = count_topic(
+        &a.bootstrap,
+        &changelog,
+        a.partitions,
+        true,
+        Duration::from_secs(a.timeout_s),
+    )?;
     let port = chaos::free_port();
     let result_file = ctx.work_dir.join("restore.json");
     let log = ctx.work_dir.join("restore.log");
@@ -452,6 +361,7 @@ fn restore(ctx: &RunContext) -> anyhow::Result<RestoreResult> {
     let mut worker = WorkerProcess::spawn(mode, &ctx.worker_args(mode, port, &result_file), log)?;
     let timeout = Duration::from_secs(a.timeout_s);
     let mut restore_started: Option<Instant> = None;
+    let mut restore_cpu0 = 0.0;
     let (done, text) = loop {
         worker.check_running()?;
         if worker.started.elapsed() > timeout {
@@ -466,6 +376,7 @@ fn restore(ctx: &RunContext) -> anyhow::Result<RestoreResult> {
             let restored_tasks = Histogram::parse(&text, "exactly_restore_seconds").count as i32;
             if restoring > 0.0 && restore_started.is_none() {
                 restore_started = Some(now);
+                restore_cpu0 = procfs::cpu_seconds(worker.pid()).unwrap_or(0.0);
             }
             if restored_tasks >= a.partitions && restoring == 0.0 {
                 break (now, text);
@@ -473,6 +384,7 @@ fn restore(ctx: &RunContext) -> anyhow::Result<RestoreResult> {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    let worker_cpu = procfs::cpu_seconds(worker.pid()).unwrap_or(0.0) - restore_cpu0;
     let started = restore_started.unwrap_or(worker.started);
     let restored_ids = chaos::metric_sum(&text, "exactly_restore_records_total", &[]) as u64;
     let hist = Histogram::parse(&text, "exactly_restore_seconds");
@@ -486,6 +398,8 @@ fn restore(ctx: &RunContext) -> anyhow::Result<RestoreResult> {
         ids_per_s: restored_ids as f64 / seconds,
         mean_task_seconds: hist.sum / hist.count.max(1) as f64,
         seconds_incl_startup,
+        worker_cores: worker_cpu / seconds,
+        changelog_read_per_s: changelog_read.records as f64 / changelog_read.seconds.max(1e-9),
         peak_rss_bytes,
         store_bytes: procfs::dir_bytes(&state),
     })
@@ -511,64 +425,6 @@ fn measure_store_memory(ctx: &RunContext, ids: u64) -> anyhow::Result<StoreFillR
     let result = serde_json::from_slice(&std::fs::read(&result_file)?)?;
     std::fs::remove_dir_all(&dir).ok();
     Ok(result)
-}
-
-fn target_checks(report: &PipelineReport, commit_interval_ms: u64) -> Vec<TargetCheck> {
-    let mut checks = Vec::new();
-    let find = |name: &str| report.modes.iter().find(|m| m.mode == name);
-    if let (Some(raw), Some(eos)) = (find("raw-copy"), find("exactly-once")) {
-        let ratio = eos.msgs_per_s / raw.msgs_per_s;
-        checks.push(TargetCheck {
-            target: "exactly-once ≥ 0.8 × raw copy msgs/s".into(),
-            measured: format!(
-                "{:.2} × ({:.0} vs {:.0} msgs/s)",
-                ratio, eos.msgs_per_s, raw.msgs_per_s
-            ),
-            met: ratio >= 0.8,
-        });
-    }
-    if let Some(eos) = find("exactly-once") {
-        if let Some(p) = &eos.e2e_latency {
-            let limit = 2.0 * commit_interval_ms as f64;
-            checks.push(TargetCheck {
-                target: format!(
-                    "exactly-once p99 end-to-end ≤ 2 × commit interval ({limit:.0} ms)"
-                ),
-                measured: format!("{:.0} ms (p50 {:.0} ms)", p.p99_ms, p.p50_ms),
-                met: p.p99_ms <= limit,
-            });
-        }
-    }
-    if let Some(r) = &report.restore {
-        checks.push(TargetCheck {
-            target: "restore ≥ 500k IDs/s".into(),
-            measured: format!(
-                "{:.0} IDs/s ({} IDs in {:.2} s)",
-                r.ids_per_s, r.restored_ids, r.seconds
-            ),
-            met: r.ids_per_s >= 500_000.0,
-        });
-    }
-    if let (Some(small), Some(large)) = (report.store_memory.first(), report.store_memory.last()) {
-        if large.ids > small.ids {
-            let ratio = large.peak_rss_bytes as f64 / small.peak_rss_bytes.max(1) as f64;
-            checks.push(TargetCheck {
-                target: format!(
-                    "peak RSS with {} IDs ≤ 1.2 × with {}",
-                    crate::fixtures::count_label(large.ids),
-                    crate::fixtures::count_label(small.ids)
-                ),
-                measured: format!(
-                    "{:.2} × ({} vs {} MiB)",
-                    ratio,
-                    large.peak_rss_bytes >> 20,
-                    small.peak_rss_bytes >> 20
-                ),
-                met: ratio <= 1.2,
-            });
-        }
-    }
-    checks
 }
 
 /// Runs the whole benchmark and writes `pipeline-<timestamp>.json` and `latest.json`.
@@ -608,6 +464,24 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<PipelineReport> {
     eprintln!("[seed] {:.0} msgs/s", seeded.msgs_per_s);
     let timeout = Duration::from_secs(args.timeout_s);
     let broker_read = count_topic(&bs, &input, args.partitions, false, timeout)?;
+    // The harness's own floor: paced records read back from the topic they were sent to.
+    let probe = format!("{prefix}-latency-probe");
+    broker::create_topics(&bs, &[(probe.as_str(), args.partitions)]);
+    let mut direct = data::measure_latency(
+        &bs,
+        &probe,
+        &probe,
+        args.partitions,
+        "lat-direct",
+        args.latency_rate,
+        args.latency_seconds,
+        args.value_bytes,
+        Duration::from_secs(30),
+    )?;
+    if !args.keep_topics {
+        broker::delete_topics(&bs, &[probe.as_str()]);
+    }
+    let broker_latency = percentiles(&mut direct.latencies_ms);
     let ctx = RunContext {
         args: args.clone(),
         prefix,
@@ -684,6 +558,7 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<PipelineReport> {
         },
         input: seeded,
         broker_read,
+        broker_latency,
         modes,
         restore,
         store_memory,

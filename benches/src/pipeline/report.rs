@@ -25,6 +25,9 @@ pub struct PipelineReport {
     /// A plain consumer reading the whole input backlog (read_uncommitted): the broker's
     /// fetch rate for one consumer.
     pub broker_read: TopicCount,
+    /// Latency of the paced load read straight back from the topic it is sent to (no
+    /// pipeline): the floor of the end-to-end measurement (producer, broker, reader).
+    pub broker_latency: Option<Percentiles>,
     /// One result per mode, raw copy first.
     pub modes: Vec<ModeResult>,
     /// Restore after wiping the exactly-once worker's state directory.
@@ -125,6 +128,11 @@ pub struct RestoreResult {
     pub mean_task_seconds: f64,
     /// Seconds from starting the process until all tasks were restored.
     pub seconds_incl_startup: f64,
+    /// Average cores the worker used while restoring.
+    pub worker_cores: f64,
+    /// Records per second one read_committed consumer reads the same changelog at, with no
+    /// store (the Kafka side of a restore on its own).
+    pub changelog_read_per_s: f64,
     /// Peak RSS of the restoring process, bytes.
     pub peak_rss_bytes: u64,
     /// Disk usage of the restored stores, bytes.
@@ -194,6 +202,13 @@ fn pair(p: Option<&Percentiles>) -> String {
     )
 }
 
+fn pair_mean(p: Option<&Percentiles>) -> String {
+    p.map_or_else(
+        || "–".to_owned(),
+        |p| format!("{:.0} / {:.0} ({:.0})", p.p50_ms, p.p99_ms, p.mean_ms),
+    )
+}
+
 impl PipelineReport {
     /// The report as Markdown tables.
     pub fn markdown(&self) -> String {
@@ -215,7 +230,7 @@ impl PipelineReport {
         );
         let _ = writeln!(
             s,
-            "| mode | msgs/s | × raw | e2e p50 / p99 ms | commit p50 / p99 ms (backlog) | commit p50 / p99 ms (paced) | peak RSS MiB | store MiB | worker cores | broker cores | other cores | output records / distinct IDs |"
+            "| mode | msgs/s | × raw | e2e p50 / p99 ms | commit p50 / p99 (mean) ms, backlog | commit p50 / p99 (mean) ms, paced | peak RSS MiB | store MiB | worker cores | broker cores | other cores | output records / distinct IDs |"
         );
         let _ = writeln!(
             s,
@@ -229,23 +244,24 @@ impl PipelineReport {
                 thousands(m.msgs_per_s),
                 m.vs_raw,
                 pair(m.e2e_latency.as_ref()),
-                pair(m.commit_latency_backlog.as_ref()),
-                pair(m.commit_latency_paced.as_ref()),
+                pair_mean(m.commit_latency_backlog.as_ref()),
+                pair_mean(m.commit_latency_paced.as_ref()),
                 mib(m.peak_rss_bytes),
                 mib(m.store_bytes),
                 m.worker_cores,
                 m.broker_cores
                     .map_or_else(|| "–".to_owned(), |c| format!("{c:.2}")),
-                m.machine_busy_cores,
+                m.other_cores,
                 thousands(m.output.records as f64),
                 thousands(m.output.distinct_ids as f64),
             );
         }
         let _ = writeln!(
             s,
-            "\nBroker alone: one idempotent producer seeded the backlog at {} msgs/s; one plain consumer read it back at {} msgs/s.",
+            "\nBroker alone: one idempotent producer seeded the backlog at {} msgs/s; one plain consumer read it back at {} msgs/s; paced records read straight back from their own topic (the latency floor of this harness): p50 / p99 {} ms.",
             thousands(self.input.msgs_per_s),
             thousands(self.broker_read.records as f64 / self.broker_read.seconds.max(1e-9)),
+            pair(self.broker_latency.as_ref()),
         );
         let _ = writeln!(
             s,
@@ -262,12 +278,14 @@ impl PipelineReport {
         if let Some(r) = &self.restore {
             let _ = writeln!(
                 s,
-                "\n| restore (state dir wiped) | IDs | seconds | IDs/s | mean task s | incl. startup s | peak RSS MiB | store MiB |\n|---|---:|---:|---:|---:|---:|---:|---:|\n| exactly-once worker | {} | {:.2} | {} | {:.2} | {:.2} | {} | {} |",
+                "\n| restore (state dir wiped) | IDs | seconds | IDs/s | mean task s | incl. startup s | worker cores | changelog read alone, records/s | peak RSS MiB | store MiB |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n| exactly-once worker | {} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
                 thousands(r.restored_ids as f64),
                 r.seconds,
                 thousands(r.ids_per_s),
                 r.mean_task_seconds,
                 r.seconds_incl_startup,
+                r.worker_cores,
+                thousands(r.changelog_read_per_s),
                 mib(r.peak_rss_bytes),
                 mib(r.store_bytes),
             );
@@ -306,6 +324,65 @@ impl PipelineReport {
         }
         s
     }
+}
+
+/// The targets of issue 7 a run can judge, from its results.
+pub fn target_checks(report: &PipelineReport, commit_interval_ms: u64) -> Vec<TargetCheck> {
+    let mut checks = Vec::new();
+    let find = |name: &str| report.modes.iter().find(|m| m.mode == name);
+    if let (Some(raw), Some(eos)) = (find("raw-copy"), find("exactly-once")) {
+        let ratio = eos.msgs_per_s / raw.msgs_per_s;
+        checks.push(TargetCheck {
+            target: "exactly-once ≥ 0.8 × raw copy msgs/s".into(),
+            measured: format!(
+                "{:.2} × ({:.0} vs {:.0} msgs/s)",
+                ratio, eos.msgs_per_s, raw.msgs_per_s
+            ),
+            met: ratio >= 0.8,
+        });
+    }
+    if let Some(eos) = find("exactly-once") {
+        if let Some(p) = &eos.e2e_latency {
+            let limit = 2.0 * commit_interval_ms as f64;
+            checks.push(TargetCheck {
+                target: format!(
+                    "exactly-once p99 end-to-end ≤ 2 × commit interval ({limit:.0} ms)"
+                ),
+                measured: format!("{:.0} ms (p50 {:.0} ms)", p.p99_ms, p.p50_ms),
+                met: p.p99_ms <= limit,
+            });
+        }
+    }
+    if let Some(r) = &report.restore {
+        checks.push(TargetCheck {
+            target: "restore ≥ 500k IDs/s".into(),
+            measured: format!(
+                "{:.0} IDs/s ({} IDs in {:.2} s)",
+                r.ids_per_s, r.restored_ids, r.seconds
+            ),
+            met: r.ids_per_s >= 500_000.0,
+        });
+    }
+    if let (Some(small), Some(large)) = (report.store_memory.first(), report.store_memory.last()) {
+        if large.ids > small.ids {
+            let ratio = large.peak_rss_bytes as f64 / small.peak_rss_bytes.max(1) as f64;
+            checks.push(TargetCheck {
+                target: format!(
+                    "peak RSS with {} IDs ≤ 1.2 × with {}",
+                    crate::fixtures::count_label(large.ids),
+                    crate::fixtures::count_label(small.ids)
+                ),
+                measured: format!(
+                    "{:.2} × ({} vs {} MiB)",
+                    ratio,
+                    large.peak_rss_bytes >> 20,
+                    small.peak_rss_bytes >> 20
+                ),
+                met: ratio <= 1.2,
+            });
+        }
+    }
+    checks
 }
 
 #[cfg(test)]

@@ -219,10 +219,11 @@ fn kafka_properties(args: &WorkerArgs) -> anyhow::Result<Vec<(String, String)>> 
         .collect()
 }
 
-/// (a): copies input to output with a plain consumer and producer, committing offsets every
-/// commit interval after a flush (at least once, no dedup). Same producer settings as
-/// exactly's stream threads, same commit interval and batch size, so the difference to (b)
-/// and (c) is what exactly adds.
+/// (a): copies input to output with a plain consumer and producer, committing offsets after
+/// its outputs are acknowledged (at least once, no dedup). Same producer settings as
+/// exactly's stream threads and the same commit policy (every commit interval or every
+/// `max_batch_records` records, whichever comes first), so the difference to (b) and (c) is
+/// what exactly adds.
 fn raw_copy(args: &WorkerArgs) -> anyhow::Result<RawResult> {
     let handler: extern "C" fn(libc::c_int) = request_stop;
     // SAFETY: installs a handler that only stores to an atomic (async-signal-safe).
@@ -260,13 +261,13 @@ fn raw_copy(args: &WorkerArgs) -> anyhow::Result<RawResult> {
     let mut pending: BTreeMap<i32, i64> = BTreeMap::new();
     let mut last_commit = Instant::now();
     let mut stopping = false;
+    let mut uncommitted = 0usize;
     loop {
         if STOP.load(Ordering::SeqCst) {
             stopping = true;
         }
-        let mut polled = 0;
         let mut wait = Duration::from_millis(20);
-        while !stopping && polled < args.max_batch_records {
+        while !stopping && uncommitted < args.max_batch_records {
             let Some(m) = consumer.poll(wait) else { break };
             wait = Duration::ZERO;
             let m = match m {
@@ -276,7 +277,7 @@ fn raw_copy(args: &WorkerArgs) -> anyhow::Result<RawResult> {
                     continue;
                 }
             };
-            polled += 1;
+            uncommitted += 1;
             let headers: Option<OwnedHeaders> =
                 m.headers().map(rdkafka::message::BorrowedHeaders::detach);
             let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&args.output);
@@ -306,7 +307,10 @@ fn raw_copy(args: &WorkerArgs) -> anyhow::Result<RawResult> {
             pending.insert(m.partition(), m.offset() + 1);
         }
         producer.poll(Duration::ZERO);
-        if !pending.is_empty() && (stopping || last_commit.elapsed() >= interval) {
+        // Exactly's commit policy: every commit interval or every `max_batch_records`
+        // records, whichever comes first.
+        let due = last_commit.elapsed() >= interval || uncommitted >= args.max_batch_records;
+        if !pending.is_empty() && (stopping || due) {
             let started = Instant::now();
             match args.raw_flush {
                 RawFlush::Rdkafka => producer
@@ -335,6 +339,7 @@ fn raw_copy(args: &WorkerArgs) -> anyhow::Result<RawResult> {
                 ms: started.elapsed().as_secs_f64() * 1e3,
             });
             pending.clear();
+            uncommitted = 0;
             last_commit = Instant::now();
         } else if pending.is_empty() {
             last_commit = Instant::now();
