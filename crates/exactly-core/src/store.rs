@@ -78,6 +78,15 @@ pub trait DedupStore: Send {
     /// Atomically records the entries and the checkpoint. Never partially applied.
     fn apply(&mut self, batch: &StoreBatch) -> Result<(), StoreError>;
 
+    /// [`apply`](Self::apply) for a batch whose IDs the caller has just looked up in this
+    /// store and found absent or expired, with no write in between: the committing task's
+    /// case. A store may then skip its own existence check (an on-disk store saves one
+    /// batched lookup per commit); its entry count may then count a re-seen expired ID twice
+    /// until the next [`expire_before`](Self::expire_before) recounts.
+    fn apply_unseen(&mut self, batch: &StoreBatch) -> Result<(), StoreError> {
+        self.apply(batch)
+    }
+
     /// The checkpoint of the last applied batch, or `None` for an empty store.
     fn checkpoint(&self) -> Result<Option<ChangelogCheckpoint>, StoreError>;
 
@@ -101,6 +110,9 @@ impl<S: DedupStore + ?Sized> DedupStore for Box<S> {
     }
     fn apply(&mut self, batch: &StoreBatch) -> Result<(), StoreError> {
         (**self).apply(batch)
+    }
+    fn apply_unseen(&mut self, batch: &StoreBatch) -> Result<(), StoreError> {
+        (**self).apply_unseen(batch)
     }
     fn checkpoint(&self) -> Result<Option<ChangelogCheckpoint>, StoreError> {
         (**self).checkpoint()

@@ -720,7 +720,9 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
                 next_offset,
             },
         };
-        self.store.apply(&batch).map_err(|e| self.store_err(e))
+        // Every overlay ID was looked up in the store (absent or expired) when it was staged,
+        // and only this task writes the store.
+        self.store.apply_unseen(&batch).map_err(|e| self.store_err(e))
     }
 
     /// Called after the transaction aborted: drops the staged IDs and returns the offset to

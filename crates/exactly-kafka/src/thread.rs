@@ -40,9 +40,14 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// changelog drops them by its own `retention.ms`).
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
 
+/// How long a restore step waits for the first changelog record.
+const RESTORE_POLL: Duration = Duration::from_millis(10);
+
+/// Changelog records taken into one restore step at most (then processing of running tasks
+/// and the group consumer's poll get their turn).
+const RESTORE_BATCH_RECORDS: usize = 10_000;
+
 type TaskKey = (Arc<str>, i32);
-/// Changelog records `(offset, key, value)` polled for one changelog partition.
-type ChangelogBatch = Vec<(i64, Vec<u8>, Option<Vec<u8>>)>;
 
 struct Restoring {
     started: Instant,
@@ -334,8 +339,9 @@ fn main_loop<F: ProcessorFactory>(
                     .max(1),
             )
         };
+        // While tasks restore, the restore step below does the waiting (on the changelog).
         let wait = if restoring {
-            Duration::from_millis(10)
+            Duration::ZERO
         } else {
             Duration::from_millis(20)
         };
@@ -544,36 +550,42 @@ impl<F: ProcessorFactory> Core<F> {
             return Ok(());
         }
         let clock = SystemClock;
-        let mut batches: BTreeMap<(String, i32), ChangelogBatch> = BTreeMap::new();
-        for _ in 0..10_000 {
-            match self.restore_consumer.poll(Duration::ZERO) {
-                Some(Ok(m)) => batches
-                    .entry((m.topic().to_owned(), m.partition()))
-                    .or_default()
-                    .push((
-                        m.offset(),
-                        m.key().unwrap_or_default().to_vec(),
-                        m.payload().map(<[u8]>::to_vec),
-                    )),
+        // Block here (not on the group consumer, whose restoring partitions are paused) until
+        // changelog records arrive, then take what is buffered: one store batch per partition.
+        let mut records: Vec<BorrowedMessage<'_>> = Vec::new();
+        let mut wait = RESTORE_POLL;
+        while records.len() < RESTORE_BATCH_RECORDS {
+            match self.restore_consumer.poll(wait) {
+                Some(Ok(m)) => records.push(m),
                 Some(Err(e)) => tracing::warn!(error = %e, "restore consumer error (retrying)"),
                 None => break,
             }
+            wait = Duration::ZERO;
         }
-        for ((topic, p), recs) in batches {
+        let mut partitions: Vec<(&str, i32)> =
+            records.iter().map(|m| (m.topic(), m.partition())).collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        for (changelog, p) in partitions {
             let Some(slot) = self.tasks.values_mut().find(|s| {
-                s.changelog == topic && s.task.id().partition == p && s.restoring.is_some()
+                s.changelog == changelog && s.task.id().partition == p && s.restoring.is_some()
             }) else {
                 continue;
             };
+            let mine = || {
+                records
+                    .iter()
+                    .filter(move |m| m.partition() == p && m.topic() == changelog)
+            };
             let n = slot.task.restore_records(
-                recs.iter()
-                    .map(|(o, k, v)| (*o, k.as_slice(), v.as_deref())),
+                mine().map(|m| (m.offset(), m.key().unwrap_or_default(), m.payload())),
                 &clock,
             )?;
             self.shared
                 .observer
-                .restored(&slot.task.id().topic, p, recs.len() as u64, n as u64);
+                .restored(&slot.task.id().topic, p, mine().count() as u64, n as u64);
         }
+        drop(records);
         // Which restores may be complete?
         let positions = self.restore_consumer.position().unwrap_or_default();
         let keys: Vec<TaskKey> = self
@@ -924,12 +936,14 @@ impl<F: ProcessorFactory> Core<F> {
                 .send_offsets_to_transaction(offsets, &metadata, REQUEST_TIMEOUT)?;
         }
         failpoint::hit(failpoint::Point::DuringCommit);
+        drain_deliveries(&self.producer);
         self.producer.commit_transaction(REQUEST_TIMEOUT)
     }
 
     /// At least once: every output and changelog record is delivered (or the error is
     /// returned).
     fn flush_at_least_once(&self) -> Result<(), KafkaError> {
+        drain_deliveries(&self.producer);
         self.producer.flush(REQUEST_TIMEOUT)?;
         match self.producer.context().take_error() {
             Some(e) => Err(e),
@@ -1037,6 +1051,18 @@ impl<F: ProcessorFactory> Core<F> {
                 .observer
                 .store(topic, *p, stats.entries, stats.bytes);
         }
+    }
+}
+
+/// Serves delivery reports until nothing is in flight (or `REQUEST_TIMEOUT` passes; the flush
+/// that follows then reports what is still missing). rdkafka's `flush`, which
+/// `commit_transaction` also calls, waits in 100 ms poll slices once the first check finds
+/// messages in flight, so every commit took at least 100 ms; 1 ms steps let it start as soon as
+/// the last report is in.
+fn drain_deliveries(producer: &BaseProducer<DeliveryTracker>) {
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    while producer.in_flight_count() > 0 && Instant::now() < deadline {
+        producer.poll(Duration::from_millis(1));
     }
 }
 

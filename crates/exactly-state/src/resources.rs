@@ -1,6 +1,6 @@
 //! Process-wide RocksDB memory budget and per-store tuning.
 
-use rocksdb::{Cache, WriteBufferManager};
+use rocksdb::{Cache, LruCacheOptions, WriteBufferManager};
 use std::fmt;
 
 /// Memory shared by every task store of a process: one LRU block cache and one write-buffer
@@ -31,7 +31,7 @@ impl SharedRocksResources {
     /// waiting for another store's flush.
     pub fn new(block_cache_bytes: usize, write_buffer_bytes: usize) -> Self {
         Self {
-            block_cache: Cache::new_lru_cache(block_cache_bytes),
+            block_cache: lru_cache(block_cache_bytes),
             write_buffer_manager: WriteBufferManager::new_write_buffer_manager(
                 write_buffer_bytes,
                 false,
@@ -94,4 +94,20 @@ impl Default for StoreOptions {
             bloom_bits: 10.0,
         }
     }
+}
+
+/// Smallest shard of the block cache. RocksDB's own choice (shards of at least 512 KiB, up to
+/// 64) gives a 64 MiB cache 1 MiB shards, from which a single large block (a full filter or
+/// index block of a big SST) evicts everything else; fewer, larger shards keep the hot
+/// metadata blocks resident at the cost of more lock sharing between a handful of stream
+/// threads.
+const MIN_CACHE_SHARD_BYTES: usize = 8 << 20;
+
+fn lru_cache(capacity: usize) -> Cache {
+    let shards = (capacity / MIN_CACHE_SHARD_BYTES).max(1);
+    let shard_bits = (usize::BITS - 1 - shards.leading_zeros()).min(6);
+    let mut opts = LruCacheOptions::default();
+    opts.set_capacity(capacity);
+    opts.set_num_shard_bits(shard_bits as i32);
+    Cache::new_lru_cache_opts(&opts)
 }

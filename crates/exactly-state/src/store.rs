@@ -290,7 +290,9 @@ impl RocksDedupStore {
             .map_err(|e| self.rocks_error(action, e))
     }
 
-    fn apply_batch(&mut self, batch: &StoreBatch) -> Result<(), StateError> {
+    /// Writes `batch` and its checkpoint in one WriteBatch. `unseen`: the caller found every
+    /// ID absent (or expired), so the lookup that keeps the entry count exact is skipped.
+    fn apply_batch(&mut self, batch: &StoreBatch, unseen: bool) -> Result<(), StateError> {
         if !self.identity.owns(&batch.checkpoint) {
             return Err(StateError::ForeignCheckpoint {
                 expected: self.identity.clone(),
@@ -305,18 +307,24 @@ impl RocksDedupStore {
         let mut ids: Vec<&[u8]> = latest.keys().copied().collect();
         ids.sort_unstable();
 
-        // The exact count needs to know which IDs are new. One batched lookup per commit,
-        // mostly bloom-filter misses (these IDs were just looked up as unseen).
+        // The exact count needs to know which IDs are new: one batched lookup, unless the
+        // caller already knows.
         let ids_cf = self.ids_cf();
-        let existing = self.db.batched_multi_get_cf(ids_cf, ids.iter(), true);
+        let existing: Vec<bool> = if unseen {
+            vec![false; ids.len()]
+        } else {
+            self.db
+                .batched_multi_get_cf(ids_cf, ids.iter(), true)
+                .into_iter()
+                .map(|found| found.map(|v| v.is_some()))
+                .collect::<Result<_, _>>()
+                .map_err(|e| self.rocks_error("multi_get", e))?
+        };
         let cutoff = self.retention_cutoff();
         let mut entries = self.entries;
         let mut write = WriteBatch::default();
         let mut value = Vec::with_capacity(16);
-        for (id, found) in ids.iter().zip(existing) {
-            let existed = found
-                .map_err(|e| self.rocks_error("multi_get", e))?
-                .is_some();
+        for (id, existed) in ids.iter().zip(existing) {
             let entry = latest[id];
             if entry.first_seen_ms < cutoff {
                 // Already expired: storing it would only let compaction decide when it goes.
@@ -449,7 +457,11 @@ impl DedupStore for RocksDedupStore {
     }
 
     fn apply(&mut self, batch: &StoreBatch) -> Result<(), StoreError> {
-        Ok(self.apply_batch(batch)?)
+        Ok(self.apply_batch(batch, false)?)
+    }
+
+    fn apply_unseen(&mut self, batch: &StoreBatch) -> Result<(), StoreError> {
+        Ok(self.apply_batch(batch, true)?)
     }
 
     fn checkpoint(&self) -> Result<Option<ChangelogCheckpoint>, StoreError> {

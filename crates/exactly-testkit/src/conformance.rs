@@ -42,6 +42,7 @@ pub fn run_all<S: DedupStore>(mut make: impl FnMut() -> S) {
     check_wipe_clears_entries_and_checkpoint(make);
     check_store_is_usable_after_wipe(make);
     check_stats_count_distinct_ids_exactly(make);
+    check_apply_unseen_records_new_ids_like_apply(make);
     check_binary_ids_are_distinct_exact_keys(make);
     check_extreme_entry_values_round_trip(make);
     check_ten_thousand_id_batch_round_trips(make);
@@ -519,6 +520,46 @@ pub fn check_stats_count_distinct_ids_exactly<S: DedupStore>(make: &mut impl FnM
         store.stats().entries,
         1,
         "{CHECK}: after apply following wipe"
+    );
+}
+
+/// `apply_unseen` of IDs absent from the store records them, moves the checkpoint and counts
+/// them exactly, like `apply`; an ID re-seen after it expired is stored again with its new
+/// entry, and the next expiry leaves the count exact.
+pub fn check_apply_unseen_records_new_ids_like_apply<S: DedupStore>(
+    make: &mut impl FnMut() -> S,
+) {
+    const CHECK: &str = "check_apply_unseen_records_new_ids_like_apply";
+    let mut store = make();
+    apply(CHECK, &mut store, &batch(&[(b"old", entry(100, 1))], 2));
+    let unseen = batch(&[(b"a", entry(500, 2)), (b"b", entry(500, 3))], 4);
+    ok(CHECK, "apply_unseen", store.apply_unseen(&unseen));
+    assert_eq!(ok(CHECK, "get a", store.get(b"a")), Some(entry(500, 2)), "{CHECK}: a");
+    assert_eq!(ok(CHECK, "get b", store.get(b"b")), Some(entry(500, 3)), "{CHECK}: b");
+    assert_eq!(
+        ok(CHECK, "checkpoint", store.checkpoint()),
+        Some(checkpoint(4)),
+        "{CHECK}: checkpoint"
+    );
+    assert_eq!(store.stats().entries, 3, "{CHECK}: entries after apply_unseen");
+
+    // "old" expired (first seen at 100, retention cut-off 300) and is seen again.
+    let reseen = batch(&[(b"old", entry(600, 4))], 5);
+    ok(CHECK, "apply_unseen re-seen", store.apply_unseen(&reseen));
+    assert_eq!(
+        ok(CHECK, "get old", store.get(b"old")),
+        Some(entry(600, 4)),
+        "{CHECK}: re-seen ID holds its new entry"
+    );
+    assert_eq!(
+        ok(CHECK, "expire_before", store.expire_before(300)),
+        0,
+        "{CHECK}: nothing is older than the cut-off any more"
+    );
+    assert_eq!(
+        store.stats().entries,
+        3,
+        "{CHECK}: entries after the expiry pass"
     );
 }
 
