@@ -151,3 +151,86 @@ fn a_missing_redis_fails_the_test_under_ci_with_a_clear_message() {
     std::env::set_var("CI", "false");
     assert_eq!(require_redis("probe"), None);
 }
+
+/// A processor that "sends a receipt" per record through the guard at flush time.
+struct Receipts {
+    guard: RedisGuard,
+    staged: Vec<(Vec<u8>, String)>,
+    sent: Arc<Mutex<BTreeMap<String, u32>>>,
+}
+
+impl exactly_core::Processor for Receipts {
+    fn process(
+        &mut self,
+        r: &exactly_core::Record<'_>,
+        ctx: &mut exactly_core::Context<'_>,
+    ) -> Result<(), exactly_core::ProcessError> {
+        let id = ctx.message_id().unwrap_or_default().to_vec();
+        let to = String::from_utf8_lossy(r.value.unwrap_or_default()).into_owned();
+        self.staged.push((id, to));
+        Ok(())
+    }
+
+    fn flush(
+        &mut self,
+        _: &mut exactly_core::FlushContext<'_>,
+    ) -> Result<(), exactly_core::ProcessError> {
+        let sent = self.sent.clone();
+        self.guard
+            .run_batch(&self.staged, |to: &String| {
+                *sent.lock().unwrap().entry(to.clone()).or_default() += 1;
+                Ok::<_, String>(())
+            })
+            .map_err(|e| e.into_process_error())?;
+        self.staged.clear();
+        Ok(())
+    }
+
+    fn abort(&mut self) {
+        self.staged.clear();
+    }
+}
+
+#[test]
+fn guard_in_flush_skips_the_redelivery_after_a_crash_between_the_guard_and_the_kafka_commit() {
+    use exactly_testkit::{CrashPoint, StepOutcome, TestDriver, TestRecord};
+    let Some(url) = require_redis("redis_driver") else {
+        return;
+    };
+    let prefix = format!("{}:", unique_name("redis_driver"));
+    let sent: Arc<Mutex<BTreeMap<String, u32>>> = Arc::default();
+    let m = SinkMetrics::unregistered();
+    let (u, p, s, mm) = (url.clone(), prefix.clone(), sent.clone(), m.clone());
+    let factory = move |_: &exactly_core::TaskId| Receipts {
+        guard: guard(&u, &p, &mm),
+        staged: Vec::new(),
+        sent: s.clone(),
+    };
+    let mut d = TestDriver::builder(factory)
+        .input("orders", 2)
+        .max_batch(10)
+        .build();
+    for i in 0..30 {
+        d.pipe(TestRecord::with_id(format!("o{i}")).value(format!("customer-{i}")));
+    }
+    assert_eq!(
+        d.step_and_crash(CrashPoint::AfterSendsBeforeCommit)
+            .unwrap(),
+        StepOutcome::Crashed(CrashPoint::AfterSendsBeforeCommit)
+    );
+    let sent_before_restart = sent.lock().unwrap().len();
+    assert_eq!(
+        sent_before_restart, 10,
+        "the first batch was sent, Kafka did not commit"
+    );
+    d.run_until_idle().unwrap();
+    let sent = sent.lock().unwrap();
+    assert_eq!(sent.len(), 30);
+    assert!(sent.values().all(|n| *n == 1), "a receipt sent twice");
+    assert_eq!(
+        count(&m, &m.duplicates_skipped_total),
+        10,
+        "the redelivered batch"
+    );
+    assert_eq!(count(&m, &m.effects_applied_total), 30);
+}
