@@ -139,6 +139,15 @@ pub enum TaskError {
         /// What the writer said.
         reason: String,
     },
+    /// The processor's pre-commit [`flush`](crate::Processor::flush) failed (e.g. an external
+    /// sink could not commit): the transaction is aborted and its records are redelivered.
+    #[error("task {task}: flush before the commit failed: {reason}. The transaction is aborted and its records are delivered again")]
+    Flush {
+        /// The task.
+        task: String,
+        /// What the processor said.
+        reason: String,
+    },
     /// The task is not in the state the call needs (a runtime bug).
     #[error("task {task}: {what} called while {state}")]
     WrongState {

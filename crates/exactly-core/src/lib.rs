@@ -35,7 +35,7 @@ pub use clock::{Clock, SystemClock};
 pub use error::{ErrorPolicy, ProcessError, RetryPolicy, TaskError};
 pub use id::{IdPolicy, IdSource, InvalidId, InvalidIdPolicy};
 pub use mem_store::MemDedupStore;
-pub use processor::{Context, InitContext, Processor, ProcessorFactory};
+pub use processor::{Context, FlushContext, InitContext, Processor, ProcessorFactory};
 pub use record::{HeaderRef, Output, Record, RecordKind, TaskId};
 pub use store::{ChangelogCheckpoint, DedupStore, SeenEntry, StoreBatch, StoreError, StoreStats};
 pub use task::{RestorePlan, Task, TaskConfig, TaskCounters, TaskState, TxnWriter, WipeReason};

@@ -33,6 +33,29 @@ pub trait Processor: Send + 'static {
     /// Handles one record that has not been seen before (by message ID).
     fn process(&mut self, record: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError>;
 
+    /// Called by the runtime for each running task right before the Kafka transaction that
+    /// carries this task's records commits: in exactly-once mode before the offsets are sent
+    /// to the transaction and `commit_transaction`, in at-least-once mode before the flush.
+    ///
+    /// This is the pre-commit hook of external sinks (see `exactly-sinks`): a processor that
+    /// buffers effects during [`process`](Self::process) makes them durable here, e.g. in one
+    /// database transaction that also records their message IDs, so that the external commit
+    /// always happens before the Kafka commit. A crash between the two redelivers the records,
+    /// and the sink recognises their IDs.
+    ///
+    /// `Err` aborts the Kafka transaction and rewinds the tasks to their committed offsets,
+    /// like a failed commit, with backoff: [`ProcessError::Fatal`] stops the app, any other
+    /// error is retried by redelivery. [`abort`](Self::abort) is called on every task then.
+    /// It may be called with nothing buffered (a task with no new record in this transaction).
+    fn flush(&mut self, _ctx: &mut FlushContext<'_>) -> Result<(), ProcessError> {
+        Ok(())
+    }
+
+    /// Called when the open transaction is aborted (a failed flush or commit, a task error, a
+    /// fenced producer): the records of the transaction are delivered again, so effects
+    /// buffered since the last [`flush`](Self::flush) must be discarded here.
+    fn abort(&mut self) {}
+
     /// Called when the task is closed (revoked, shut down).
     fn close(&mut self) {}
 }
@@ -66,6 +89,30 @@ impl<'a> InitContext<'a> {
     /// The task being started.
     pub fn task(&self) -> &TaskId {
         self.task
+    }
+}
+
+/// What a processor sees of its task at [`Processor::flush`].
+#[derive(Debug)]
+pub struct FlushContext<'a> {
+    pub(crate) task: &'a TaskId,
+    pub(crate) next_offset: Option<i64>,
+}
+
+impl<'a> FlushContext<'a> {
+    /// A context for `task` whose open transaction commits the input up to `next_offset`
+    /// (used by runtimes and tests).
+    pub fn new(task: &'a TaskId, next_offset: Option<i64>) -> Self {
+        Self { task, next_offset }
+    }
+    /// The task being flushed.
+    pub fn task(&self) -> &TaskId {
+        self.task
+    }
+    /// The input offset the transaction commits for this task (the offset after the last
+    /// record handled in it), or `None` if no record of this task is in it.
+    pub fn next_offset(&self) -> Option<i64> {
+        self.next_offset
     }
 }
 

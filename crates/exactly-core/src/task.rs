@@ -10,16 +10,19 @@
 //! 2. [`Task::handle_batch`] dedups each record against the uncommitted overlay, then the store;
 //!    runs the processor; and hands outputs, changelog records and dead letters to the
 //!    transaction's [`TxnWriter`]. IDs are only *staged* in the overlay.
-//! 3. After the transaction committed, [`Task::on_committed`] applies the overlay and the
+//! 3. Right before the commit, [`Task::flush`] runs the processor's pre-commit hook (external
+//!    sinks commit there, before Kafka does).
+//! 4. After the transaction committed, [`Task::on_committed`] applies the overlay and the
 //!    changelog checkpoint to the store in one atomic batch. Invariant: the store is never
 //!    ahead of the committed changelog.
-//! 4. After an abort, [`Task::on_aborted`] drops the overlay and says where to rewind.
+//! 5. After an abort, [`Task::on_aborted`] drops the overlay, tells the processor to discard
+//!    its buffered effects, and says where to rewind.
 
 use crate::changelog::{decode_entry, encode_entry_into};
 use crate::clock::Clock;
 use crate::error::{ErrorPolicy, ProcessError, RetryPolicy, TaskError};
 use crate::id::{IdPolicy, InvalidId, InvalidIdPolicy};
-use crate::processor::{Context, InitContext, Processor};
+use crate::processor::{Context, FlushContext, InitContext, Processor};
 use crate::record::{Output, Record, RecordKind, TaskId};
 use crate::store::{
     ChangelogCheckpoint, DedupStore, SeenEntry, StoreBatch, StoreError, StoreStats,
@@ -725,12 +728,62 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         self.store.apply_unseen(&batch).map_err(|e| self.store_err(e))
     }
 
-    /// Called after the transaction aborted: drops the staged IDs and returns the offset to
-    /// rewind the input to (`None`: the group has no committed offset; use the reset
-    /// policy's start).
+    /// Runs the processor's pre-commit [`Processor::flush`] (external sinks commit here). The
+    /// runtime calls it for every running task right before it commits the transaction; on
+    /// `Err` it must abort the transaction instead. `ProcessError::Fatal` (or a panic with
+    /// the error policy `fail`) is a fatal [`TaskError::Processor`]; anything else is a
+    /// retriable [`TaskError::Flush`].
+    pub fn flush(&mut self) -> Result<(), TaskError> {
+        if self.state != TaskState::Running {
+            return Err(self.wrong_state("flush"));
+        }
+        let mut ctx = FlushContext::new(&self.id, self.pending_offset);
+        let processor = &mut self.processor;
+        let result = catch_unwind(AssertUnwindSafe(|| processor.flush(&mut ctx)));
+        let offset = self.pending_offset.or(self.committed_offset).unwrap_or(0);
+        let (kind, reason) = match result {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(ProcessError::Fatal(reason))) => {
+                return Err(TaskError::Processor {
+                    task: self.id.to_string(),
+                    offset,
+                    reason: format!("flush failed: {reason}"),
+                });
+            }
+            Ok(Err(e)) => (e.kind(), e.to_string()),
+            Err(panic) => (
+                "panic",
+                format!("flush panicked: {}", panic_message(&panic)),
+            ),
+        };
+        // Not counted as processor errors: the abort is counted by the runtime, and a sink
+        // counts its own failures.
+        if kind == "panic" && self.config.on_error == ErrorPolicy::Fail {
+            return Err(TaskError::Processor {
+                task: self.id.to_string(),
+                offset,
+                reason,
+            });
+        }
+        Err(TaskError::Flush {
+            task: self.id.to_string(),
+            reason,
+        })
+    }
+
+    /// Called after the transaction aborted: drops the staged IDs, tells the processor to
+    /// discard what it buffered for the transaction ([`Processor::abort`]), and returns the
+    /// offset to rewind the input to (`None`: the group has no committed offset; use the
+    /// reset policy's start).
     pub fn on_aborted(&mut self) -> Option<i64> {
         self.overlay.clear();
         self.pending_offset = None;
+        if self.state == TaskState::Running {
+            let processor = &mut self.processor;
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| processor.abort())) {
+                tracing::error!(task = %self.id, "processor abort panicked: {}", panic_message(&panic));
+            }
+        }
         self.committed_offset
     }
 

@@ -850,6 +850,11 @@ impl<F: ProcessorFactory> Core<F> {
         if !self.txn_open {
             return Ok(());
         }
+        // Pre-commit hook: processors make buffered external effects durable (sinks commit
+        // their database transaction) before Kafka commits; a failure aborts and rewinds.
+        if let Err((key, e)) = self.flush_tasks() {
+            return self.on_task_error(consumer, &key, e);
+        }
         let mut offsets = TopicPartitionList::new();
         for ((topic, p), slot) in &self.tasks {
             if let Some(o) = slot.task.offset_to_commit() {
@@ -920,6 +925,16 @@ impl<F: ProcessorFactory> Core<F> {
                 Ok(())
             }
         }
+    }
+
+    /// Runs [`Task::flush`] on every running task; the first failure stops it.
+    fn flush_tasks(&mut self) -> Result<(), (TaskKey, TaskError)> {
+        for (key, slot) in self.tasks.iter_mut() {
+            if slot.restoring.is_none() {
+                slot.task.flush().map_err(|e| (key.clone(), e))?;
+            }
+        }
+        Ok(())
     }
 
     fn commit_transaction(

@@ -122,7 +122,8 @@ impl TestRecord {
 pub enum CrashPoint {
     /// Records were polled; nothing was sent.
     BeforeSend,
-    /// Outputs and changelog records were sent in the open transaction; no commit.
+    /// Outputs and changelog records were sent in the open transaction and every processor
+    /// was flushed (external sinks committed); no Kafka commit.
     AfterSendsBeforeCommit,
     /// The process died during `commit_transaction`; the coordinator completed the
     /// transaction (`committed: true`) or aborted it.
@@ -696,6 +697,19 @@ fn run_cycle<P: exactly_core::Processor>(
     let pending = inst.tasks.values().any(|t| t.offset_to_commit().is_some());
     if records == 0 && !pending {
         return Ok(StepOutcome::Idle);
+    }
+    // Pre-commit hook, as in the Kafka runtime: processors make buffered external effects
+    // durable (sinks commit) before the transaction commits; a failure aborts and rewinds.
+    for task in inst.tasks.values_mut() {
+        if let Err(e) = task.flush() {
+            abort_and_rewind(cluster, inst, env, stats);
+            if e.is_fatal() {
+                return Err(e);
+            }
+            return Ok(StepOutcome::Aborted {
+                reason: e.to_string(),
+            });
+        }
     }
     if crash == Some(CrashPoint::AfterSendsBeforeCommit) {
         return Ok(StepOutcome::Crashed(CrashPoint::AfterSendsBeforeCommit));

@@ -32,11 +32,13 @@ pub mod processors;
 
 pub use app::App;
 pub use exactly_core::{
-    Context, ErrorPolicy, IdPolicy, IdSource, InitContext, InvalidIdPolicy, Output, ProcessError,
-    Processor, ProcessorFactory, Record, RetryPolicy, TaskConfig, TaskId,
+    Context, ErrorPolicy, FlushContext, IdPolicy, IdSource, InitContext, InvalidIdPolicy, Output,
+    ProcessError, Processor, ProcessorFactory, Record, RetryPolicy, TaskConfig, TaskId,
 };
 pub use exactly_kafka::{Guarantee, RuntimeConfig, RuntimeError};
 pub use exactly_metrics::{Health, Metrics};
+/// Idempotent external sinks (PostgreSQL, Redis): see `docs/sinks.md`.
+pub use exactly_sinks as sinks;
 
 /// The README's code compiles (`cargo test --doc`).
 #[cfg(doctest)]

@@ -1,0 +1,59 @@
+//! Bounded exponential backoff for transient sink errors within one flush.
+
+use std::time::Duration;
+
+/// How a sink retries a transient error (connection lost, deadlock, serialization failure)
+/// before it gives up and lets the runtime abort and redeliver the Kafka transaction.
+///
+/// Keep the total well below the Kafka `transaction.timeout.ms` (10 s by default in exactly):
+/// the Kafka transaction stays open while the sink retries. Going over is still safe (the
+/// broker aborts, the records are redelivered, the dedup table skips what was applied), only
+/// wasteful.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SinkRetry {
+    /// Attempts in total, the first included (1 = no retry).
+    pub max_attempts: u32,
+    /// Delay before the second attempt.
+    pub initial_backoff: Duration,
+    /// Upper bound of any delay.
+    pub max_backoff: Duration,
+}
+
+impl Default for SinkRetry {
+    fn default() -> Self {
+        Self {
+            max_attempts: 4,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+impl SinkRetry {
+    /// The delay after failed attempt number `attempt` (1-based): doubles, capped.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32
+            .checked_shl(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        self.initial_backoff
+            .checked_mul(factor)
+            .unwrap_or(self.max_backoff)
+            .min(self.max_backoff)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let r = SinkRetry {
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(500),
+        };
+        let got: Vec<u128> = (1..=5).map(|a| r.backoff(a).as_millis()).collect();
+        assert_eq!(got, [100, 200, 400, 500, 500]);
+    }
+}

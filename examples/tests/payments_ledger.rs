@@ -1,0 +1,433 @@
+//! payments-ledger against the real broker and the real PostgreSQL: payments with resends,
+//! crashes at each crash point of the sink, seeded SIGKILL chaos, and the app's database
+//! connections terminated while it runs. After each, the ledger holds one row per payment ID
+//! and every balance equals the sum of its unique payments.
+
+use exactly_sinks::testing::{require_postgres, unique_name};
+use exactly_testkit::broker::{self, TestMessage};
+use exactly_testkit::chaos::{
+    free_port, messages_with_duplicates, metric_sum, scrape_until, wait_caught_up, AppProcess,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const LEDGER: &str = env!("CARGO_BIN_EXE_payments-ledger");
+
+/// One test's topic, app id, tables and work dir; topic and tables are dropped at the end.
+struct Setup {
+    bs: String,
+    pg: String,
+    input: String,
+    app: String,
+    tables: String,
+    partitions: i32,
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(test: &str, partitions: i32) -> Option<Self> {
+        let bs = broker::require_broker(test)?;
+        let pg = require_postgres(test)?;
+        let base = broker::unique_name(test);
+        let s = Self {
+            input: format!("{base}-in"),
+            app: format!("{base}-app"),
+            tables: unique_name(&test.replace('-', "_")),
+            bs,
+            pg,
+            partitions,
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        broker::create_topics(&s.bs, &[(&s.input, partitions)]);
+        Some(s)
+    }
+
+    fn instance(&self, id: &str, extra: &[&str]) -> AppProcess {
+        let state = self.dir.path().join(format!("state-{id}"));
+        let mut args: Vec<String> = [
+            "--bootstrap",
+            &self.bs,
+            "--input",
+            &self.input,
+            "--app-id",
+            &self.app,
+            "--state-dir",
+            &state.display().to_string(),
+            "--postgres",
+            &self.pg,
+            "--table-prefix",
+            &self.tables,
+            "--kafka",
+            "session.timeout.ms=6000",
+            "--kafka",
+            "heartbeat.interval.ms=500",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        AppProcess::new(PathBuf::from(LEDGER), &[], id, args, self.dir.path())
+    }
+
+    fn wait_caught_up(&self, instances: &mut [AppProcess]) {
+        let ends = broker::end_offsets(&self.bs, &self.input, self.partitions);
+        wait_caught_up(
+            &self.bs,
+            &self.app,
+            &self.input,
+            &ends,
+            Duration::from_secs(300),
+            instances,
+        );
+    }
+
+    fn query(&self, sql: &str) -> Vec<Vec<String>> {
+        pg_query(&self.pg, sql)
+    }
+
+    /// Ledger rows per message ID.
+    fn rows_per_id(&self) -> BTreeMap<String, u64> {
+        self.query(&format!(
+            "SELECT message_id, count(*) FROM {}_ledger GROUP BY message_id",
+            self.tables
+        ))
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].parse().expect("count")))
+        .collect()
+    }
+
+    fn balances(&self) -> BTreeMap<String, i64> {
+        self.query(&format!(
+            "SELECT account, balance_cents FROM {}_balances",
+            self.tables
+        ))
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].parse().expect("cents")))
+        .collect()
+    }
+
+    /// Exactly one ledger row per unique payment, none for anything else, and balances equal
+    /// to the sums of the unique payments.
+    fn assert_exact(&self, payments: &Payments) {
+        let rows = self.rows_per_id();
+        let twice: Vec<_> = rows.iter().filter(|(_, n)| **n != 1).take(5).collect();
+        assert!(
+            twice.is_empty(),
+            "payments booked more than once: {twice:?}"
+        );
+        let missing: Vec<_> = payments
+            .unique
+            .keys()
+            .filter(|id| !rows.contains_key(*id))
+            .take(5)
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "payments never booked, e.g. {missing:?}"
+        );
+        assert_eq!(rows.len(), payments.unique.len(), "payments booked");
+        assert_eq!(self.balances(), payments.balances(), "balances");
+        let ids: u64 = self.query(&format!(
+            "SELECT count(*) FROM {}_applied_ids WHERE consumer = '{}'",
+            self.tables, self.app
+        ))[0][0]
+            .parse()
+            .expect("count");
+        assert_eq!(ids, payments.unique.len() as u64, "IDs in the dedup table");
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let changelog = format!("{}-{}-dedup-changelog", self.app, self.input);
+        broker::delete_topics(
+            &self.bs,
+            &[&self.input, &changelog, &format!("{}-dlq", self.app)],
+        );
+        if std::thread::panicking() {
+            eprintln!("tables {}_* kept for inspection", self.tables);
+        } else {
+            let t = &self.tables;
+            self.query(&format!(
+                "DROP TABLE IF EXISTS {t}_ledger, {t}_balances, {t}_applied_ids"
+            ));
+        }
+    }
+}
+
+fn pg_query(url: &str, sql: &str) -> Vec<Vec<String>> {
+    use exactly_sinks::tokio_postgres::{connect, NoTls, SimpleQueryMessage};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let (client, conn) = connect(url, NoTls).await.expect("connect");
+        tokio::spawn(conn);
+        client
+            .simple_query(sql)
+            .await
+            .expect("query")
+            .into_iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(r) => Some(
+                    (0..r.len())
+                        .map(|i| r.get(i).unwrap_or("").to_owned())
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect()
+    })
+}
+
+/// Payment events with resends: `m{i}` on account `acct-{i % 37}`, a deterministic amount.
+struct Payments {
+    messages: Vec<TestMessage>,
+    /// Unique payments: message ID → (account, cents).
+    unique: BTreeMap<String, (String, i64)>,
+}
+
+impl Payments {
+    fn new(unique: usize, dup_share: f64, seed: u64) -> Self {
+        let mut map = BTreeMap::new();
+        let messages = messages_with_duplicates(unique, dup_share, seed)
+            .into_iter()
+            .map(|m| {
+                let id = m.id.clone().expect("IDs");
+                let i: i64 = id[1..].parse().expect("m{i}");
+                let account = format!("acct-{}", i % 37);
+                let cents = (i * 7919) % 100_000 - 20_000; // refunds too
+                map.insert(id.clone(), (account.clone(), cents));
+                TestMessage {
+                    key: Some(account.clone().into_bytes()),
+                    value: format!(
+                        r#"{{"payment_id":"{id}","account":"{account}","amount_cents":{cents}}}"#
+                    )
+                    .into_bytes(),
+                    id: Some(id),
+                }
+            })
+            .collect();
+        Self {
+            messages,
+            unique: map,
+        }
+    }
+
+    fn resends(&self) -> usize {
+        self.messages.len() - self.unique.len()
+    }
+
+    fn balances(&self) -> BTreeMap<String, i64> {
+        let mut b = BTreeMap::new();
+        for (account, cents) in self.unique.values() {
+            *b.entry(account.clone()).or_default() += cents;
+        }
+        b
+    }
+}
+
+fn stop(instances: &mut [AppProcess]) {
+    for inst in instances {
+        if let Some(status) = inst.terminate(Duration::from_secs(60)) {
+            assert!(
+                status.success(),
+                "instance {} exited with {status}; log tail:\n{}",
+                inst.id,
+                inst.log_tail(30)
+            );
+        }
+    }
+}
+
+#[test]
+fn resent_payments_are_booked_once_and_balances_are_exact() {
+    let Some(s) = Setup::new("ledger-dups", 4) else {
+        return;
+    };
+    let payments = Payments::new(4_000, 0.25, 21);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut app = [s.instance("0", &["--metrics-addr", &addr])];
+    app[0].start();
+    // In two halves: the second half's resends of first-half IDs arrive after those were
+    // committed (dropped by the Kafka-side dedup store, not only by the open transaction).
+    let (first, second) = payments.messages.split_at(payments.messages.len() / 2);
+    broker::produce(&s.bs, &s.input, first);
+    s.wait_caught_up(&mut app);
+    broker::produce(&s.bs, &s.input, second);
+    s.wait_caught_up(&mut app);
+    let m = |t: &str, name: &str| metric_sum(t, name, &[("sink", "ledger")]) as usize;
+    let text = scrape_until(&addr, Duration::from_secs(10), |t| {
+        m(t, "exactly_sink_effects_applied_total") >= payments.unique.len()
+    });
+    stop(&mut app);
+    s.assert_exact(&payments);
+    println!(
+        "ledger-dups: {} payments, {} unique, {} resends, {} accounts, {} sink batches",
+        payments.messages.len(),
+        payments.unique.len(),
+        payments.resends(),
+        payments.balances().len(),
+        m(&text, "exactly_sink_batches_committed_total")
+    );
+    assert_eq!(m(&text, "exactly_sink_effects_applied_total"), 4_000);
+    assert_eq!(
+        m(&text, "exactly_sink_duplicates_skipped_total"),
+        0,
+        "no crash: every resend was dropped before the sink"
+    );
+    assert_eq!(
+        metric_sum(&text, "exactly_duplicates_dropped_total", &[]) as usize,
+        payments.resends()
+    );
+    let batches = m(&text, "exactly_sink_batches_committed_total");
+    assert!(batches > 0);
+    assert_eq!(m(&text, "exactly_sink_commit_seconds_count"), batches);
+    assert_eq!(m(&text, "exactly_sink_flush_failures_total"), 0);
+}
+
+#[test]
+fn crashes_before_between_and_after_the_two_commits_book_each_payment_once() {
+    let Some(s) = Setup::new("ledger-crash", 2) else {
+        return;
+    };
+    let payments = Payments::new(8_000, 0.2, 22);
+    let points = [
+        "before_send:2",
+        "after_send:2",
+        "during_commit:2",
+        "after_commit:2",
+    ];
+    let chunks: Vec<&[TestMessage]> = payments
+        .messages
+        .chunks(payments.messages.len().div_ceil(points.len()))
+        .collect();
+    let mut skipped_after_crash = BTreeMap::new();
+    // before_send: before the database commit; after_send: after the database commit, before
+    // the Kafka commit; during_commit: the Kafka commit's outcome unknown; after_commit: after
+    // both.
+    for (chunk, point) in chunks.iter().zip(points) {
+        let mut crashing = s.instance("0", &["--commit-interval-ms", "50"]);
+        crashing.env("EXACTLY_FAILPOINT", point);
+        crashing.start();
+        broker::produce(&s.bs, &s.input, chunk);
+        crashing.wait_exit(Duration::from_secs(120));
+        let log = std::fs::read_to_string(&crashing.log).unwrap_or_default();
+        assert!(
+            log.contains("EXACTLY_FAILPOINT: SIGKILL"),
+            "{point}: the app exited, but not at the failpoint; log tail:\n{}",
+            crashing.log_tail(30)
+        );
+        drop(crashing);
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut app = [s.instance("0", &["--metrics-addr", &addr])];
+        app[0].set_log(s.dir.path().join(format!("restart-{point}.log")));
+        app[0].start();
+        s.wait_caught_up(&mut app);
+        let text = scrape_until(&addr, Duration::from_secs(5), |_| true);
+        skipped_after_crash.insert(
+            point,
+            metric_sum(&text, "exactly_sink_duplicates_skipped_total", &[]) as u64,
+        );
+        stop(&mut app);
+    }
+    println!("ledger-crash: sink duplicates skipped after the restart, by crash point: {skipped_after_crash:?}");
+    s.assert_exact(&payments);
+    // Only a crash between the two commits leaves IDs the database has and Kafka does not.
+    assert_eq!(skipped_after_crash["before_send:2"], 0);
+    assert!(
+        skipped_after_crash["after_send:2"] > 0,
+        "the redelivered batch was skipped by the sink"
+    );
+    assert_eq!(skipped_after_crash["after_commit:2"], 0);
+}
+
+#[test]
+fn sigkill_chaos_keeps_the_ledger_exact() {
+    let Some(s) = Setup::new("ledger-chaos", 4) else {
+        return;
+    };
+    let seed = std::env::var("EXACTLY_CHAOS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| u64::from(rand::random::<u32>()));
+    println!("ledger chaos seed {seed} (replay with EXACTLY_CHAOS_SEED={seed})");
+    let kills_wanted = 24;
+    let payments = Payments::new(20_000, 0.2, seed);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut instances = [s.instance("0", &[]), s.instance("1", &[])];
+    instances.iter_mut().for_each(AppProcess::start);
+    let started = Instant::now();
+    let mut kills = 0;
+    for chunk in payments
+        .messages
+        .chunks(payments.messages.len().div_ceil(kills_wanted))
+    {
+        broker::produce(&s.bs, &s.input, chunk);
+        std::thread::sleep(Duration::from_millis(rng.gen_range(100..1200)));
+        let victim = rng.gen_range(0..instances.len());
+        if let Some(status) = instances[victim].exited() {
+            panic!(
+                "instance {victim} exited on its own ({status}); log tail:\n{}",
+                instances[victim].log_tail(30)
+            );
+        }
+        instances[victim].kill9();
+        kills += 1;
+        instances[victim].start();
+        if rng.gen_bool(0.25) {
+            // Again at once: this lands in start-up, migration or restore.
+            std::thread::sleep(Duration::from_millis(rng.gen_range(50..600)));
+            instances[victim].kill9();
+            kills += 1;
+            instances[victim].start();
+        }
+    }
+    s.wait_caught_up(&mut instances);
+    stop(&mut instances);
+    let seconds = started.elapsed().as_secs_f64();
+    let rows: u64 = s.rows_per_id().values().sum();
+    println!(
+        "ledger chaos seed {seed}: {kills} SIGKILLs, {} payments ({} unique, {} resends), {} ledger rows, {} accounts, {seconds:.1} s",
+        payments.messages.len(),
+        payments.unique.len(),
+        payments.resends(),
+        rows,
+        payments.balances().len(),
+    );
+    assert!(kills >= 20, "only {kills} SIGKILLs");
+    s.assert_exact(&payments);
+}
+
+#[test]
+fn terminated_database_connections_while_running_lose_and_double_nothing() {
+    let Some(s) = Setup::new("ledger-pgkill", 4) else {
+        return;
+    };
+    let payments = Payments::new(6_000, 0.2, 23);
+    let mut app = [s.instance("0", &["--commit-interval-ms", "20"])];
+    app[0].start();
+    let mut terminated = 0u64;
+    for chunk in payments.messages.chunks(600) {
+        broker::produce(&s.bs, &s.input, chunk);
+        // Kill the app's database sessions (application_name `{app}-0`) while it applies
+        // the chunk, from another connection.
+        for _ in 0..3 {
+            let rows = s.query(&format!(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '{}-0'",
+                s.app
+            ));
+            terminated += rows[0][0].parse::<u64>().expect("count");
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+    s.wait_caught_up(&mut app);
+    stop(&mut app);
+    println!("ledger-pgkill: {terminated} database sessions terminated");
+    assert!(terminated >= 5, "only {terminated} sessions terminated");
+    s.assert_exact(&payments);
+}
