@@ -36,6 +36,9 @@ pub(crate) struct Shared<F: ProcessorFactory> {
 }
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a transactional call that keeps failing with retriable errors is called again
+/// before the thread gives up (and stops: a commit whose outcome is unknown cannot be aborted).
+const TXN_RETRY_LIMIT: Duration = Duration::from_secs(60);
 /// How often running tasks drop IDs older than the dedup retention from their stores (the
 /// changelog drops them by its own `retention.ms`).
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
@@ -901,6 +904,16 @@ impl<F: ProcessorFactory> Core<F> {
                 Ok(())
             }
             Err(e) if is_fatal_producer_error(&e) => Err(self.fenced_error()),
+            Err(e) if self.exactly_once() && is_resumable(&e) => {
+                // Still retriable after TXN_RETRY_LIMIT: the commit may yet complete, so it
+                // cannot be aborted. Stop; the restarted producer's init_transactions
+                // resolves the transaction (commits or aborts it) before anything else.
+                tracing::error!(thread = self.thread, error = %e, "commit still unresolved after retrying; stopping the thread");
+                Err(RuntimeError::Kafka {
+                    during: "commit (still unresolved after retrying for 60 s; outcome unknown, so this thread stops and a restart resolves the transaction)",
+                    source: e,
+                })
+            }
             Err(e) => {
                 tracing::warn!(thread = self.thread, error = %e, "commit failed: aborting and rewinding");
                 self.abort(consumer, "error")?;
@@ -920,11 +933,25 @@ impl<F: ProcessorFactory> Core<F> {
             let metadata = consumer.group_metadata().ok_or_else(|| {
                 KafkaError::Subscription("the consumer has no group metadata yet".into())
             })?;
-            self.producer
-                .send_offsets_to_transaction(offsets, &metadata, REQUEST_TIMEOUT)?;
+            // A retriable error (coordinator moved or loading, request timed out) leaves the
+            // transaction open; librdkafka asks for the same call again, with the same offsets.
+            retry_while_retriable(&self.producer, "send_offsets_to_transaction", || {
+                self.producer
+                    .send_offsets_to_transaction(offsets, &metadata, REQUEST_TIMEOUT)
+            })?;
         }
         failpoint::hit(failpoint::Point::DuringCommit);
-        self.producer.commit_transaction(REQUEST_TIMEOUT)
+        // A retriable error here means the commit goes on in the background with an unknown
+        // outcome: it must be resumed by calling commit again. Aborting instead is refused
+        // ("Conflicting commit_transaction API call is already in progress"), which used to
+        // stop the thread whenever a commit outlasted one call (EndTxn retried for a long
+        // time, broker down during the commit). Each call waits at most the transaction
+        // timeout: librdkafka recommends the remaining transaction time, and no record can
+        // wait longer than that (`message.timeout.ms` <= `transaction.timeout.ms`).
+        let step = self.shared.config.transaction_timeout;
+        retry_while_retriable(&self.producer, "commit_transaction", || {
+            self.producer.commit_transaction(step)
+        })
     }
 
     /// At least once: every output and changelog record is delivered (or the error is
@@ -1037,6 +1064,44 @@ impl<F: ProcessorFactory> Core<F> {
                 .observer
                 .store(topic, *p, stats.entries, stats.bytes);
         }
+    }
+}
+
+/// Calls a transactional producer API again while it fails with a retriable error that
+/// requires no abort (for `commit_transaction`, the documented way to resume a commit whose
+/// outcome is not known yet), for up to [`TXN_RETRY_LIMIT`]. Serves delivery reports between
+/// calls.
+fn retry_while_retriable(
+    producer: &BaseProducer<DeliveryTracker>,
+    what: &'static str,
+    mut call: impl FnMut() -> Result<(), KafkaError>,
+) -> Result<(), KafkaError> {
+    let deadline = Instant::now() + TXN_RETRY_LIMIT;
+    loop {
+        let err = match call() {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if !is_resumable(&err) || Instant::now() >= deadline {
+            return Err(err);
+        }
+        tracing::warn!(what, error = %err, "retriable transaction error; calling again");
+        producer.poll(Duration::from_millis(100));
+    }
+}
+
+/// Whether a transactional call failed with an error that is retried by calling it again
+/// (not an abortable or fatal one).
+fn is_resumable(e: &KafkaError) -> bool {
+    match e {
+        KafkaError::Transaction(err) => {
+            err.is_retriable() && !err.txn_requires_abort() && !err.is_fatal()
+        }
+        // `BaseProducer::commit_transaction` flushes first; a flush that timed out has not
+        // started the commit, and the records still in flight either arrive or fail (then the
+        // transaction requires an abort).
+        KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut) => true,
+        _ => false,
     }
 }
 
