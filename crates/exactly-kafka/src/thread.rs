@@ -804,7 +804,7 @@ impl<F: ProcessorFactory> Core<F> {
         if self.exactly_once() {
             if let Err(e) = self.producer.begin_transaction() {
                 if is_fatal_producer_error(&e) {
-                    return Err(self.fenced_error());
+                    return Err(self.producer_failed("begin_transaction (fatal)", e));
                 }
                 return Err(RuntimeError::Kafka {
                     during: "begin_transaction",
@@ -822,6 +822,35 @@ impl<F: ProcessorFactory> Core<F> {
     fn fenced_error(&mut self) -> RuntimeError {
         self.shared.observer.fenced();
         // A zombie writes nothing more: drop staged IDs, close tasks without applying.
+        self.drop_tasks_unapplied();
+        RuntimeError::Fenced {
+            thread: self.thread,
+            transactional_id: self.txn_id.clone(),
+        }
+    }
+
+    /// The producer failed fatally during `during`: fenced by a newer producer with this
+    /// transactional.id, or another fatal error (e.g. the transactional.id is no longer
+    /// authorized), which must be reported as itself, not as fencing.
+    fn producer_failed(&mut self, during: &'static str, e: KafkaError) -> RuntimeError {
+        let fenced = matches!(
+            e.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+                    | RDKafkaErrorCode::Fenced
+            )
+        );
+        if fenced {
+            return self.fenced_error();
+        }
+        tracing::error!(thread = self.thread, during, error = %e, "fatal producer error: stopping the thread without committing anything more");
+        self.drop_tasks_unapplied();
+        RuntimeError::Kafka { during, source: e }
+    }
+
+    /// Drops the staged IDs of every task and closes it without applying anything.
+    fn drop_tasks_unapplied(&mut self) {
         let keys: Vec<TaskKey> = self.tasks.keys().cloned().collect();
         for k in keys {
             if let Some(slot) = self.tasks.get_mut(&k) {
@@ -830,10 +859,6 @@ impl<F: ProcessorFactory> Core<F> {
             self.close_task(&k);
         }
         self.txn_open = false;
-        RuntimeError::Fenced {
-            thread: self.thread,
-            transactional_id: self.txn_id.clone(),
-        }
     }
 
     /// Commits the open transaction (or, at least once: flush, apply, commit offsets).
@@ -903,7 +928,9 @@ impl<F: ProcessorFactory> Core<F> {
                 }
                 Ok(())
             }
-            Err(e) if is_fatal_producer_error(&e) => Err(self.fenced_error()),
+            Err(e) if is_fatal_producer_error(&e) => {
+                Err(self.producer_failed("commit (fatal; nothing more is committed)", e))
+            }
             Err(e) if self.exactly_once() && is_resumable(&e) => {
                 // Still retriable after TXN_RETRY_LIMIT: the commit may yet complete, so it
                 // cannot be aborted. Stop; the restarted producer's init_transactions
@@ -973,7 +1000,7 @@ impl<F: ProcessorFactory> Core<F> {
         if self.txn_open && self.exactly_once() {
             if let Err(e) = abort_transaction(&self.producer) {
                 if is_fatal_producer_error(&e) {
-                    return Err(self.fenced_error());
+                    return Err(self.producer_failed("abort_transaction (fatal)", e));
                 }
                 return Err(RuntimeError::Kafka {
                     during: "abort_transaction",
