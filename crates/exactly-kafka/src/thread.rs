@@ -36,6 +36,9 @@ pub(crate) struct Shared<F: ProcessorFactory> {
 }
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a transactional call that keeps failing with retriable errors is called again
+/// before the thread gives up (and stops: a commit whose outcome is unknown cannot be aborted).
+const TXN_RETRY_LIMIT: Duration = Duration::from_secs(60);
 /// How often running tasks drop IDs older than the dedup retention from their stores (the
 /// changelog drops them by its own `retention.ms`).
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
@@ -581,9 +584,12 @@ impl<F: ProcessorFactory> Core<F> {
                 mine().map(|m| (m.offset(), m.key().unwrap_or_default(), m.payload())),
                 &clock,
             )?;
-            self.shared
-                .observer
-                .restored(&slot.task.id().topic, p, mine().count() as u64, n as u64);
+            self.shared.observer.restored(
+                &slot.task.id().topic,
+                p,
+                mine().count() as u64,
+                n as u64,
+            );
         }
         drop(records);
         // Which restores may be complete?
@@ -813,7 +819,7 @@ impl<F: ProcessorFactory> Core<F> {
         if self.exactly_once() {
             if let Err(e) = self.producer.begin_transaction() {
                 if is_fatal_producer_error(&e) {
-                    return Err(self.fenced_error());
+                    return Err(self.producer_failed("begin_transaction (fatal)", e));
                 }
                 return Err(RuntimeError::Kafka {
                     during: "begin_transaction",
@@ -831,6 +837,35 @@ impl<F: ProcessorFactory> Core<F> {
     fn fenced_error(&mut self) -> RuntimeError {
         self.shared.observer.fenced();
         // A zombie writes nothing more: drop staged IDs, close tasks without applying.
+        self.drop_tasks_unapplied();
+        RuntimeError::Fenced {
+            thread: self.thread,
+            transactional_id: self.txn_id.clone(),
+        }
+    }
+
+    /// The producer failed fatally during `during`: fenced by a newer producer with this
+    /// transactional.id, or another fatal error (e.g. the transactional.id is no longer
+    /// authorized), which must be reported as itself, not as fencing.
+    fn producer_failed(&mut self, during: &'static str, e: KafkaError) -> RuntimeError {
+        let fenced = matches!(
+            e.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+                    | RDKafkaErrorCode::Fenced
+            )
+        );
+        if fenced {
+            return self.fenced_error();
+        }
+        tracing::error!(thread = self.thread, during, error = %e, "fatal producer error: stopping the thread without committing anything more");
+        self.drop_tasks_unapplied();
+        RuntimeError::Kafka { during, source: e }
+    }
+
+    /// Drops the staged IDs of every task and closes it without applying anything.
+    fn drop_tasks_unapplied(&mut self) {
         let keys: Vec<TaskKey> = self.tasks.keys().cloned().collect();
         for k in keys {
             if let Some(slot) = self.tasks.get_mut(&k) {
@@ -839,10 +874,6 @@ impl<F: ProcessorFactory> Core<F> {
             self.close_task(&k);
         }
         self.txn_open = false;
-        RuntimeError::Fenced {
-            thread: self.thread,
-            transactional_id: self.txn_id.clone(),
-        }
     }
 
     /// Commits the open transaction (or, at least once: flush, apply, commit offsets).
@@ -917,7 +948,19 @@ impl<F: ProcessorFactory> Core<F> {
                 }
                 Ok(())
             }
-            Err(e) if is_fatal_producer_error(&e) => Err(self.fenced_error()),
+            Err(e) if is_fatal_producer_error(&e) => {
+                Err(self.producer_failed("commit (fatal; nothing more is committed)", e))
+            }
+            Err(e) if self.exactly_once() && is_resumable(&e) => {
+                // Still retriable after TXN_RETRY_LIMIT: the commit may yet complete, so it
+                // cannot be aborted. Stop; the restarted producer's init_transactions
+                // resolves the transaction (commits or aborts it) before anything else.
+                tracing::error!(thread = self.thread, error = %e, "commit still unresolved after retrying; stopping the thread");
+                Err(RuntimeError::Kafka {
+                    during: "commit (still unresolved after retrying for 60 s; outcome unknown, so this thread stops and a restart resolves the transaction)",
+                    source: e,
+                })
+            }
             Err(e) => {
                 tracing::warn!(thread = self.thread, error = %e, "commit failed: aborting and rewinding");
                 self.abort(consumer, "error")?;
@@ -947,12 +990,26 @@ impl<F: ProcessorFactory> Core<F> {
             let metadata = consumer.group_metadata().ok_or_else(|| {
                 KafkaError::Subscription("the consumer has no group metadata yet".into())
             })?;
-            self.producer
-                .send_offsets_to_transaction(offsets, &metadata, REQUEST_TIMEOUT)?;
+            // A retriable error (coordinator moved or loading, request timed out) leaves the
+            // transaction open; librdkafka asks for the same call again, with the same offsets.
+            retry_while_retriable(&self.producer, "send_offsets_to_transaction", || {
+                self.producer
+                    .send_offsets_to_transaction(offsets, &metadata, REQUEST_TIMEOUT)
+            })?;
         }
         failpoint::hit(failpoint::Point::DuringCommit);
         drain_deliveries(&self.producer);
-        self.producer.commit_transaction(REQUEST_TIMEOUT)
+        // A retriable error here means the commit goes on in the background with an unknown
+        // outcome: it must be resumed by calling commit again. Aborting instead is refused
+        // ("Conflicting commit_transaction API call is already in progress"), which used to
+        // stop the thread whenever a commit outlasted one call (EndTxn retried for a long
+        // time, broker down during the commit). Each call waits at most the transaction
+        // timeout: librdkafka recommends the remaining transaction time, and no record can
+        // wait longer than that (`message.timeout.ms` <= `transaction.timeout.ms`).
+        let step = self.shared.config.transaction_timeout;
+        retry_while_retriable(&self.producer, "commit_transaction", || {
+            self.producer.commit_transaction(step)
+        })
     }
 
     /// At least once: every output and changelog record is delivered (or the error is
@@ -975,7 +1032,7 @@ impl<F: ProcessorFactory> Core<F> {
         if self.txn_open && self.exactly_once() {
             if let Err(e) = abort_transaction(&self.producer) {
                 if is_fatal_producer_error(&e) {
-                    return Err(self.fenced_error());
+                    return Err(self.producer_failed("abort_transaction (fatal)", e));
                 }
                 return Err(RuntimeError::Kafka {
                     during: "abort_transaction",
@@ -1078,6 +1135,44 @@ fn drain_deliveries(producer: &BaseProducer<DeliveryTracker>) {
     let deadline = Instant::now() + REQUEST_TIMEOUT;
     while producer.in_flight_count() > 0 && Instant::now() < deadline {
         producer.poll(Duration::from_millis(1));
+    }
+}
+
+/// Calls a transactional producer API again while it fails with a retriable error that
+/// requires no abort (for `commit_transaction`, the documented way to resume a commit whose
+/// outcome is not known yet), for up to [`TXN_RETRY_LIMIT`]. Serves delivery reports between
+/// calls.
+fn retry_while_retriable(
+    producer: &BaseProducer<DeliveryTracker>,
+    what: &'static str,
+    mut call: impl FnMut() -> Result<(), KafkaError>,
+) -> Result<(), KafkaError> {
+    let deadline = Instant::now() + TXN_RETRY_LIMIT;
+    loop {
+        let err = match call() {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if !is_resumable(&err) || Instant::now() >= deadline {
+            return Err(err);
+        }
+        tracing::warn!(what, error = %err, "retriable transaction error; calling again");
+        producer.poll(Duration::from_millis(100));
+    }
+}
+
+/// Whether a transactional call failed with an error that is retried by calling it again
+/// (not an abortable or fatal one).
+fn is_resumable(e: &KafkaError) -> bool {
+    match e {
+        KafkaError::Transaction(err) => {
+            err.is_retriable() && !err.txn_requires_abort() && !err.is_fatal()
+        }
+        // `BaseProducer::commit_transaction` flushes first; a flush that timed out has not
+        // started the commit, and the records still in flight either arrive or fail (then the
+        // transaction requires an abort).
+        KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut) => true,
+        _ => false,
     }
 }
 
