@@ -725,7 +725,9 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         };
         // Every overlay ID was looked up in the store (absent or expired) when it was staged,
         // and only this task writes the store.
-        self.store.apply_unseen(&batch).map_err(|e| self.store_err(e))
+        self.store
+            .apply_unseen(&batch)
+            .map_err(|e| self.store_err(e))
     }
 
     /// Runs the processor's pre-commit [`Processor::flush`] (external sinks commit here). The

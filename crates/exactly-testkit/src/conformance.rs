@@ -526,22 +526,32 @@ pub fn check_stats_count_distinct_ids_exactly<S: DedupStore>(make: &mut impl FnM
 /// `apply_unseen` of IDs absent from the store records them, moves the checkpoint and counts
 /// them exactly, like `apply`; an ID re-seen after it expired is stored again with its new
 /// entry, and the next expiry leaves the count exact.
-pub fn check_apply_unseen_records_new_ids_like_apply<S: DedupStore>(
-    make: &mut impl FnMut() -> S,
-) {
+pub fn check_apply_unseen_records_new_ids_like_apply<S: DedupStore>(make: &mut impl FnMut() -> S) {
     const CHECK: &str = "check_apply_unseen_records_new_ids_like_apply";
     let mut store = make();
     apply(CHECK, &mut store, &batch(&[(b"old", entry(100, 1))], 2));
     let unseen = batch(&[(b"a", entry(500, 2)), (b"b", entry(500, 3))], 4);
     ok(CHECK, "apply_unseen", store.apply_unseen(&unseen));
-    assert_eq!(ok(CHECK, "get a", store.get(b"a")), Some(entry(500, 2)), "{CHECK}: a");
-    assert_eq!(ok(CHECK, "get b", store.get(b"b")), Some(entry(500, 3)), "{CHECK}: b");
+    assert_eq!(
+        ok(CHECK, "get a", store.get(b"a")),
+        Some(entry(500, 2)),
+        "{CHECK}: a"
+    );
+    assert_eq!(
+        ok(CHECK, "get b", store.get(b"b")),
+        Some(entry(500, 3)),
+        "{CHECK}: b"
+    );
     assert_eq!(
         ok(CHECK, "checkpoint", store.checkpoint()),
         Some(checkpoint(4)),
         "{CHECK}: checkpoint"
     );
-    assert_eq!(store.stats().entries, 3, "{CHECK}: entries after apply_unseen");
+    assert_eq!(
+        store.stats().entries,
+        3,
+        "{CHECK}: entries after apply_unseen"
+    );
 
     // "old" expired (first seen at 100, retention cut-off 300) and is seen again.
     let reseen = batch(&[(b"old", entry(600, 4))], 5);
