@@ -19,7 +19,15 @@ fn crash_at(test: &str, point: &str, hit: u32, guarantee: &str) -> Option<Verifi
     let messages = messages_with_duplicates(UNIQUE, 1.0 / 6.0, 41);
     let mut app = s.forward(
         "0",
-        &["--commit-interval-ms", "50", "--guarantee", guarantee],
+        // Small transactions: the failpoints count commits, so the stream needs several.
+        &[
+            "--commit-interval-ms",
+            "50",
+            "--max-batch-records",
+            "500",
+            "--guarantee",
+            guarantee,
+        ],
     );
     app.env("EXACTLY_FAILPOINT", &format!("{point}:{hit}"));
     app.start();

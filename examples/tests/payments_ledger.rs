@@ -311,7 +311,11 @@ fn crashes_before_between_and_after_the_two_commits_book_each_payment_once() {
     // the Kafka commit; during_commit: the Kafka commit's outcome unknown; after_commit: after
     // both.
     for (chunk, point) in chunks.iter().zip(points) {
-        let mut crashing = s.instance("0", &["--commit-interval-ms", "50"]);
+        // Small transactions: the failpoints count commits, so each chunk needs several.
+        let mut crashing = s.instance(
+            "0",
+            &["--commit-interval-ms", "50", "--max-batch-records", "250"],
+        );
         crashing.env("EXACTLY_FAILPOINT", point);
         crashing.start();
         broker::produce(&s.bs, &s.input, chunk);

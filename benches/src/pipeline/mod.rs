@@ -51,8 +51,8 @@ pub struct PipelineArgs {
     #[arg(long, value_delimiter = ',', default_value = "1000000,5000000")]
     pub store_ids: Vec<u64>,
     /// Records per transaction / commit at most, for every mode (exactly's
-    /// `max_batch_records`, default 2000).
-    #[arg(long, default_value_t = 2000)]
+    /// `max_batch_records`; default: the runtime's default).
+    #[arg(long, default_value_t = exactly_kafka::RuntimeConfig::new("", "").max_batch_records)]
     pub max_batch_records: usize,
     /// librdkafka property for the clients of every mode, `key=value` (repeatable), e.g.
     /// `--kafka fetch.wait.max.ms=10`.

@@ -26,6 +26,9 @@ pub struct RunArgs {
     /// Commit interval in milliseconds.
     #[arg(long, default_value_t = 100)]
     pub commit_interval_ms: u64,
+    /// Input records in one transaction at most (default: the runtime's, 10000).
+    #[arg(long)]
+    pub max_batch_records: Option<usize>,
     /// Serve /metrics, /health and /ready on this address (e.g. 0.0.0.0:9100).
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
@@ -63,6 +66,9 @@ impl RunArgs {
                 GuaranteeArg::AtLeastOnce => Guarantee::AtLeastOnce,
             });
         app.config_mut().startup_timeout = Duration::from_millis(self.startup_timeout_ms);
+        if let Some(n) = self.max_batch_records {
+            app.config_mut().max_batch_records = n;
+        }
         for kv in &self.kafka {
             let (k, v) = kv.split_once('=').ok_or_else(|| {
                 RuntimeError::Config(format!("--kafka expects KEY=VALUE, got `{kv}`"))

@@ -69,7 +69,7 @@ pub struct FileConfig {
     /// Commit interval in milliseconds (default 100).
     #[serde(deserialize_with = "millis")]
     pub commit_interval_ms: Option<u64>,
-    /// Maximum input records in one transaction (default 2000).
+    /// Maximum input records in one transaction (default 10000).
     #[serde(deserialize_with = "count")]
     pub max_batch_records: Option<u64>,
     /// `exactly_once` (default) or `at_least_once`.
