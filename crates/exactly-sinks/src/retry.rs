@@ -30,15 +30,15 @@ impl Default for SinkRetry {
 }
 
 impl SinkRetry {
-    /// The delay after failed attempt number `attempt` (1-based): doubles, capped.
+    /// The delay after failed attempt number `attempt` (1-based): doubles, capped; the same
+    /// schedule as the processor's [`RetryPolicy`](exactly_core::RetryPolicy).
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 1u32
-            .checked_shl(attempt.saturating_sub(1))
-            .unwrap_or(u32::MAX);
-        self.initial_backoff
-            .checked_mul(factor)
-            .unwrap_or(self.max_backoff)
-            .min(self.max_backoff)
+        exactly_core::RetryPolicy {
+            max_attempts: self.max_attempts,
+            initial_backoff: self.initial_backoff,
+            max_backoff: self.max_backoff,
+        }
+        .backoff(attempt)
     }
 }
 
