@@ -2,7 +2,8 @@
 //! `exactly_testkit::chaos`: two dedup-forward processes over four partitions, 100k messages
 //! (80k IDs + 20 % resends), 50 seeded disruptions (SIGKILL, also right after a restart while
 //! the tasks restore; SIGSTOP/SIGCONT; graceful SIGTERM restarts). The output, read with
-//! isolation.level=read_committed, must hold every ID exactly once.
+//! isolation.level=read_committed, must hold every ID exactly once. On failure (or with
+//! `EXACTLY_CHAOS_KEEP=1`) the instances' logs and state dirs are kept and their path printed.
 
 use exactly_testkit::broker;
 use exactly_testkit::chaos::{self, ChaosPlan};
@@ -37,6 +38,17 @@ fn chaos_with_sigkill_sigstop_and_sigterm_yields_each_id_exactly_once() {
     let report = chaos::run(&bs, &plan, dir.path());
     println!("{}", report.summary());
     let v = &report.verification;
+    if !v.is_exact() || std::env::var_os("EXACTLY_CHAOS_KEEP").is_some() {
+        // Keep the instances' logs and state for the post-mortem.
+        let kept = dir.keep();
+        println!("logs and state kept in {}", kept.display());
+        for d in &v.duplicate_examples {
+            println!(
+                "duplicate {}: inputs (partition, offset, ts) {:?}, outputs {:?}",
+                d.id, d.inputs, d.outputs
+            );
+        }
+    }
     let disruptions = report.sigkills + report.pauses + report.terminations;
     assert!(
         disruptions >= 50 || std::env::var("EXACTLY_CHAOS_ACTIONS").is_ok(),

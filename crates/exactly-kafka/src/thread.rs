@@ -20,7 +20,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -49,6 +49,9 @@ const RESTORE_POLL: Duration = Duration::from_millis(10);
 /// Changelog records taken into one restore step at most (then processing of running tasks
 /// and the group consumer's poll get their turn).
 const RESTORE_BATCH_RECORDS: usize = 10_000;
+/// How long a changelog partition stays out of the restore consumer after it left before it
+/// is assigned again (its old fetch stops asynchronously).
+const REASSIGN_DELAY: Duration = Duration::from_millis(100);
 
 type TaskKey = (Arc<str>, i32);
 
@@ -59,7 +62,7 @@ struct Restoring {
     /// Read-committed end of the changelog partition at the last check.
     end: i64,
     /// Whether the restore consumer has this partition at `from` (or beyond) yet. Until then
-    /// any position the consumer reports for it belongs to an earlier assignment.
+    /// any position or record the consumer has for it belongs to an earlier assignment.
     assigned: bool,
     last_check: Option<Instant>,
     last_wait_log: Instant,
@@ -82,7 +85,11 @@ pub(crate) struct Core<F: ProcessorFactory> {
     /// Asks for high watermarks (read_uncommitted), to see open transactions.
     watermark_client: BaseConsumer<LogContext>,
     tasks: BTreeMap<TaskKey, Slot<F::Processor>>,
-    restore_assignment_dirty: bool,
+    /// Changelog partitions in the restore consumer's assignment, changed only incrementally:
+    /// a partition that stays keeps its fetch position (see `reconcile_restore_assignment`).
+    restore_assigned: BTreeSet<(String, i32)>,
+    /// When each changelog partition last left the restore consumer's assignment.
+    restore_unassigned_at: HashMap<(String, i32), Instant>,
     txn_open: bool,
     txn_records: usize,
     txn_started: Instant,
@@ -127,9 +134,23 @@ impl<F: ProcessorFactory> ConsumerContext for MemberContext<F> {
         match rebalance {
             Rebalance::Revoke(tpl) => {
                 core.shared.observer.rebalance();
-                // Finish the open transaction before the partitions move, so the next owner
-                // starts from committed offsets and a complete changelog.
-                if let Err(e) = core.end_transaction(consumer, "rebalance") {
+                let ended = if consumer.assignment_lost() {
+                    // Lost, not revoked (session timed out, member fenced): the partitions
+                    // may already run elsewhere. Kafka rejects this member's offsets now; a
+                    // broker that accepted them would commit behind the new owner's back.
+                    // Abort instead.
+                    tracing::warn!(
+                        thread = core.thread,
+                        lost = tpl.count(),
+                        "partitions lost (this member left the group): aborting the open transaction"
+                    );
+                    core.abort(consumer, "assignment_lost")
+                } else {
+                    // Finish the open transaction before the partitions move, so the next
+                    // owner starts from committed offsets and a complete changelog.
+                    core.end_transaction(consumer, "rebalance")
+                };
+                if let Err(e) = ended {
                     core.fatal.get_or_insert(e);
                 }
                 for el in tpl.elements() {
@@ -257,7 +278,8 @@ pub(crate) fn run<F: ProcessorFactory>(
         restore_consumer,
         watermark_client,
         tasks: BTreeMap::new(),
-        restore_assignment_dirty: false,
+        restore_assigned: BTreeSet::new(),
+        restore_unassigned_at: HashMap::new(),
         txn_open: false,
         txn_records: 0,
         txn_started: Instant::now(),
@@ -500,12 +522,8 @@ impl<F: ProcessorFactory> Core<F> {
         self.shared
             .observer
             .restore_remaining(&key.0, key.1, (end - low).max(0));
-        // The next restore step assigns the changelog partition at the plan's offset, keeping
-        // the positions of the partitions already restoring. (Assigning `assignment()` plus
-        // this partition here, as before, handed the others an offset-less entry: the
-        // consumer then restarted them from `auto.offset.reset`, re-reading their changelog,
-        // and a task closed and reopened within one rebalance could inherit its old position.)
-        self.restore_assignment_dirty = true;
+        // The next restore step adds the changelog partition to the restore consumer at the
+        // plan's offset, leaving the partitions already restoring alone.
         self.tasks.insert(
             key,
             Slot {
@@ -534,9 +552,6 @@ impl<F: ProcessorFactory> Core<F> {
     /// files so a quick re-assignment restores only the tail.
     fn close_task(&mut self, key: &TaskKey) {
         if let Some(slot) = self.tasks.remove(key) {
-            if slot.restoring.is_some() {
-                self.restore_assignment_dirty = true;
-            }
             drop(slot.task.close());
         }
         self.shared.observer.tasks(self.thread, self.tasks.len());
@@ -549,9 +564,7 @@ impl<F: ProcessorFactory> Core<F> {
         &mut self,
         consumer: &BaseConsumer<MemberContext<F>>,
     ) -> Result<(), RuntimeError> {
-        if self.restore_assignment_dirty {
-            self.reassign_restore_consumer()?;
-        }
+        self.reconcile_restore_assignment()?;
         if !self.is_restoring() {
             return Ok(());
         }
@@ -574,7 +587,9 @@ impl<F: ProcessorFactory> Core<F> {
         partitions.dedup();
         for (changelog, p) in partitions {
             let Some(slot) = self.tasks.values_mut().find(|s| {
-                s.changelog == changelog && s.task.id().partition == p && s.restoring.is_some()
+                s.changelog == changelog
+                    && s.task.id().partition == p
+                    && s.restoring.as_ref().is_some_and(|r| r.assigned)
             }) else {
                 continue;
             };
@@ -606,11 +621,11 @@ impl<F: ProcessorFactory> Core<F> {
         for key in keys {
             let slot = self.tasks.get_mut(&key).expect("listed above");
             let r = slot.restoring.as_mut().expect("listed above");
-            // No position yet (nothing read): the consumer stands at the plan's start.
+            // No position yet (nothing read, or not assigned yet): the plan's start.
             let pos = positions
                 .find_partition(&slot.changelog, key.1)
                 .and_then(|e| e.offset().to_raw())
-                .filter(|o| *o >= 0)
+                .filter(|o| r.assigned && *o >= 0)
                 .unwrap_or(r.from);
             self.shared
                 .observer
@@ -626,24 +641,16 @@ impl<F: ProcessorFactory> Core<F> {
                 continue;
             }
             r.last_check = Some(Instant::now());
-            let (_, lso) = self
-                .restore_consumer
-                .fetch_watermarks(&slot.changelog, key.1, REQUEST_TIMEOUT)
-                .map_err(|e| RuntimeError::Kafka {
-                    during: "reading changelog watermarks",
-                    source: e,
-                })?;
+            let (_, lso) = self.changelog_end(&key, false)?;
+            let slot = self.tasks.get_mut(&key).expect("listed above");
+            let r = slot.restoring.as_mut().expect("listed above");
             r.end = lso;
             if pos < lso {
                 continue;
             }
-            let (_, hw) = self
-                .watermark_client
-                .fetch_watermarks(&slot.changelog, key.1, REQUEST_TIMEOUT)
-                .map_err(|e| RuntimeError::Kafka {
-                    during: "reading changelog watermarks",
-                    source: e,
-                })?;
+            let (_, hw) = self.changelog_end(&key, true)?;
+            let slot = self.tasks.get_mut(&key).expect("listed above");
+            let r = slot.restoring.as_mut().expect("listed above");
             if hw > lso {
                 // A predecessor's transaction on this changelog partition is still open. Its
                 // offsets may still commit: wait for it to end before reading committed offsets.
@@ -653,32 +660,51 @@ impl<F: ProcessorFactory> Core<F> {
                 }
                 continue;
             }
-            self.finish_restore(consumer, &key)?;
+            // The committed offsets first, then the changelog's end once more: a read_committed
+            // `committed()` waits for a predecessor's transaction that holds offsets for this
+            // partition (KIP-447), and that transaction wrote its changelog records before it
+            // committed. If the end moved, the store is not complete for those offsets yet.
+            let offset = committed_offset(consumer, &key)?;
+            let (_, lso) = self.changelog_end(&key, false)?;
+            let (_, hw) = self.changelog_end(&key, true)?;
+            let slot = self.tasks.get_mut(&key).expect("listed above");
+            let r = slot.restoring.as_mut().expect("listed above");
+            if pos < lso || hw > lso {
+                r.end = lso;
+                tracing::info!(task = %slot.task.id(), pos, lso, hw, "changelog grew while reading committed offsets; restoring on");
+                continue;
+            }
+            self.finish_restore(consumer, &key, offset)?;
         }
         Ok(())
+    }
+
+    /// The (low, end) watermarks of a restoring task's changelog partition: read_committed
+    /// (end = last stable offset) or, with `uncommitted`, the high watermark.
+    fn changelog_end(&self, key: &TaskKey, uncommitted: bool) -> Result<(i64, i64), RuntimeError> {
+        let slot = self.tasks.get(key).expect("restoring task exists");
+        let client = if uncommitted {
+            &self.watermark_client
+        } else {
+            &self.restore_consumer
+        };
+        client
+            .fetch_watermarks(&slot.changelog, key.1, REQUEST_TIMEOUT)
+            .map_err(|e| RuntimeError::Kafka {
+                during: "reading changelog watermarks",
+                source: e,
+            })
     }
 
     fn finish_restore(
         &mut self,
         consumer: &BaseConsumer<MemberContext<F>>,
         key: &TaskKey,
+        offset: Option<i64>,
     ) -> Result<(), RuntimeError> {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&key.0, key.1);
-        let committed = consumer
-            .committed_offsets(tpl, REQUEST_TIMEOUT)
-            .map_err(|e| RuntimeError::Kafka {
-                during: "reading committed offsets",
-                source: e,
-            })?;
-        let offset = committed
-            .find_partition(&key.0, key.1)
-            .and_then(|e| e.offset().to_raw())
-            .filter(|o| *o >= 0);
         let slot = self.tasks.get_mut(key).expect("restoring task exists");
         slot.task.restore_complete(offset)?;
         let r = slot.restoring.take().expect("was restoring");
-        self.restore_assignment_dirty = true;
         let secs = r.started.elapsed().as_secs_f64();
         self.shared.observer.restore_done(&key.0, key.1, secs);
         tracing::info!(task = %slot.task.id(), committed = ?offset, seconds = secs, entries = slot.task.store_stats().entries, "task restored; running");
@@ -692,36 +718,79 @@ impl<F: ProcessorFactory> Core<F> {
         seek(consumer, &key.0, key.1, target)
     }
 
-    fn reassign_restore_consumer(&mut self) -> Result<(), RuntimeError> {
-        self.restore_assignment_dirty = false;
-        let current = self.restore_consumer.position().unwrap_or_default();
-        let mut tpl = TopicPartitionList::new();
-        for slot in self.tasks.values() {
-            let Some(r) = &slot.restoring else { continue };
-            let p = slot.task.id().partition;
-            // A partition already being read keeps the consumer's position (every polled
-            // record is applied in the step that polled it); a newly opened task starts at
-            // its plan.
-            let position = current
-                .find_partition(&slot.changelog, p)
-                .and_then(|e| e.offset().to_raw())
-                .filter(|o| r.assigned && *o >= 0);
-            let offset = Offset::Offset(position.unwrap_or(r.from));
-            tpl.add_partition_offset(&slot.changelog, p, offset)
+    /// Brings the restore consumer's assignment in line with the restoring tasks, by
+    /// `incremental_unassign` / `incremental_assign` only: a partition that stays is never
+    /// re-assigned, so its fetch goes on where it is. Re-assigning (as `assign()` with the full
+    /// list did) restarts the fetch mid-log, and a read_committed fetch that starts after an
+    /// aborted transaction lost every later record of that producer on the test broker: the
+    /// restore reached the end with IDs missing, and their resends were processed again.
+    /// A partition that left the assignment is added back only after `REASSIGN_DELAY`, so its
+    /// old fetch has stopped and the consumer reports no stale position for it.
+    fn reconcile_restore_assignment(&mut self) -> Result<(), RuntimeError> {
+        fn restoring<P: exactly_core::Processor>(s: &Slot<P>) -> Option<(&Slot<P>, &Restoring)> {
+            s.restoring.as_ref().map(|r| (s, r))
+        }
+        let mut remove = TopicPartitionList::new();
+        let keep: BTreeSet<(String, i32)> = self
+            .tasks
+            .values()
+            .filter_map(restoring)
+            .filter(|(_, r)| r.assigned)
+            .map(|(s, _)| (s.changelog.clone(), s.task.id().partition))
+            .collect();
+        for tp in self.restore_assigned.difference(&keep) {
+            remove.add_partition(&tp.0, tp.1);
+        }
+        if remove.count() > 0 {
+            self.restore_consumer
+                .incremental_unassign(&remove)
+                .map_err(|e| RuntimeError::Kafka {
+                    during: "removing changelog partitions from the restore consumer",
+                    source: e,
+                })?;
+            let now = Instant::now();
+            for el in remove.elements() {
+                let tp = (el.topic().to_owned(), el.partition());
+                self.restore_assigned.remove(&tp);
+                self.restore_unassigned_at.insert(tp, now);
+            }
+        }
+        let mut add = TopicPartitionList::new();
+        for (slot, r) in self.tasks.values().filter_map(restoring) {
+            let tp = (slot.changelog.clone(), slot.task.id().partition);
+            let settled = self
+                .restore_unassigned_at
+                .get(&tp)
+                .is_none_or(|t| t.elapsed() >= REASSIGN_DELAY);
+            if r.assigned || !settled || self.restore_assigned.contains(&tp) {
+                continue;
+            }
+            add.add_partition_offset(&tp.0, tp.1, Offset::Offset(r.from))
                 .map_err(|e| RuntimeError::Kafka {
                     during: "assigning changelog partitions",
                     source: e,
                 })?;
         }
+        if add.count() == 0 {
+            return Ok(());
+        }
         self.restore_consumer
-            .assign(&tpl)
+            .incremental_assign(&add)
             .map_err(|e| RuntimeError::Kafka {
                 during: "assigning changelog partitions",
                 source: e,
             })?;
+        for el in add.elements() {
+            let tp = (el.topic().to_owned(), el.partition());
+            self.restore_unassigned_at.remove(&tp);
+            self.restore_assigned.insert(tp);
+        }
         for slot in self.tasks.values_mut() {
+            let p = slot.task.id().partition;
             if let Some(r) = &mut slot.restoring {
-                r.assigned = true;
+                if add.find_partition(&slot.changelog, p).is_some() {
+                    r.assigned = true;
+                }
             }
         }
         Ok(())
@@ -911,6 +980,15 @@ impl<F: ProcessorFactory> Core<F> {
                         source: e,
                     })?;
             }
+        }
+        if self.exactly_once() && consumer.assignment_lost() {
+            // The group took the partitions away (the rebalance callback that closes the
+            // tasks comes with the next poll): these offsets would be rejected.
+            tracing::warn!(
+                thread = self.thread,
+                "assignment lost before the commit: aborting"
+            );
+            return self.abort(consumer, "assignment_lost");
         }
         let started = Instant::now();
         let result = if self.exactly_once() {
@@ -1233,6 +1311,27 @@ fn seek<C: ConsumerContext>(
             source: e,
         }),
     }
+}
+
+/// The group's committed offset of an input partition (`None` if none). With
+/// `isolation.level=read_committed` librdkafka asks for stable offsets: the broker answers only
+/// once no open transaction holds offsets for the partition.
+fn committed_offset<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    key: &TaskKey,
+) -> Result<Option<i64>, RuntimeError> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&key.0, key.1);
+    let committed = consumer
+        .committed_offsets(tpl, REQUEST_TIMEOUT)
+        .map_err(|e| RuntimeError::Kafka {
+            during: "reading committed offsets",
+            source: e,
+        })?;
+    Ok(committed
+        .find_partition(&key.0, key.1)
+        .and_then(|e| e.offset().to_raw())
+        .filter(|o| *o >= 0))
 }
 
 fn pause<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, p: i32) {

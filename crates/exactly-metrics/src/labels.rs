@@ -82,6 +82,8 @@ label_values! {
         Fenced => "fenced",
         /// The app was shutting down.
         Shutdown => "shutdown",
+        /// The member lost its partitions (session timed out): its offsets would be rejected.
+        AssignmentLost => "assignment_lost",
     }
 }
 

@@ -113,6 +113,11 @@ pub struct TestMessage {
 
 /// Produces messages with an idempotent producer and waits for all acks.
 pub fn produce(bs: &str, topic: &str, messages: &[TestMessage]) {
+    produce_to(bs, topic, None, messages);
+}
+
+/// [`produce`] into one partition (`Some`), or by the key as usual (`None`).
+pub fn produce_to(bs: &str, topic: &str, partition: Option<i32>, messages: &[TestMessage]) {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bs)
         .set("enable.idempotence", "true")
@@ -134,6 +139,9 @@ pub fn produce(bs: &str, topic: &str, messages: &[TestMessage]) {
             .headers(headers);
         if let Some(k) = &m.key {
             rec = rec.key(k.as_slice());
+        }
+        if let Some(p) = partition {
+            rec = rec.partition(p);
         }
         loop {
             match producer.send(rec) {

@@ -298,6 +298,20 @@ pub struct Verification {
     pub missing: Vec<String>,
     /// Output IDs that were never input (or have no ID), sorted.
     pub unexpected: Vec<String>,
+    /// Up to 10 duplicated IDs (sorted) with where their input and output copies are: the
+    /// place to start reading the apps' logs.
+    pub duplicate_examples: Vec<DuplicateExample>,
+}
+
+/// Where the copies of one duplicated message ID are, as (partition, offset, timestamp ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DuplicateExample {
+    /// The message ID.
+    pub id: String,
+    /// Its input records.
+    pub inputs: Vec<(i32, i64, Option<i64>)>,
+    /// Its output records (more than one).
+    pub outputs: Vec<(i32, i64, Option<i64>)>,
 }
 
 impl Verification {
@@ -317,6 +331,30 @@ impl Verification {
             .cloned()
             .collect();
         unexpected.sort();
+        let mut duplicated: Vec<&String> = outs
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(id, _)| id)
+            .collect();
+        duplicated.sort();
+        let duplicate_examples = duplicated
+            .into_iter()
+            .take(10)
+            .map(|id| {
+                let at = |records: &[ReadRecord]| {
+                    records
+                        .iter()
+                        .filter(|r| r.id().as_ref() == Some(id))
+                        .map(|r| (r.partition, r.offset, r.timestamp))
+                        .collect()
+                };
+                DuplicateExample {
+                    id: id.clone(),
+                    inputs: at(inputs),
+                    outputs: at(outputs),
+                }
+            })
+            .collect();
         Self {
             inputs: inputs.len(),
             unique_ids: ins.len(),
@@ -324,6 +362,7 @@ impl Verification {
             duplicates: outs.values().map(|n| n.saturating_sub(1)).sum(),
             missing,
             unexpected,
+            duplicate_examples,
         }
     }
 
