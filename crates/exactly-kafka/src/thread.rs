@@ -52,6 +52,8 @@ const RESTORE_BATCH_RECORDS: usize = 10_000;
 /// How long a changelog partition stays out of the restore consumer after it left before it
 /// is assigned again (its old fetch stops asynchronously).
 const REASSIGN_DELAY: Duration = Duration::from_millis(100);
+/// Abort reason (metric label) when the group took this member's partitions away.
+const ABORT_LOST: &str = "assignment_lost";
 
 type TaskKey = (Arc<str>, i32);
 
@@ -144,7 +146,7 @@ impl<F: ProcessorFactory> ConsumerContext for MemberContext<F> {
                         lost = tpl.count(),
                         "partitions lost (this member left the group): aborting the open transaction"
                     );
-                    core.abort(consumer, "assignment_lost")
+                    core.abort(consumer, ABORT_LOST)
                 } else {
                     // Finish the open transaction before the partitions move, so the next
                     // owner starts from committed offsets and a complete changelog.
@@ -988,7 +990,7 @@ impl<F: ProcessorFactory> Core<F> {
                 thread = self.thread,
                 "assignment lost before the commit: aborting"
             );
-            return self.abort(consumer, "assignment_lost");
+            return self.abort(consumer, ABORT_LOST);
         }
         let started = Instant::now();
         let result = if self.exactly_once() {
@@ -1148,7 +1150,15 @@ impl<F: ProcessorFactory> Core<F> {
                 .task
                 .on_aborted()
                 .map_or(Offset::Beginning, Offset::Offset);
-            seek(consumer, &key.0, key.1, target)?;
+            match seek(consumer, &key.0, key.1, target) {
+                Ok(()) => {}
+                // Lost partitions are closed by the rebalance callback that follows; if they
+                // come back, the new task seeks to the committed offset after its restore.
+                Err(e) if reason == ABORT_LOST => {
+                    tracing::warn!(task = %slot.task.id(), error = %e, "rewind of a lost partition failed; its task closes with the lost assignment");
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
