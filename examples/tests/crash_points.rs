@@ -6,7 +6,9 @@
 mod common;
 use common::{assert_exact, stop_all, Setup};
 use exactly_testkit::broker;
-use exactly_testkit::chaos::{messages_with_duplicates, wait_for_log, Verification};
+use exactly_testkit::chaos::{
+    messages_with_duplicates, wait_failpoint_kill, wait_for_log, Verification,
+};
 use std::time::Duration;
 
 const UNIQUE: usize = 5_000;
@@ -33,13 +35,7 @@ fn crash_at(test: &str, point: &str, hit: u32, guarantee: &str) -> Option<Verifi
     app.start();
     broker::produce(&s.bs, &s.input, &messages);
     // The failpoint kills the process: wait for that event.
-    let status = app.wait_exit(Duration::from_secs(120));
-    let log = std::fs::read_to_string(&app.log).unwrap_or_default();
-    assert!(
-        log.contains("EXACTLY_FAILPOINT: SIGKILL"),
-        "the app exited ({status}) but not at the failpoint; log tail:\n{}",
-        app.log_tail(30)
-    );
+    wait_failpoint_kill(&mut app, Duration::from_secs(120));
     app.env("EXACTLY_FAILPOINT", "");
     app.set_log(s.dir.path().join("restart.log"));
     app.start();

@@ -6,7 +6,8 @@
 use exactly_sinks::testing::{require_postgres, unique_name};
 use exactly_testkit::broker::{self, TestMessage};
 use exactly_testkit::chaos::{
-    free_port, messages_with_duplicates, metric_sum, scrape_until, wait_caught_up, AppProcess,
+    free_port, messages_with_duplicates, metric_sum, scrape_until, wait_caught_up,
+    wait_failpoint_kill, AppProcess,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -311,6 +312,7 @@ fn crashes_before_between_and_after_the_two_commits_book_each_payment_once() {
     // the Kafka commit; during_commit: the Kafka commit's outcome unknown; after_commit: after
     // both.
     for (chunk, point) in chunks.iter().zip(points) {
+        println!("crash point {point}");
         // Small transactions: the failpoints count commits, so each chunk needs several.
         let mut crashing = s.instance(
             "0",
@@ -319,13 +321,7 @@ fn crashes_before_between_and_after_the_two_commits_book_each_payment_once() {
         crashing.env("EXACTLY_FAILPOINT", point);
         crashing.start();
         broker::produce(&s.bs, &s.input, chunk);
-        crashing.wait_exit(Duration::from_secs(120));
-        let log = std::fs::read_to_string(&crashing.log).unwrap_or_default();
-        assert!(
-            log.contains("EXACTLY_FAILPOINT: SIGKILL"),
-            "{point}: the app exited, but not at the failpoint; log tail:\n{}",
-            crashing.log_tail(30)
-        );
+        wait_failpoint_kill(&mut crashing, Duration::from_secs(120));
         drop(crashing);
         let addr = format!("127.0.0.1:{}", free_port());
         let mut app = [s.instance("0", &["--metrics-addr", &addr])];

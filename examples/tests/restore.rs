@@ -168,14 +168,7 @@ fn concurrent_restores_over_aborted_transactions_keep_every_committed_id() {
     app.start();
     broker::produce_to(&s.bs, &s.input, Some(0), &big);
     broker::produce_to(&s.bs, &s.input, Some(1), &small);
-    let status = app.wait_exit(Duration::from_secs(120));
-    assert!(
-        std::fs::read_to_string(&app.log)
-            .unwrap_or_default()
-            .contains("EXACTLY_FAILPOINT: SIGKILL"),
-        "the app exited ({status}) but not at the failpoint; log tail:\n{}",
-        app.log_tail(30)
-    );
+    chaos::wait_failpoint_kill(&mut app, Duration::from_secs(120));
     app.env("EXACTLY_FAILPOINT", "");
     app.start();
     s.wait_caught_up(std::slice::from_mut(&mut app));

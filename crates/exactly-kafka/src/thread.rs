@@ -506,13 +506,7 @@ impl<F: ProcessorFactory> Core<F> {
             store,
             self.shared.task_config.clone(),
         );
-        let (low, end) = self
-            .restore_consumer
-            .fetch_watermarks(&changelog, key.1, REQUEST_TIMEOUT)
-            .map_err(|e| RuntimeError::Kafka {
-                during: "reading changelog watermarks",
-                source: e,
-            })?;
+        let (low, end) = changelog_watermarks(&self.restore_consumer, &changelog, key.1)?;
         let plan = task.restore_plan(low, end)?;
         if let Some(reason) = &plan.wiped {
             self.shared
@@ -643,16 +637,13 @@ impl<F: ProcessorFactory> Core<F> {
                 continue;
             }
             r.last_check = Some(Instant::now());
-            let (_, lso) = self.changelog_end(&key, false)?;
-            let slot = self.tasks.get_mut(&key).expect("listed above");
-            let r = slot.restoring.as_mut().expect("listed above");
+            let (restore, uncommitted) = (&self.restore_consumer, &self.watermark_client);
+            let (_, lso) = changelog_watermarks(restore, &slot.changelog, key.1)?;
             r.end = lso;
             if pos < lso {
                 continue;
             }
-            let (_, hw) = self.changelog_end(&key, true)?;
-            let slot = self.tasks.get_mut(&key).expect("listed above");
-            let r = slot.restoring.as_mut().expect("listed above");
+            let (_, hw) = changelog_watermarks(uncommitted, &slot.changelog, key.1)?;
             if hw > lso {
                 // A predecessor's transaction on this changelog partition is still open. Its
                 // offsets may still commit: wait for it to end before reading committed offsets.
@@ -667,10 +658,8 @@ impl<F: ProcessorFactory> Core<F> {
             // partition (KIP-447), and that transaction wrote its changelog records before it
             // committed. If the end moved, the store is not complete for those offsets yet.
             let offset = committed_offset(consumer, &key)?;
-            let (_, lso) = self.changelog_end(&key, false)?;
-            let (_, hw) = self.changelog_end(&key, true)?;
-            let slot = self.tasks.get_mut(&key).expect("listed above");
-            let r = slot.restoring.as_mut().expect("listed above");
+            let (_, lso) = changelog_watermarks(restore, &slot.changelog, key.1)?;
+            let (_, hw) = changelog_watermarks(uncommitted, &slot.changelog, key.1)?;
             if pos < lso || hw > lso {
                 r.end = lso;
                 tracing::info!(task = %slot.task.id(), pos, lso, hw, "changelog grew while reading committed offsets; restoring on");
@@ -679,23 +668,6 @@ impl<F: ProcessorFactory> Core<F> {
             self.finish_restore(consumer, &key, offset)?;
         }
         Ok(())
-    }
-
-    /// The (low, end) watermarks of a restoring task's changelog partition: read_committed
-    /// (end = last stable offset) or, with `uncommitted`, the high watermark.
-    fn changelog_end(&self, key: &TaskKey, uncommitted: bool) -> Result<(i64, i64), RuntimeError> {
-        let slot = self.tasks.get(key).expect("restoring task exists");
-        let client = if uncommitted {
-            &self.watermark_client
-        } else {
-            &self.restore_consumer
-        };
-        client
-            .fetch_watermarks(&slot.changelog, key.1, REQUEST_TIMEOUT)
-            .map_err(|e| RuntimeError::Kafka {
-                during: "reading changelog watermarks",
-                source: e,
-            })
     }
 
     fn finish_restore(
@@ -1321,6 +1293,22 @@ fn seek<C: ConsumerContext>(
             source: e,
         }),
     }
+}
+
+/// The (low, end) watermarks of a changelog partition: with the read_committed restore
+/// consumer the end is the last stable offset, with the read_uncommitted watermark client the
+/// high watermark.
+fn changelog_watermarks(
+    client: &BaseConsumer<LogContext>,
+    changelog: &str,
+    partition: i32,
+) -> Result<(i64, i64), RuntimeError> {
+    client
+        .fetch_watermarks(changelog, partition, REQUEST_TIMEOUT)
+        .map_err(|e| RuntimeError::Kafka {
+            during: "reading changelog watermarks",
+            source: e,
+        })
 }
 
 /// The group's committed offset of an input partition (`None` if none). With

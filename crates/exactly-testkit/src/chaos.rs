@@ -452,6 +452,19 @@ pub fn wait_for_log(process: &mut AppProcess, needle: &str, timeout: Duration) {
     }
 }
 
+/// Waits (bounded) for a process started with `EXACTLY_FAILPOINT` to kill itself at the
+/// failpoint, and panics (with the log tail) if it exited any other way.
+pub fn wait_failpoint_kill(process: &mut AppProcess, timeout: Duration) {
+    let status = process.wait_exit(timeout);
+    let log = std::fs::read_to_string(&process.log).unwrap_or_default();
+    assert!(
+        log.contains("EXACTLY_FAILPOINT: SIGKILL"),
+        "instance {} exited ({status}) but not at the failpoint; log tail:\n{}",
+        process.id,
+        process.log_tail(30)
+    );
+}
+
 /// Scrapes `http://{addr}/metrics` until `done` holds for the exposition (metrics move right
 /// after the event a test waited for, e.g. a commit) or `timeout` passes; returns the last
 /// exposition either way, for the test to assert on. Panics if the endpoint does not answer 200.
