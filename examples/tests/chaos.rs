@@ -29,6 +29,8 @@ fn chaos_with_sigkill_sigstop_and_sigterm_yields_each_id_exactly_once() {
         dup_share: 0.2,
         actions: env_or("EXACTLY_CHAOS_ACTIONS", 50) as usize,
         seed: env_or("EXACTLY_CHAOS_SEED", u64::from(rand::random::<u32>())),
+        accounts: 0,
+        state_stores: Vec::new(),
     };
     println!(
         "chaos seed {} (replay with EXACTLY_CHAOS_SEED={})",

@@ -28,6 +28,7 @@ pub mod id;
 pub mod mem_store;
 pub mod processor;
 pub mod record;
+pub mod state;
 pub mod store;
 pub mod task;
 
@@ -37,5 +38,9 @@ pub use id::{IdPolicy, IdSource, InvalidId, InvalidIdPolicy};
 pub use mem_store::MemDedupStore;
 pub use processor::{Context, FlushContext, InitContext, Processor, ProcessorFactory};
 pub use record::{HeaderRef, Output, Record, RecordKind, TaskId};
+pub use state::{KvStore, MemKvStore, StateStore, StoreSpec, TypedStore};
 pub use store::{ChangelogCheckpoint, DedupStore, SeenEntry, StoreBatch, StoreError, StoreStats};
-pub use task::{RestorePlan, Task, TaskConfig, TaskCounters, TaskState, TxnWriter, WipeReason};
+pub use task::{
+    id_partition, repartition_headers, RestorePlan, Task, TaskConfig, TaskCounters, TaskState,
+    TxnWriter, WipeReason,
+};

@@ -2,6 +2,7 @@
 
 use crate::error::ProcessError;
 use crate::record::{Output, Record, TaskId};
+use crate::state::{StateStore, TaskStores};
 
 /// Application logic, one instance per task (input partition).
 ///
@@ -124,6 +125,8 @@ pub struct Context<'a> {
     pub(crate) offset: i64,
     pub(crate) timestamp: Option<i64>,
     pub(crate) outputs: &'a mut Vec<Output>,
+    pub(crate) stores: Option<&'a mut TaskStores>,
+    pub(crate) now_ms: i64,
 }
 
 impl<'a> Context<'a> {
@@ -140,7 +143,47 @@ impl<'a> Context<'a> {
             offset: record.offset,
             timestamp: record.timestamp,
             outputs,
+            stores: None,
+            now_ms: 0,
         }
+    }
+
+    pub(crate) fn with_stores(mut self, stores: &'a mut TaskStores, now_ms: i64) -> Self {
+        self.stores = Some(stores);
+        self.now_ms = now_ms;
+        self
+    }
+
+    /// The task's state store named `name` (declared in the app's config, see
+    /// [`StoreSpec`](crate::state::StoreSpec)). Its writes commit with this record's outputs;
+    /// [`TypedStore`](crate::state::TypedStore) gives typed access.
+    ///
+    /// An undeclared name is a [`ProcessError::Fatal`]: a programming error no retry fixes.
+    pub fn store(&mut self, name: &str) -> Result<StateStore<'_>, ProcessError> {
+        let now_ms = self.now_ms;
+        let declared = || -> String {
+            match &self.stores {
+                Some(s) if !s.slots.is_empty() => s
+                    .slots
+                    .iter()
+                    .map(|s| s.spec.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                _ => "none".to_owned(),
+            }
+        };
+        let found = self
+            .stores
+            .as_ref()
+            .and_then(|s| s.slots.iter().position(|s| s.spec.name == name));
+        let Some(i) = found else {
+            return Err(ProcessError::fatal(format!(
+                "no state store named {name:?} (declared: {}); declare it with `App::store` (or in `TaskConfig::stores`)",
+                declared()
+            )));
+        };
+        let slot = &mut self.stores.as_mut().expect("found above").slots[i];
+        Ok(StateStore::new(slot, now_ms))
     }
 
     /// Queues an output. It is sent only if `process` returns `Ok`; outputs of a failed

@@ -24,6 +24,7 @@ use crate::error::{ErrorPolicy, ProcessError, RetryPolicy, TaskError};
 use crate::id::{IdPolicy, InvalidId, InvalidIdPolicy};
 use crate::processor::{Context, FlushContext, InitContext, Processor};
 use crate::record::{Output, Record, RecordKind, TaskId};
+use crate::state::{decode_state_value, KvStore, StateSlot, StoreCounters, StoreSpec, TaskStores};
 use crate::store::{
     ChangelogCheckpoint, DedupStore, SeenEntry, StoreBatch, StoreError, StoreStats,
 };
@@ -48,6 +49,35 @@ pub mod dlq_headers {
     pub const SOURCE_OFFSET: &str = "exactly.source.offset";
 }
 
+/// Header names a repartitioning task adds to the records it forwards.
+pub mod repartition_headers {
+    /// The input topic the record was read from.
+    pub const SOURCE_TOPIC: &str = "exactly.repartition.source.topic";
+    /// Its input partition (decimal).
+    pub const SOURCE_PARTITION: &str = "exactly.repartition.source.partition";
+    /// Its input offset (decimal).
+    pub const SOURCE_OFFSET: &str = "exactly.repartition.source.offset";
+}
+
+/// Where a repartitioning task forwards to.
+#[derive(Debug, Clone)]
+struct Repartition {
+    topic: String,
+    partitions: i32,
+}
+
+/// The partition of the repartition topic that a message ID goes to: 64-bit FNV-1a of the ID
+/// bytes, modulo `partitions`. Stable across processes, versions and platforms (it is part of
+/// the on-topic layout: changing it would split an ID's copies across tasks).
+pub fn id_partition(id: &[u8], partitions: i32) -> i32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % partitions.max(1) as u64) as i32
+}
+
 /// Settings shared by the tasks of an app.
 #[derive(Debug, Clone)]
 pub struct TaskConfig {
@@ -61,6 +91,8 @@ pub struct TaskConfig {
     pub dedup_retention_ms: i64,
     /// Dead-letter topic; `None` makes every dead-letter decision a task error.
     pub dead_letter_topic: Option<String>,
+    /// State stores every task gets (see [`crate::state`]).
+    pub stores: Vec<StoreSpec>,
 }
 
 impl Default for TaskConfig {
@@ -71,6 +103,7 @@ impl Default for TaskConfig {
             on_error: ErrorPolicy::default(),
             dedup_retention_ms: DEFAULT_DEDUP_RETENTION_MS,
             dead_letter_topic: None,
+            stores: Vec::new(),
         }
     }
 }
@@ -186,6 +219,10 @@ pub struct TaskCounters {
     pub restored: u64,
     /// IDs removed by TTL expiry.
     pub expired: u64,
+    /// Records forwarded to the repartition topic (stage 1 of `dedup.scope = "global"`).
+    pub repartitioned: u64,
+    /// State store counters by store name.
+    pub stores: std::collections::BTreeMap<String, StoreCounters>,
 }
 
 impl TaskCounters {
@@ -209,6 +246,13 @@ impl TaskCounters {
         self.without_dedup += other.without_dedup;
         self.restored += other.restored;
         self.expired += other.expired;
+        self.repartitioned += other.repartitioned;
+        for (name, c) in other.stores {
+            let mine = self.stores.entry(name).or_default();
+            mine.writes += c.writes;
+            mine.restored += c.restored;
+            mine.expired += c.expired;
+        }
     }
 }
 
@@ -223,7 +267,10 @@ pub struct Task<P: Processor, S: DedupStore> {
     id: TaskId,
     changelog_topic: String,
     state: TaskState,
-    processor: P,
+    /// `None` for a repartitioning task, which never runs the processor.
+    processor: Option<P>,
+    /// Set for a repartitioning task (`dedup.scope = "global"`, stage 1).
+    repartition: Option<Repartition>,
     store: S,
     config: std::sync::Arc<TaskConfig>,
     /// IDs handled in the open transaction (`StagedIds`): checked before the store, applied
@@ -237,6 +284,7 @@ pub struct Task<P: Processor, S: DedupStore> {
     outputs: Vec<Output>,
     changelog_record: Output,
     dead_letter_count: u64,
+    stores: TaskStores,
 }
 
 impl<P: Processor, S: DedupStore> std::fmt::Debug for Task<P, S> {
@@ -261,13 +309,53 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         store: S,
         config: std::sync::Arc<TaskConfig>,
     ) -> Self {
-        let changelog_topic = changelog_topic.into();
+        Self::with_role(
+            id,
+            changelog_topic.into(),
+            Some(processor),
+            None,
+            store,
+            config,
+        )
+    }
+
+    /// A repartitioning task (stage 1 of `dedup.scope = "global"`): it forwards each record
+    /// to partition [`id_partition`]`(id, partitions)` of `topic` (key, value, timestamp and
+    /// headers kept, plus the [`repartition_headers`]) in the open transaction, so that every
+    /// copy of an ID reaches the same task of `topic`, which dedups and processes it.
+    /// No processor, no dedup, no changelog: the transaction that carries the input offset
+    /// carries the forwarded records, so each input record is forwarded exactly once.
+    /// Records with an invalid ID follow the ID policy here (dead letter, fail; `process`
+    /// forwards them to the input's partition number, where they are processed without dedup).
+    pub fn repartitioner(
+        id: TaskId,
+        topic: impl Into<String>,
+        partitions: i32,
+        store: S,
+        config: std::sync::Arc<TaskConfig>,
+    ) -> Self {
+        let repartition = Repartition {
+            topic: topic.into(),
+            partitions: partitions.max(1),
+        };
+        Self::with_role(id, String::new(), None, Some(repartition), store, config)
+    }
+
+    fn with_role(
+        id: TaskId,
+        changelog_topic: String,
+        processor: Option<P>,
+        repartition: Option<Repartition>,
+        store: S,
+        config: std::sync::Arc<TaskConfig>,
+    ) -> Self {
         let changelog_record = Output::to(changelog_topic.clone()).partition(id.partition);
         Self {
             id,
             changelog_topic,
             state: TaskState::Restoring,
             processor,
+            repartition,
             store,
             config,
             overlay: HashMap::new(),
@@ -277,7 +365,50 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
             outputs: Vec::new(),
             changelog_record,
             dead_letter_count: 0,
+            stores: TaskStores::default(),
         }
+    }
+
+    /// Whether this is a repartitioning task (see [`repartitioner`](Self::repartitioner)).
+    pub fn is_repartitioner(&self) -> bool {
+        self.repartition.is_some()
+    }
+
+    /// Adds a state store (before the restore starts): `backend` holds its committed entries,
+    /// `changelog` is its changelog topic (the task's partition). Add the stores of
+    /// [`TaskConfig::stores`] in their order.
+    pub fn add_store(
+        &mut self,
+        spec: StoreSpec,
+        changelog: impl Into<String>,
+        backend: Box<dyn KvStore>,
+    ) -> Result<(), TaskError> {
+        if self.state != TaskState::Restoring {
+            return Err(self.wrong_state("add_store"));
+        }
+        self.stores
+            .slots
+            .push(StateSlot::new(spec, changelog.into(), backend));
+        Ok(())
+    }
+
+    /// The changelog topics of the task's state stores, in declaration order.
+    pub fn state_changelogs(&self) -> impl Iterator<Item = &str> {
+        self.stores.slots.iter().map(|s| s.changelog.as_str())
+    }
+
+    /// Size counters of each state store: `(name, stats)`.
+    pub fn state_store_stats(&self) -> Vec<(&str, StoreStats)> {
+        self.stores
+            .slots
+            .iter()
+            .map(|s| (s.spec.name.as_str(), s.backend.stats()))
+            .collect()
+    }
+
+    /// Writes staged in the open transaction, over all state stores.
+    pub fn staged_state_writes(&self) -> usize {
+        self.stores.slots.iter().map(|s| s.staged.len()).sum()
     }
 
     /// The task id.
@@ -360,17 +491,107 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
                 end,
             }),
             Ok(Some(cp)) => {
+                self.wipe_state_stores()?;
                 return Ok(RestorePlan {
                     from: cp.next_offset.max(low),
                     wiped: None,
-                })
+                });
             }
         };
         if let Some(reason) = &wiped {
             tracing::warn!(task = %self.id, %reason, "wiping dedup store; restoring it from the changelog");
             self.store.wipe().map_err(|e| self.store_err(e))?;
         }
+        self.wipe_state_stores()?;
         Ok(RestorePlan { from: low, wiped })
+    }
+
+    /// State stores are always restored from the start of their changelogs: a key whose
+    /// tombstone compaction removed would otherwise survive in a store that missed the delete.
+    fn wipe_state_stores(&mut self) -> Result<(), TaskError> {
+        for i in 0..self.stores.slots.len() {
+            let slot = &mut self.stores.slots[i];
+            if let Err(e) = slot.backend.wipe() {
+                let name = slot.spec.name.clone();
+                return Err(self.state_err(&name, e));
+            }
+        }
+        Ok(())
+    }
+
+    fn state_err(&self, store: &str, source: StoreError) -> TaskError {
+        TaskError::Store {
+            task: format!("{} (state store {store:?})", self.id),
+            source,
+        }
+    }
+
+    /// Applies replayed records `(offset, key, value)` of a state store's changelog (from its
+    /// start, after [`restore_plan`](Self::restore_plan) wiped the store) in one batch whose
+    /// checkpoint is the offset after the last one. Entries older than the store's TTL are
+    /// skipped. A value that does not decode is an error, as for the dedup changelog.
+    pub fn restore_state_records<'r>(
+        &mut self,
+        changelog: &str,
+        records: impl IntoIterator<Item = (i64, &'r [u8], Option<&'r [u8]>)>,
+        clock: &dyn Clock,
+    ) -> Result<usize, TaskError> {
+        if self.state != TaskState::Restoring {
+            return Err(self.wrong_state("restore_state_records"));
+        }
+        let Some(i) = self
+            .stores
+            .slots
+            .iter()
+            .position(|s| s.changelog == changelog)
+        else {
+            return Err(TaskError::WrongState {
+                task: self.id.to_string(),
+                what: "restore_state_records for a changelog of no state store of this task",
+                state: self.state.name(),
+            });
+        };
+        let slot = &self.stores.slots[i];
+        let cutoff = slot
+            .spec
+            .ttl_ms()
+            .map_or(i64::MIN, |ttl| clock.now_ms().saturating_sub(ttl));
+        let mut writes = Vec::new();
+        let mut last = None;
+        let mut bad = None;
+        for (offset, key, value) in records {
+            last = Some(offset);
+            let write = match value {
+                None => None,
+                Some(v) => match decode_state_value(v) {
+                    Ok((ts, _)) if ts < cutoff => None,
+                    Ok(_) => Some(v.to_vec()),
+                    Err(e) => {
+                        bad = Some(format!(
+                            "changelog {changelog}-{} record at offset {offset}: {e}",
+                            self.id.partition
+                        ));
+                        break;
+                    }
+                },
+            };
+            writes.push((key.to_vec(), write));
+        }
+        let name = slot.spec.name.clone();
+        if let Some(why) = bad {
+            return Err(self.state_err(&name, StoreError::Corrupt(why)));
+        }
+        let Some(last) = last else { return Ok(0) };
+        let checkpoint = ChangelogCheckpoint {
+            topic: changelog.to_owned(),
+            partition: self.id.partition,
+            next_offset: last + 1,
+        };
+        let n = writes.len();
+        let result = self.stores.slots[i].backend.apply(&writes, &checkpoint);
+        result.map_err(|e| self.state_err(&name, e))?;
+        self.counters.stores.entry(name).or_default().restored += n as u64;
+        Ok(n)
     }
 
     /// Applies replayed changelog records `(offset, key, value)` in one store batch whose
@@ -425,8 +646,14 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         self.committed_offset = committed_offset;
         self.pending_offset = None;
         self.overlay.clear();
+        self.stores.drop_staged();
+        let Some(processor) = self.processor.as_mut() else {
+            self.state = TaskState::Running;
+            return Ok(());
+        };
+        let id = &self.id;
         let result = catch_unwind(AssertUnwindSafe(|| {
-            self.processor.init(&mut InitContext::new(&self.id))
+            processor.init(&mut InitContext::new(id))
         }));
         match result {
             Ok(Ok(())) => {
@@ -459,6 +686,10 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         }
         if records.is_empty() {
             return Ok(());
+        }
+        if let Some(repartition) = &self.repartition {
+            let repartition = repartition.clone();
+            return self.forward_batch(&repartition, records, writer);
         }
         let ids: Vec<Result<Cow<'_, [u8]>, InvalidId>> =
             records.iter().map(|r| self.config.ids.id_of(r)).collect();
@@ -497,29 +728,79 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
                         self.stage_id(id.as_ref(), record.offset, clock, writer)?;
                     }
                 }
-                Err(invalid) => match self.config.ids.on_invalid {
-                    InvalidIdPolicy::DeadLetter => {
-                        self.dead_letter(
-                            record,
-                            None,
-                            invalid.reason(),
-                            &invalid.to_string(),
-                            writer,
-                        )?;
-                    }
-                    InvalidIdPolicy::Process => {
+                Err(invalid) => {
+                    if self.on_invalid_id(record, *invalid, writer)? {
                         self.counters.without_dedup += 1;
                         self.handle_new(record, None, clock, writer)?;
                     }
-                    InvalidIdPolicy::Fail => {
-                        return Err(TaskError::InvalidId {
-                            task: self.id.to_string(),
-                            offset: record.offset,
-                            reason: *invalid,
-                        })
-                    }
-                },
+                }
             }
+            self.pending_offset = Some(record.offset + 1);
+        }
+        Ok(())
+    }
+
+    /// Applies the ID policy to a record without a valid ID: dead-letters it (`Ok(false)`),
+    /// fails the task, or says to process it without dedup (`Ok(true)`).
+    fn on_invalid_id(
+        &mut self,
+        record: &Record<'_>,
+        invalid: InvalidId,
+        writer: &mut dyn TxnWriter,
+    ) -> Result<bool, TaskError> {
+        match self.config.ids.on_invalid {
+            InvalidIdPolicy::DeadLetter => {
+                let reason = invalid.to_string();
+                self.dead_letter(record, None, invalid.reason(), &reason, writer)?;
+                Ok(false)
+            }
+            InvalidIdPolicy::Process => Ok(true),
+            InvalidIdPolicy::Fail => Err(TaskError::InvalidId {
+                task: self.id.to_string(),
+                offset: record.offset,
+                reason: invalid,
+            }),
+        }
+    }
+
+    /// Stage 1 of the global dedup scope: forwards each record to its ID's partition of the
+    /// repartition topic.
+    fn forward_batch(
+        &mut self,
+        repartition: &Repartition,
+        records: &[Record<'_>],
+        writer: &mut dyn TxnWriter,
+    ) -> Result<(), TaskError> {
+        for record in records {
+            self.counters.consumed += 1;
+            let partition = match self.config.ids.id_of(record) {
+                Ok(id) => id_partition(&id, repartition.partitions),
+                Err(invalid) => {
+                    if !self.on_invalid_id(record, invalid, writer)? {
+                        self.pending_offset = Some(record.offset + 1);
+                        continue;
+                    }
+                    record.partition % repartition.partitions
+                }
+            };
+            let mut out = Output::forward(repartition.topic.clone(), record)
+                .header(repartition_headers::SOURCE_TOPIC, record.topic)
+                .header(
+                    repartition_headers::SOURCE_PARTITION,
+                    record.partition.to_string(),
+                )
+                .header(
+                    repartition_headers::SOURCE_OFFSET,
+                    record.offset.to_string(),
+                );
+            out.partition = Some(partition);
+            writer
+                .send(RecordKind::Output, &out)
+                .map_err(|reason| TaskError::Write {
+                    task: self.id.to_string(),
+                    reason,
+                })?;
+            self.counters.repartitioned += 1;
             self.pending_offset = Some(record.offset + 1);
         }
         Ok(())
@@ -534,9 +815,16 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         clock: &dyn Clock,
         writer: &mut dyn TxnWriter,
     ) -> Result<(), TaskError> {
-        match self.run_processor(record, id, clock) {
+        let attempt = self.run_processor(record, id, clock);
+        if let Some((store, source)) = self.stores.take_failure() {
+            self.outputs.clear();
+            self.stores.drop_pending();
+            return Err(self.state_err(&store, source));
+        }
+        match attempt {
             Ok(Attempt::Done) => {
                 self.counters.processed += 1;
+                self.stage_state_writes(writer)?;
                 for out in &self.outputs {
                     writer
                         .send(RecordKind::Output, out)
@@ -551,13 +839,50 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
             }
             Ok(Attempt::DeadLetter { kind, reason }) => {
                 self.outputs.clear();
+                self.stores.drop_pending();
                 self.dead_letter(record, id, kind, &reason, writer)
             }
             Err(e) => {
                 self.outputs.clear();
+                self.stores.drop_pending();
                 Err(e)
             }
         }
+    }
+
+    /// Sends the successful attempt's state writes as changelog records in the open
+    /// transaction and stages them (applied to the stores after the commit).
+    fn stage_state_writes(&mut self, writer: &mut dyn TxnWriter) -> Result<(), TaskError> {
+        for slot in &mut self.stores.slots {
+            if slot.pending.is_empty() {
+                continue;
+            }
+            let writes = slot.pending.len() as u64;
+            match self.counters.stores.get_mut(&slot.spec.name) {
+                Some(c) => c.writes += writes,
+                None => {
+                    let c = StoreCounters {
+                        writes,
+                        ..StoreCounters::default()
+                    };
+                    self.counters.stores.insert(slot.spec.name.clone(), c);
+                }
+            }
+            let mut rec = Output::to(slot.changelog.clone()).partition(self.id.partition);
+            for (key, value) in std::mem::take(&mut slot.pending) {
+                rec.key = Some(key);
+                rec.value = value;
+                writer
+                    .send(RecordKind::Changelog, &rec)
+                    .map_err(|reason| TaskError::Write {
+                        task: self.id.to_string(),
+                        reason,
+                    })?;
+                slot.staged
+                    .insert(rec.key.take().expect("set above"), rec.value.take());
+            }
+        }
+        Ok(())
     }
 
     fn run_processor(
@@ -570,8 +895,13 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         let mut attempt = 1u32;
         loop {
             self.outputs.clear();
-            let mut ctx = Context::new(&self.id, record, id, &mut self.outputs);
-            let processor = &mut self.processor;
+            self.stores.drop_pending();
+            let mut ctx = Context::new(&self.id, record, id, &mut self.outputs)
+                .with_stores(&mut self.stores, clock.now_ms());
+            let processor = self
+                .processor
+                .as_mut()
+                .expect("a processing task has a processor");
             let result = catch_unwind(AssertUnwindSafe(|| processor.process(record, &mut ctx)));
             let (kind, reason) = match result {
                 Ok(Ok(())) => return Ok(Attempt::Done),
@@ -692,23 +1022,29 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         Ok(())
     }
 
-    /// Called after the transaction committed. `changelog_next_offset` is the offset after
-    /// the last changelog record this task wrote in it (`None` if it wrote none). Applies the
-    /// staged IDs and the checkpoint to the store in one atomic batch.
+    /// Called after the transaction committed. `next_offset(changelog)` is the offset after
+    /// the last record this task wrote to that changelog topic (its partition) in the
+    /// transaction (`None` if it wrote none); it is asked for the dedup changelog and for each
+    /// state store's. Applies the staged IDs and state writes with their checkpoints, one
+    /// atomic batch per store.
     ///
-    /// On `Err` the store is behind the changelog (allowed) but the task cannot go on with
-    /// it: the runtime must close the task and restore it.
-    pub fn on_committed(&mut self, changelog_next_offset: Option<i64>) -> Result<(), TaskError> {
+    /// On `Err` a store is behind its changelog (allowed) but the task cannot go on with it:
+    /// the runtime must close the task and restore it.
+    pub fn on_committed(
+        &mut self,
+        next_offset: &dyn Fn(&str) -> Option<i64>,
+    ) -> Result<(), TaskError> {
         if self.state != TaskState::Running {
             return Err(self.wrong_state("on_committed"));
         }
         if let Some(next) = self.pending_offset.take() {
             self.committed_offset = Some(next);
         }
+        self.apply_state_writes(next_offset)?;
         if self.overlay.is_empty() {
             return Ok(());
         }
-        let Some(next_offset) = changelog_next_offset else {
+        let Some(next_offset) = next_offset(&self.changelog_topic) else {
             return Err(TaskError::WrongState {
                 task: self.id.to_string(),
                 what: "on_committed without a changelog offset for staged IDs",
@@ -730,6 +1066,36 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
             .map_err(|e| self.store_err(e))
     }
 
+    fn apply_state_writes(
+        &mut self,
+        next_offset: &dyn Fn(&str) -> Option<i64>,
+    ) -> Result<(), TaskError> {
+        for i in 0..self.stores.slots.len() {
+            let slot = &mut self.stores.slots[i];
+            if slot.staged.is_empty() {
+                continue;
+            }
+            let name = slot.spec.name.clone();
+            let Some(next) = next_offset(&slot.changelog) else {
+                slot.staged.clear();
+                return Err(TaskError::WrongState {
+                    task: format!("{} (state store {name:?})", self.id),
+                    what: "on_committed without a changelog offset for staged state writes",
+                    state: self.state.name(),
+                });
+            };
+            let writes: Vec<_> = std::mem::take(&mut slot.staged).into_iter().collect();
+            let checkpoint = ChangelogCheckpoint {
+                topic: slot.changelog.clone(),
+                partition: self.id.partition,
+                next_offset: next,
+            };
+            let result = slot.backend.apply(&writes, &checkpoint);
+            result.map_err(|e| self.state_err(&name, e))?;
+        }
+        Ok(())
+    }
+
     /// Runs the processor's pre-commit [`Processor::flush`] (external sinks commit here). The
     /// runtime calls it for every running task right before it commits the transaction; on
     /// `Err` it must abort the transaction instead. `ProcessError::Fatal` (or a panic with
@@ -740,7 +1106,9 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
             return Err(self.wrong_state("flush"));
         }
         let mut ctx = FlushContext::new(&self.id, self.pending_offset);
-        let processor = &mut self.processor;
+        let Some(processor) = self.processor.as_mut() else {
+            return Ok(());
+        };
         let result = catch_unwind(AssertUnwindSafe(|| processor.flush(&mut ctx)));
         let offset = self.pending_offset.or(self.committed_offset).unwrap_or(0);
         let (kind, reason) = match result {
@@ -779,9 +1147,9 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
     /// reset policy's start).
     pub fn on_aborted(&mut self) -> Option<i64> {
         self.overlay.clear();
+        self.stores.drop_staged();
         self.pending_offset = None;
-        if self.state == TaskState::Running {
-            let processor = &mut self.processor;
+        if let (TaskState::Running, Some(processor)) = (self.state, self.processor.as_mut()) {
             if let Err(panic) = catch_unwind(AssertUnwindSafe(|| processor.abort())) {
                 tracing::error!(task = %self.id, "processor abort panicked: {}", panic_message(&panic));
             }
@@ -797,15 +1165,64 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
             .expire_before(cutoff)
             .map_err(|e| self.store_err(e))?;
         self.counters.expired += n;
+        self.expire_state(clock)?;
         Ok(n)
+    }
+
+    /// Removes state entries older than their store's TTL (they are invisible already). The
+    /// deletes carry the store's current checkpoint: the changelog drops the same entries by
+    /// its `retention.ms`, and a restore skips them.
+    fn expire_state(&mut self, clock: &dyn Clock) -> Result<(), TaskError> {
+        const CHUNK: usize = 10_000;
+        for i in 0..self.stores.slots.len() {
+            let slot = &mut self.stores.slots[i];
+            let Some(ttl) = slot.spec.ttl_ms() else {
+                continue;
+            };
+            let name = slot.spec.name.clone();
+            let cutoff = clock.now_ms().saturating_sub(ttl);
+            let checkpoint = match slot.backend.checkpoint() {
+                Ok(Some(cp)) => cp,
+                Ok(None) => continue,
+                Err(e) => return Err(self.state_err(&name, e)),
+            };
+            let mut expired: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+            let mut from = Vec::new();
+            loop {
+                expired.clear();
+                let mut next = None;
+                let scanned = slot.backend.scan(&from, None, &mut |k, v| {
+                    if expired.len() == CHUNK {
+                        next = Some(k.to_vec());
+                        return false;
+                    }
+                    if decode_state_value(v).is_ok_and(|(ts, _)| ts < cutoff) {
+                        expired.push((k.to_vec(), None));
+                    }
+                    true
+                });
+                if let Err(e) = scanned.and_then(|()| slot.backend.apply(&expired, &checkpoint)) {
+                    return Err(self.state_err(&name, e));
+                }
+                self.counters
+                    .stores
+                    .entry(name.clone())
+                    .or_default()
+                    .expired += expired.len() as u64;
+                match next {
+                    Some(k) => from = k,
+                    None => break,
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Closes the task (calls the processor's `close` if it was running) and returns the
     /// store, whose files stay for a quick re-assignment. Staged IDs are dropped: the caller
     /// has committed or aborted the transaction before.
     pub fn close(mut self) -> S {
-        if self.state == TaskState::Running {
-            let processor = &mut self.processor;
+        if let (TaskState::Running, Some(processor)) = (self.state, self.processor.as_mut()) {
             if let Err(panic) = catch_unwind(AssertUnwindSafe(|| processor.close())) {
                 tracing::error!(task = %self.id, "processor close panicked: {}", panic_message(&panic));
             }

@@ -16,6 +16,20 @@ pub enum Guarantee {
     AtLeastOnce,
 }
 
+/// Which copies of a message ID are recognised as duplicates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DedupScope {
+    /// Within an input partition (default): resends with the same key land in the same
+    /// partition, so this catches producer retries and replays at no extra cost.
+    #[default]
+    Partition,
+    /// Across the partitions of an input topic: records are first repartitioned by message
+    /// ID through `{app}-{input}-by-id`, so copies of an ID with different keys (different
+    /// partitions) reach the same task. Costs one more write and read of every record and one
+    /// more commit interval of latency (docs/state.md).
+    Global,
+}
+
 /// Everything a runtime needs to run an app.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -48,8 +62,10 @@ pub struct RuntimeConfig {
     /// rebalance. A member that is gone for good (or shut down) keeps its partitions until
     /// `session.timeout.ms` passes.
     pub static_membership: bool,
-    /// Task settings (IDs, retries, error policy, retention, DLQ topic).
+    /// Task settings (IDs, retries, error policy, retention, DLQ topic, state stores).
     pub task: TaskConfig,
+    /// Dedup within a partition (default) or across an input topic's partitions.
+    pub dedup_scope: DedupScope,
     /// Create the dead-letter topic if it is missing.
     pub create_dead_letter_topic: bool,
     /// Replication factor for internal topics the runtime creates.
@@ -82,6 +98,7 @@ impl RuntimeConfig {
             guarantee: Guarantee::ExactlyOnce,
             static_membership: true,
             task: TaskConfig::default(),
+            dedup_scope: DedupScope::Partition,
             create_dead_letter_topic: true,
             replication_factor: 1,
             transaction_timeout: Duration::from_secs(10),
@@ -101,6 +118,56 @@ impl RuntimeConfig {
 /// The dedup changelog topic of an input topic: `{app}-{input}-dedup-changelog`.
 pub fn changelog_topic(app_id: &str, input: &str) -> String {
     format!("{app_id}-{input}-dedup-changelog")
+}
+
+/// The changelog topics of the state stores of an input topic's tasks, in declaration order:
+/// `{app}-{input}-{store}-changelog`.
+pub fn state_changelogs(config: &RuntimeConfig, input: &str) -> Vec<String> {
+    config
+        .task
+        .stores
+        .iter()
+        .map(|s| exactly_core::state::state_changelog_topic(&config.app_id, input, &s.name))
+        .collect()
+}
+
+/// Every changelog topic of the app's tasks: per task topic, the dedup changelog and the
+/// state store changelogs.
+pub fn all_changelogs(config: &RuntimeConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    for topic in task_topics(config) {
+        out.push(changelog_topic(&config.app_id, &topic));
+        out.extend(state_changelogs(config, &topic));
+    }
+    out
+}
+
+/// The repartition topic of an input with `dedup.scope = "global"`: `{app}-{input}-by-id`.
+pub fn repartition_topic(app_id: &str, input: &str) -> String {
+    format!("{app_id}-{input}-by-id")
+}
+
+/// The topics whose tasks dedup and run the processor: the inputs, or with the global dedup
+/// scope their repartition topics.
+pub fn task_topics(config: &RuntimeConfig) -> Vec<String> {
+    match config.dedup_scope {
+        DedupScope::Partition => config.inputs.clone(),
+        DedupScope::Global => config
+            .inputs
+            .iter()
+            .map(|i| repartition_topic(&config.app_id, i))
+            .collect(),
+    }
+}
+
+/// The topics the group subscribes to: the inputs, plus the repartition topics with the
+/// global dedup scope.
+pub fn subscribed_topics(config: &RuntimeConfig) -> Vec<String> {
+    let mut topics = config.inputs.clone();
+    if config.dedup_scope == DedupScope::Global {
+        topics.extend(task_topics(config));
+    }
+    topics
 }
 
 /// Default dead-letter topic of an app: `{app}-dlq`.

@@ -34,7 +34,10 @@ mod thread;
 pub mod topics;
 pub mod writer;
 
-pub use config::{changelog_topic, default_dead_letter_topic, Guarantee, RuntimeConfig};
+pub use config::{
+    changelog_topic, default_dead_letter_topic, repartition_topic, DedupScope, Guarantee,
+    RuntimeConfig,
+};
 pub use error::RuntimeError;
 pub use observe::{NoopObserver, RuntimeObserver};
 pub use runtime::{start, RuntimeHandle};

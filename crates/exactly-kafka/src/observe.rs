@@ -36,6 +36,8 @@ pub trait RuntimeObserver: Send + Sync + 'static {
     fn lag(&self, topic: &str, partition: i32, lag: i64) {}
     /// Store size of a task.
     fn store(&self, topic: &str, partition: i32, entries: u64, bytes: u64) {}
+    /// Size of a task's state store.
+    fn state_store(&self, topic: &str, partition: i32, store: &str, entries: u64, bytes: u64) {}
     /// A partition left this thread: drop its per-partition series.
     fn forget_partition(&self, topic: &str, partition: i32) {}
 }

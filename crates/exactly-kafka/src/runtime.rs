@@ -82,6 +82,9 @@ fn validate(config: &RuntimeConfig) -> Result<(), RuntimeError> {
     if config.task.dedup_retention_ms <= 0 {
         return bad("`dedup.retention_ms` must be positive");
     }
+    if let Err(e) = exactly_core::state::validate_specs(&config.task.stores) {
+        return Err(RuntimeError::Config(e));
+    }
     for key in crate::config::MANAGED_KAFKA_PROPERTIES {
         if config.kafka.contains_key(key) {
             return Err(RuntimeError::Config(format!(
@@ -112,6 +115,7 @@ pub fn start<F: ProcessorFactory>(
     let shared = Arc::new(Shared {
         task_config: Arc::new(config.task.clone()),
         rocks: SharedRocksResources::new(config.block_cache_bytes, config.write_buffer_bytes),
+        input_partitions: partitions.clone(),
         config: Arc::new(config),
         factory: Arc::new(factory),
         observer,

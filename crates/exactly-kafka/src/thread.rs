@@ -5,15 +5,22 @@
 //! state through the consumer context (`Mutex<Core>`, never contended: the main loop releases
 //! it before polling).
 
-use crate::config::{changelog_topic, Guarantee, RuntimeConfig};
+use crate::config::{
+    all_changelogs, changelog_topic, repartition_topic, state_changelogs, subscribed_topics,
+    DedupScope, Guarantee, RuntimeConfig,
+};
 use crate::error::RuntimeError;
 use crate::failpoint;
 use crate::observe::Observer;
 use crate::writer::{DeliveryTracker, KafkaTxnWriter};
 use exactly_core::{
-    HeaderRef, ProcessorFactory, Record, SystemClock, Task, TaskConfig, TaskError, TaskId,
+    DedupStore, HeaderRef, MemDedupStore, ProcessorFactory, Record, SystemClock, Task, TaskConfig,
+    TaskError, TaskId,
 };
-use exactly_state::{task_dir, RocksDedupStore, SharedRocksResources, StoreIdentity};
+use exactly_state::{
+    state_store_dir, task_dir, RocksDedupStore, RocksKvStore, SharedRocksResources, StoreIdentity,
+    StoreOptions,
+};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -31,6 +38,8 @@ pub(crate) struct Shared<F: ProcessorFactory> {
     pub task_config: Arc<TaskConfig>,
     pub factory: Arc<F>,
     pub rocks: SharedRocksResources,
+    /// Partition count of each input topic.
+    pub input_partitions: BTreeMap<String, i32>,
     pub observer: Observer,
     pub shutdown: Arc<AtomicBool>,
 }
@@ -57,8 +66,8 @@ const ABORT_LOST: &str = "assignment_lost";
 
 type TaskKey = (Arc<str>, i32);
 
-struct Restoring {
-    started: Instant,
+/// The restore of one changelog partition of a task.
+struct ChangelogRestore {
     /// First changelog offset to read, used until the consumer has a position.
     from: i64,
     /// Read-committed end of the changelog partition at the last check.
@@ -66,14 +75,30 @@ struct Restoring {
     /// Whether the restore consumer has this partition at `from` (or beyond) yet. Until then
     /// any position or record the consumer has for it belongs to an earlier assignment.
     assigned: bool,
+}
+
+struct Restoring {
+    started: Instant,
+    /// One per changelog of the task, in the order of `Slot::changelogs`.
+    parts: Vec<ChangelogRestore>,
     last_check: Option<Instant>,
     last_wait_log: Instant,
 }
 
 struct Slot<P: exactly_core::Processor> {
-    task: Task<P, RocksDedupStore>,
-    changelog: String,
+    task: Task<P, Box<dyn DedupStore>>,
+    /// The task's changelog topics (its partition): the dedup changelog first, then one per
+    /// state store.
+    changelogs: Vec<String>,
     restoring: Option<Restoring>,
+}
+
+impl<P: exactly_core::Processor> Slot<P> {
+    /// The parts of a restoring task with their changelog topics.
+    fn parts(&self) -> impl Iterator<Item = (&str, &ChangelogRestore)> {
+        let parts = self.restoring.iter().flat_map(|r| r.parts.iter());
+        self.changelogs.iter().map(String::as_str).zip(parts)
+    }
 }
 
 /// The state of a stream thread that the rebalance callbacks need too.
@@ -217,10 +242,7 @@ pub(crate) fn run<F: ProcessorFactory>(
 ) -> Result<(), RuntimeError> {
     let config = shared.config.clone();
     let txn_id = config.transactional_id(thread);
-    let changelogs = config
-        .inputs
-        .iter()
-        .map(|i| changelog_topic(&config.app_id, i));
+    let changelogs = all_changelogs(&config);
     let mut pc = client_config(&config);
     pc.set("enable.idempotence", "true")
         .set("linger.ms", "5")
@@ -313,9 +335,10 @@ pub(crate) fn run<F: ProcessorFactory>(
                 during: "creating the consumer",
                 source: e,
             })?;
-    let inputs: Vec<&str> = config.inputs.iter().map(String::as_str).collect();
+    let topics = subscribed_topics(&config);
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer
-        .subscribe(&inputs)
+        .subscribe(&topics)
         .map_err(|e| RuntimeError::Kafka {
             during: "subscribe",
             source: e,
@@ -488,6 +511,9 @@ impl<F: ProcessorFactory> Core<F> {
     /// Opens the store of a newly assigned partition and starts its restore.
     fn open_task(&mut self, key: TaskKey) -> Result<(), RuntimeError> {
         let cfg = &self.shared.config;
+        if cfg.dedup_scope == DedupScope::Global && cfg.inputs.iter().any(|i| **i == *key.0) {
+            return self.open_repartitioner(key);
+        }
         let changelog = changelog_topic(&cfg.app_id, &key.0);
         let dir = task_dir(&cfg.state_dir, &cfg.app_id, &key.0, key.1);
         let identity = StoreIdentity::new(changelog.clone(), key.1);
@@ -503,9 +529,18 @@ impl<F: ProcessorFactory> Core<F> {
             id,
             changelog.clone(),
             processor,
-            store,
+            Box::new(store) as Box<dyn DedupStore>,
             self.shared.task_config.clone(),
         );
+        let mut changelogs = vec![changelog.clone()];
+        let options = StoreOptions::default();
+        for (spec, topic) in cfg.task.stores.iter().zip(state_changelogs(cfg, &key.0)) {
+            let dir = state_store_dir(&cfg.state_dir, &cfg.app_id, &key.0, key.1, &spec.name);
+            let identity = StoreIdentity::new(topic.clone(), key.1);
+            let backend = RocksKvStore::open(&dir, &self.shared.rocks, &identity, &options)?;
+            task.add_store(spec.clone(), topic.clone(), Box::new(backend))?;
+            changelogs.push(topic);
+        }
         let (low, end) = changelog_watermarks(&self.restore_consumer, &changelog, key.1)?;
         let plan = task.restore_plan(low, end)?;
         if let Some(reason) = &plan.wiped {
@@ -515,26 +550,79 @@ impl<F: ProcessorFactory> Core<F> {
             tracing::warn!(task = %task.id(), %reason, "store wiped; full restore from the changelog");
         }
         tracing::info!(task = %task.id(), checkpoint = plan.from, from = low, end, "restoring dedup store");
+        // From the start of the changelog, not from the store's checkpoint: replaying records
+        // the store already holds changes nothing, and a read_committed fetch that starts
+        // after an aborted transaction of the same producer lost committed records on the test
+        // broker (the restore reached the end without delivering them; see
+        // docs/architecture.md). State stores were wiped by the plan and replay from the
+        // start of their changelogs too.
+        let mut parts = vec![ChangelogRestore {
+            from: low,
+            end,
+            assigned: false,
+        }];
+        for topic in &changelogs[1..] {
+            let (low, end) = changelog_watermarks(&self.restore_consumer, topic, key.1)?;
+            parts.push(ChangelogRestore {
+                from: low,
+                end,
+                assigned: false,
+            });
+        }
+        let remaining = parts.iter().map(|p| (p.end - p.from).max(0)).sum();
         self.shared
             .observer
-            .restore_remaining(&key.0, key.1, (end - low).max(0));
-        // The next restore step adds the changelog partition to the restore consumer at the
-        // plan's offset, leaving the partitions already restoring alone.
+            .restore_remaining(&key.0, key.1, remaining);
+        // The next restore step adds the changelog partitions to the restore consumer at the
+        // plan's offsets, leaving the partitions already restoring alone.
         self.tasks.insert(
             key,
             Slot {
                 task,
-                changelog,
+                changelogs,
                 restoring: Some(Restoring {
                     started: Instant::now(),
-                    // From the start of the changelog, not from the store's checkpoint:
-                    // replaying records the store already holds changes nothing, and a
-                    // read_committed fetch that starts after an aborted transaction of the
-                    // same producer lost committed records on the test broker (the restore
-                    // reached the end without delivering them; see docs/architecture.md).
-                    from: low,
-                    end,
-                    assigned: false,
+                    parts,
+                    last_check: None,
+                    last_wait_log: Instant::now(),
+                }),
+            },
+        );
+        self.shared.observer.tasks(self.thread, self.tasks.len());
+        Ok(())
+    }
+
+    /// Opens a task of an input topic with the global dedup scope: it forwards records to
+    /// their ID's partition of the repartition topic. No store and no changelog, so it only
+    /// waits for its committed offset (the "restore" with no changelog parts).
+    fn open_repartitioner(&mut self, key: TaskKey) -> Result<(), RuntimeError> {
+        let cfg = &self.shared.config;
+        let topic = repartition_topic(&cfg.app_id, &key.0);
+        let partitions = self
+            .shared
+            .input_partitions
+            .get(&*key.0)
+            .copied()
+            .ok_or_else(|| {
+                RuntimeError::Config(format!("no partition count known for input `{}`", key.0))
+            })?;
+        let id = TaskId::new(key.0.clone(), key.1);
+        let task = Task::repartitioner(
+            id,
+            topic.clone(),
+            partitions,
+            Box::new(MemDedupStore::new()) as Box<dyn DedupStore>,
+            self.shared.task_config.clone(),
+        );
+        tracing::info!(task = %task.id(), to = %topic, "repartitioning by message ID");
+        self.tasks.insert(
+            key,
+            Slot {
+                task,
+                changelogs: Vec::new(),
+                restoring: Some(Restoring {
+                    started: Instant::now(),
+                    parts: Vec::new(),
                     last_check: None,
                     last_wait_log: Instant::now(),
                 }),
@@ -582,11 +670,15 @@ impl<F: ProcessorFactory> Core<F> {
         partitions.sort_unstable();
         partitions.dedup();
         for (changelog, p) in partitions {
-            let Some(slot) = self.tasks.values_mut().find(|s| {
-                s.changelog == changelog
-                    && s.task.id().partition == p
-                    && s.restoring.as_ref().is_some_and(|r| r.assigned)
-            }) else {
+            let found = self.tasks.values_mut().find_map(|s| {
+                if s.task.id().partition != p {
+                    return None;
+                }
+                let i = s.changelogs.iter().position(|c| c == changelog)?;
+                let assigned = s.restoring.as_ref().is_some_and(|r| r.parts[i].assigned);
+                assigned.then_some((s, i))
+            });
+            let Some((slot, i)) = found else {
                 continue;
             };
             let mine = || {
@@ -594,10 +686,12 @@ impl<F: ProcessorFactory> Core<F> {
                     .iter()
                     .filter(move |m| m.partition() == p && m.topic() == changelog)
             };
-            let n = slot.task.restore_records(
-                mine().map(|m| (m.offset(), m.key().unwrap_or_default(), m.payload())),
-                &clock,
-            )?;
+            let replay = mine().map(|m| (m.offset(), m.key().unwrap_or_default(), m.payload()));
+            let n = if i == 0 {
+                slot.task.restore_records(replay, &clock)?
+            } else {
+                slot.task.restore_state_records(changelog, replay, &clock)?
+            };
             self.shared.observer.restored(
                 &slot.task.id().topic,
                 p,
@@ -618,16 +712,28 @@ impl<F: ProcessorFactory> Core<F> {
             let slot = self.tasks.get_mut(&key).expect("listed above");
             let r = slot.restoring.as_mut().expect("listed above");
             // No position yet (nothing read, or not assigned yet): the plan's start.
-            let pos = positions
-                .find_partition(&slot.changelog, key.1)
-                .and_then(|e| e.offset().to_raw())
-                .filter(|o| r.assigned && *o >= 0)
-                .unwrap_or(r.from);
+            let pos: Vec<i64> = slot
+                .changelogs
+                .iter()
+                .zip(&r.parts)
+                .map(|(changelog, part)| {
+                    positions
+                        .find_partition(changelog, key.1)
+                        .and_then(|e| e.offset().to_raw())
+                        .filter(|o| part.assigned && *o >= 0)
+                        .unwrap_or(part.from)
+                })
+                .collect();
+            let remaining = r
+                .parts
+                .iter()
+                .zip(&pos)
+                .map(|(p, pos)| (p.end - pos).max(0));
             self.shared
                 .observer
-                .restore_remaining(&key.0, key.1, (r.end - pos).max(0));
+                .restore_remaining(&key.0, key.1, remaining.sum());
             // Behind the end seen at the last check: more records are there, no round trip.
-            if pos < r.end {
+            if r.parts.iter().zip(&pos).any(|(p, pos)| *pos < p.end) {
                 continue;
             }
             let due = r
@@ -637,33 +743,33 @@ impl<F: ProcessorFactory> Core<F> {
                 continue;
             }
             r.last_check = Some(Instant::now());
-            let (restore, uncommitted) = (&self.restore_consumer, &self.watermark_client);
-            let (_, lso) = changelog_watermarks(restore, &slot.changelog, key.1)?;
-            r.end = lso;
-            if pos < lso {
-                continue;
-            }
-            let (_, hw) = changelog_watermarks(uncommitted, &slot.changelog, key.1)?;
-            if hw > lso {
-                // A predecessor's transaction on this changelog partition is still open. Its
-                // offsets may still commit: wait for it to end before reading committed offsets.
-                if r.last_wait_log.elapsed() >= Duration::from_secs(5) {
-                    r.last_wait_log = Instant::now();
-                    tracing::info!(task = %slot.task.id(), lso, hw, "restore waits for an open transaction on the changelog to finish");
+            let clients = (&self.restore_consumer, &self.watermark_client);
+            match changelogs_at_end(clients, &slot.changelogs, key.1, &pos, &mut r.parts)? {
+                AtEnd::Behind => continue,
+                AtEnd::OpenTransaction { changelog, lso, hw } => {
+                    // A predecessor's transaction on this changelog partition is still open.
+                    // Its offsets may still commit: wait for it to end before reading
+                    // committed offsets.
+                    if r.last_wait_log.elapsed() >= Duration::from_secs(5) {
+                        r.last_wait_log = Instant::now();
+                        tracing::info!(task = %slot.task.id(), changelog, lso, hw, "restore waits for an open transaction on the changelog to finish");
+                    }
+                    continue;
                 }
-                continue;
+                AtEnd::Yes => {}
             }
-            // The committed offsets first, then the changelog's end once more: a read_committed
-            // `committed()` waits for a predecessor's transaction that holds offsets for this
-            // partition (KIP-447), and that transaction wrote its changelog records before it
-            // committed. If the end moved, the store is not complete for those offsets yet.
+            // The committed offsets first, then the changelogs' ends once more: a
+            // read_committed `committed()` waits for a predecessor's transaction that holds
+            // offsets for this partition (KIP-447), and that transaction wrote its changelog
+            // records before it committed. If an end moved, the stores are not complete for
+            // those offsets yet.
             let offset = committed_offset(consumer, &key)?;
-            let (_, lso) = changelog_watermarks(restore, &slot.changelog, key.1)?;
-            let (_, hw) = changelog_watermarks(uncommitted, &slot.changelog, key.1)?;
-            if pos < lso || hw > lso {
-                r.end = lso;
-                tracing::info!(task = %slot.task.id(), pos, lso, hw, "changelog grew while reading committed offsets; restoring on");
-                continue;
+            match changelogs_at_end(clients, &slot.changelogs, key.1, &pos, &mut r.parts)? {
+                AtEnd::Yes => {}
+                AtEnd::Behind | AtEnd::OpenTransaction { .. } => {
+                    tracing::info!(task = %slot.task.id(), "a changelog grew while reading committed offsets; restoring on");
+                    continue;
+                }
             }
             self.finish_restore(consumer, &key, offset)?;
         }
@@ -701,16 +807,15 @@ impl<F: ProcessorFactory> Core<F> {
     /// A partition that left the assignment is added back only after `REASSIGN_DELAY`, so its
     /// old fetch has stopped and the consumer reports no stale position for it.
     fn reconcile_restore_assignment(&mut self) -> Result<(), RuntimeError> {
-        fn restoring<P: exactly_core::Processor>(s: &Slot<P>) -> Option<(&Slot<P>, &Restoring)> {
-            s.restoring.as_ref().map(|r| (s, r))
-        }
         let mut remove = TopicPartitionList::new();
         let keep: BTreeSet<(String, i32)> = self
             .tasks
             .values()
-            .filter_map(restoring)
-            .filter(|(_, r)| r.assigned)
-            .map(|(s, _)| (s.changelog.clone(), s.task.id().partition))
+            .flat_map(|s| {
+                s.parts()
+                    .filter(|(_, part)| part.assigned)
+                    .map(|(changelog, _)| (changelog.to_owned(), s.task.id().partition))
+            })
             .collect();
         for tp in self.restore_assigned.difference(&keep) {
             remove.add_partition(&tp.0, tp.1);
@@ -730,20 +835,22 @@ impl<F: ProcessorFactory> Core<F> {
             }
         }
         let mut add = TopicPartitionList::new();
-        for (slot, r) in self.tasks.values().filter_map(restoring) {
-            let tp = (slot.changelog.clone(), slot.task.id().partition);
-            let settled = self
-                .restore_unassigned_at
-                .get(&tp)
-                .is_none_or(|t| t.elapsed() >= REASSIGN_DELAY);
-            if r.assigned || !settled || self.restore_assigned.contains(&tp) {
-                continue;
+        for slot in self.tasks.values() {
+            for (changelog, part) in slot.parts() {
+                let tp = (changelog.to_owned(), slot.task.id().partition);
+                let settled = self
+                    .restore_unassigned_at
+                    .get(&tp)
+                    .is_none_or(|t| t.elapsed() >= REASSIGN_DELAY);
+                if part.assigned || !settled || self.restore_assigned.contains(&tp) {
+                    continue;
+                }
+                add.add_partition_offset(&tp.0, tp.1, Offset::Offset(part.from))
+                    .map_err(|e| RuntimeError::Kafka {
+                        during: "assigning changelog partitions",
+                        source: e,
+                    })?;
             }
-            add.add_partition_offset(&tp.0, tp.1, Offset::Offset(r.from))
-                .map_err(|e| RuntimeError::Kafka {
-                    during: "assigning changelog partitions",
-                    source: e,
-                })?;
         }
         if add.count() == 0 {
             return Ok(());
@@ -762,8 +869,10 @@ impl<F: ProcessorFactory> Core<F> {
         for slot in self.tasks.values_mut() {
             let p = slot.task.id().partition;
             if let Some(r) = &mut slot.restoring {
-                if add.find_partition(&slot.changelog, p).is_some() {
-                    r.assigned = true;
+                for (changelog, part) in slot.changelogs.iter().zip(r.parts.iter_mut()) {
+                    if add.find_partition(changelog, p).is_some() {
+                        part.assigned = true;
+                    }
                 }
             }
         }
@@ -990,12 +1099,14 @@ impl<F: ProcessorFactory> Core<F> {
                 // the committed changelog).
                 let mut failed = Vec::new();
                 for (key, slot) in self.tasks.iter_mut() {
-                    let next = deliveries
-                        .changelog_last
-                        .get(&(slot.changelog.clone(), key.1))
-                        .map(|o| o + 1);
+                    let next = |changelog: &str| {
+                        deliveries
+                            .changelog_last
+                            .get(&(changelog.to_owned(), key.1))
+                            .map(|o| o + 1)
+                    };
                     if slot.restoring.is_none() {
-                        if let Err(e) = slot.task.on_committed(next) {
+                        if let Err(e) = slot.task.on_committed(&next) {
                             tracing::warn!(task = %slot.task.id(), error = %e, "store apply failed after commit; restoring the task from the changelog");
                             failed.push(key.clone());
                         }
@@ -1197,6 +1308,11 @@ impl<F: ProcessorFactory> Core<F> {
             self.shared
                 .observer
                 .store(topic, *p, stats.entries, stats.bytes);
+            for (store, stats) in slot.task.state_store_stats() {
+                self.shared
+                    .observer
+                    .state_store(topic, *p, store, stats.entries, stats.bytes);
+            }
         }
     }
 }
@@ -1293,6 +1409,47 @@ fn seek<C: ConsumerContext>(
             source: e,
         }),
     }
+}
+
+/// Whether a restoring task's changelog partitions are all read to their ends.
+enum AtEnd {
+    Yes,
+    /// A changelog's read_committed end is beyond the position (its `end` was updated).
+    Behind,
+    /// A transaction is open on a changelog partition (high watermark beyond the stable end).
+    OpenTransaction {
+        changelog: String,
+        lso: i64,
+        hw: i64,
+    },
+}
+
+/// Asks the broker for each changelog partition's ends (`restore`: read_committed, the last
+/// stable offset; `uncommitted`: the high watermark) and compares them with the positions
+/// `pos`; updates each part's `end`.
+fn changelogs_at_end(
+    (restore, uncommitted): (&BaseConsumer<LogContext>, &BaseConsumer<LogContext>),
+    changelogs: &[String],
+    partition: i32,
+    pos: &[i64],
+    parts: &mut [ChangelogRestore],
+) -> Result<AtEnd, RuntimeError> {
+    for ((changelog, pos), part) in changelogs.iter().zip(pos).zip(parts.iter_mut()) {
+        let (_, lso) = changelog_watermarks(restore, changelog, partition)?;
+        part.end = lso;
+        if *pos < lso {
+            return Ok(AtEnd::Behind);
+        }
+        let (_, hw) = changelog_watermarks(uncommitted, changelog, partition)?;
+        if hw > lso {
+            return Ok(AtEnd::OpenTransaction {
+                changelog: changelog.clone(),
+                lso,
+                hw,
+            });
+        }
+    }
+    Ok(AtEnd::Yes)
 }
 
 /// The (low, end) watermarks of a changelog partition: with the read_committed restore

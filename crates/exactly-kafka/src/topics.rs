@@ -2,7 +2,9 @@
 //! changelogs are created with the input's partition count and `cleanup.policy=compact,delete`,
 //! and an existing changelog that does not match is refused.
 
-use crate::config::{changelog_topic, RuntimeConfig};
+use crate::config::{
+    changelog_topic, repartition_topic, state_changelogs, DedupScope, RuntimeConfig,
+};
 use crate::error::RuntimeError;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -11,6 +13,18 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+/// How an internal topic the runtime creates is cleaned up.
+enum Cleanup {
+    /// The broker's default (the dead-letter topic).
+    Default,
+    /// `compact` (a state store without TTL).
+    Compact,
+    /// `compact,delete` with this `retention.ms` (dedup changelogs, stores with a TTL).
+    CompactDelete(String),
+    /// `delete` with this `retention.ms` (repartition topics).
+    Delete(String),
+}
 
 /// Partition counts of the topics that exist (`None` for a missing one).
 fn partition_counts(
@@ -63,12 +77,34 @@ pub fn ensure_topics(config: &RuntimeConfig) -> Result<BTreeMap<String, i32>, Ru
 
     let mut all: Vec<String> = config.inputs.clone();
     all.extend(config.outputs.iter().cloned());
-    let changelogs: Vec<(String, String)> = config
-        .inputs
-        .iter()
-        .map(|i| (i.clone(), changelog_topic(&config.app_id, i)))
-        .collect();
-    all.extend(changelogs.iter().map(|(_, c)| c.clone()));
+    // (input, changelog, retention.ms): the dedup changelog keeps IDs for the dedup
+    // retention; a state store's keeps entries for its TTL, or forever (compact only).
+    let dedup_retention = config.task.dedup_retention_ms.to_string();
+    // With the global dedup scope the tasks that dedup read `{app}-{input}-by-id`, which has
+    // the input's partition count; their changelogs are named after it.
+    let mut changelogs: Vec<(String, String, Option<String>)> = Vec::new();
+    let mut repartition: Vec<(String, String)> = Vec::new();
+    for input in &config.inputs {
+        let task_topic = match config.dedup_scope {
+            DedupScope::Partition => input.clone(),
+            DedupScope::Global => {
+                let topic = repartition_topic(&config.app_id, input);
+                repartition.push((input.clone(), topic.clone()));
+                topic
+            }
+        };
+        changelogs.push((
+            input.clone(),
+            changelog_topic(&config.app_id, &task_topic),
+            Some(dedup_retention.clone()),
+        ));
+        let stores = config.task.stores.iter();
+        for (spec, topic) in stores.zip(state_changelogs(config, &task_topic)) {
+            changelogs.push((input.clone(), topic, spec.ttl_ms().map(|t| t.to_string())));
+        }
+    }
+    all.extend(changelogs.iter().map(|(_, c, _)| c.clone()));
+    all.extend(repartition.iter().map(|(_, r)| r.clone()));
     let dlq = config.task.dead_letter_topic.clone();
     all.extend(dlq.iter().cloned());
     let counts = partition_counts(&client, &all, config)?;
@@ -94,20 +130,41 @@ pub fn ensure_topics(config: &RuntimeConfig) -> Result<BTreeMap<String, i32>, Ru
         }
     }
 
-    let retention = config.task.dedup_retention_ms.to_string();
-    let mut to_create: Vec<(String, i32, bool)> = Vec::new();
-    for (input, changelog) in &changelogs {
+    let mut to_create: Vec<(String, i32, Cleanup)> = Vec::new();
+    for (input, topic) in &repartition {
+        let want = inputs[input];
+        match counts[topic] {
+            Some(n) if n != want => {
+                return Err(RuntimeError::Topic(format!(
+                    "repartition topic `{topic}` has {n} partitions but input `{input}` has {want}; \
+                     every copy of a message ID must go to one partition, so they must match. \
+                     Delete it while the app is stopped and caught up, or restore the input's partition count"
+                )))
+            }
+            Some(_) => {}
+            // Kept for the dedup retention: an app stopped for longer loses the records it
+            // had forwarded but not processed yet (docs/state.md).
+            None => to_create.push((topic.clone(), want, Cleanup::Delete(dedup_retention.clone()))),
+        }
+    }
+    for (input, changelog, retention) in &changelogs {
         let want = inputs[input];
         match counts[changelog] {
             Some(n) if n != want => {
                 return Err(RuntimeError::Topic(format!(
                     "changelog topic `{changelog}` has {n} partitions but input `{input}` has {want}; \
-                     the dedup store of partition p lives in changelog partition p, so they must match. \
-                     Delete the changelog (losing dedup history) or restore the input's partition count"
+                     the store of task p lives in changelog partition p, so they must match. \
+                     Delete the changelog (losing its dedup history or state) or restore the input's partition count"
                 )))
             }
             Some(_) => check_cleanup_policy(&admin, changelog, config)?,
-            None => to_create.push((changelog.clone(), want, true)),
+            None => {
+                let cleanup = match retention {
+                    Some(ms) => Cleanup::CompactDelete(ms.clone()),
+                    None => Cleanup::Compact,
+                };
+                to_create.push((changelog.clone(), want, cleanup));
+            }
         }
     }
     if let Some(dlq) = &dlq {
@@ -118,19 +175,21 @@ pub fn ensure_topics(config: &RuntimeConfig) -> Result<BTreeMap<String, i32>, Ru
                 )));
             }
             let n = inputs.values().copied().max().unwrap_or(1);
-            to_create.push((dlq.clone(), n, false));
+            to_create.push((dlq.clone(), n, Cleanup::Default));
         }
     }
     if !to_create.is_empty() {
         let new: Vec<NewTopic<'_>> = to_create
             .iter()
-            .map(|(name, n, compact)| {
+            .map(|(name, n, cleanup)| {
                 let t = NewTopic::new(name, *n, TopicReplication::Fixed(config.replication_factor));
-                if *compact {
-                    t.set("cleanup.policy", "compact,delete")
-                        .set("retention.ms", &retention)
-                } else {
-                    t
+                match cleanup {
+                    Cleanup::Default => t,
+                    Cleanup::Compact => t.set("cleanup.policy", "compact"),
+                    Cleanup::CompactDelete(ms) => t
+                        .set("cleanup.policy", "compact,delete")
+                        .set("retention.ms", ms),
+                    Cleanup::Delete(ms) => t.set("retention.ms", ms),
                 }
             })
             .collect();
@@ -149,7 +208,7 @@ pub fn ensure_topics(config: &RuntimeConfig) -> Result<BTreeMap<String, i32>, Ru
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((name, code)) => {
                     return Err(RuntimeError::Topic(format!(
-                        "could not create internal topic `{name}`: {code}; create it with the partition count of its input and cleanup.policy=compact,delete"
+                        "could not create internal topic `{name}`: {code}; create it with the partition count of its input and cleanup.policy=compact (compact,delete for the dedup changelog and stores with a TTL)"
                     )))
                 }
             }
@@ -161,7 +220,7 @@ pub fn ensure_topics(config: &RuntimeConfig) -> Result<BTreeMap<String, i32>, Ru
 
 fn wait_for_topics(
     client: &BaseConsumer,
-    topics: &[(String, i32, bool)],
+    topics: &[(String, i32, Cleanup)],
     config: &RuntimeConfig,
 ) -> Result<(), RuntimeError> {
     let names: Vec<String> = topics.iter().map(|t| t.0.clone()).collect();

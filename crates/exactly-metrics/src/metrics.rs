@@ -92,6 +92,20 @@ pub struct Metrics {
     pub store_entries: IntGaugeVec,
     /// `exactly_store_bytes{topic,partition}`: bytes of a task's dedup store on disk.
     pub store_bytes: IntGaugeVec,
+    /// `exactly_records_repartitioned_total{topic}`: records forwarded to the repartition topic
+    /// by message ID (`dedup.scope = "global"`, stage 1; `topic` is the input topic).
+    pub records_repartitioned_total: IntCounterVec,
+    /// `exactly_state_store_entries{topic,partition,store}`: entries in a task's state store.
+    pub state_store_entries: IntGaugeVec,
+    /// `exactly_state_store_bytes{topic,partition,store}`: bytes of a task's state store.
+    pub state_store_bytes: IntGaugeVec,
+    /// `exactly_state_store_writes_total{topic,store}`: committed puts and deletes.
+    pub state_store_writes_total: IntCounterVec,
+    /// `exactly_state_store_restored_total{topic,store}`: changelog records replayed into state
+    /// stores.
+    pub state_store_restored_total: IntCounterVec,
+    /// `exactly_state_store_expired_total{topic,store}`: entries removed after the store's TTL.
+    pub state_store_expired_total: IntCounterVec,
     /// `exactly_store_expired_total`: message IDs removed from stores after the dedup retention.
     pub store_expired_total: IntCounter,
     /// `exactly_store_wipes_total{reason}`: stores wiped and restored from the start of their
@@ -202,6 +216,8 @@ impl Metrics {
         };
         const TOPIC: &[&str] = &["topic"];
         const TOPIC_PARTITION: &[&str] = &["topic", "partition"];
+        const TOPIC_PARTITION_STORE: &[&str] = &["topic", "partition", "store"];
+        const TOPIC_STORE: &[&str] = &["topic", "store"];
 
         let m = Metrics {
             records_consumed_total: d.counter_vec(
@@ -288,6 +304,36 @@ impl Metrics {
                 "exactly_store_bytes",
                 "Bytes of a task's dedup store on disk.",
                 TOPIC_PARTITION,
+            )?,
+            records_repartitioned_total: d.counter_vec(
+                "exactly_records_repartitioned_total",
+                "Records forwarded to the repartition topic by message ID (global dedup scope).",
+                &["topic"],
+            )?,
+            state_store_entries: d.gauge_vec(
+                "exactly_state_store_entries",
+                "Entries in a task's state store.",
+                TOPIC_PARTITION_STORE,
+            )?,
+            state_store_bytes: d.gauge_vec(
+                "exactly_state_store_bytes",
+                "Bytes of a task's state store (on disk and in memtables).",
+                TOPIC_PARTITION_STORE,
+            )?,
+            state_store_writes_total: d.counter_vec(
+                "exactly_state_store_writes_total",
+                "Puts and deletes of state stores, committed with their outputs.",
+                TOPIC_STORE,
+            )?,
+            state_store_restored_total: d.counter_vec(
+                "exactly_state_store_restored_total",
+                "Changelog records replayed into state stores.",
+                TOPIC_STORE,
+            )?,
+            state_store_expired_total: d.counter_vec(
+                "exactly_state_store_expired_total",
+                "State store entries removed after the store's TTL.",
+                TOPIC_STORE,
             )?,
             store_expired_total: d.counter(
                 "exactly_store_expired_total",
@@ -389,6 +435,15 @@ impl Metrics {
         self.store_wipes_total.with_label_values(&[reason.as_str()])
     }
 
+    /// Removes the `{topic,partition,store}` series of one task's state store.
+    pub fn forget_state_store(&self, topic: &str, partition: i32, store: &str) {
+        let partition = partition.to_string();
+        let labels = [topic, partition.as_str(), store];
+        for gauge in [&self.state_store_entries, &self.state_store_bytes] {
+            let _ = gauge.remove_label_values(&labels);
+        }
+    }
+
     /// Removes every `{topic,partition}` series of one partition (lag, store entries and bytes,
     /// restore remaining), so a revoked partition does not go on reporting its last values.
     pub fn forget_partition(&self, topic: &str, partition: i32) {
@@ -446,7 +501,7 @@ mod tests {
     fn names_follow_prometheus_conventions() {
         let m = Metrics::new("app", "0").expect("metrics");
         let names = m.metric_names();
-        assert_eq!(names.len(), 23);
+        assert_eq!(names.len(), 29);
         for name in &names {
             assert!(
                 name.starts_with("exactly_"),
@@ -468,6 +523,10 @@ mod tests {
             "store_expired",
             "store_wipes",
             "restore_records",
+            "records_repartitioned",
+            "state_store_writes",
+            "state_store_restored",
+            "state_store_expired",
         ];
         for c in counters {
             let name = format!("exactly_{c}_total");

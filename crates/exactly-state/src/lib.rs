@@ -38,12 +38,14 @@
 #![warn(missing_docs)]
 
 mod error;
+mod kv;
 pub mod layout;
 mod resources;
 mod store;
 mod tuning;
 
 pub use error::StateError;
+pub use kv::{state_store_dir, RocksKvStore, STATE_COLUMN_FAMILY};
 pub use layout::{task_dir, StoreIdentity};
 pub use resources::{SharedRocksResources, StoreOptions};
 pub use store::RocksDedupStore;

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 /// Spelled out rather than `rocksdb::DB`, whose thread mode changes with the crate's
 /// `multi-threaded-cf` feature (enabled workspace-wide if any crate asks for it).
-type Db = rocksdb::DBWithThreadMode<SingleThreaded>;
+pub(crate) type Db = rocksdb::DBWithThreadMode<SingleThreaded>;
 
 /// Deletes per write batch when expiring, so expiring millions of IDs needs bounded memory.
 const EXPIRE_CHUNK: usize = 10_000;
@@ -93,18 +93,7 @@ impl RocksDedupStore {
         identity: &StoreIdentity,
         options: &StoreOptions,
     ) -> Result<Self, StateError> {
-        if path.exists() && !path.is_dir() {
-            return Err(StateError::Corrupt {
-                path: path.to_owned(),
-                reason: "it is a file, not a directory".into(),
-            });
-        }
-        std::fs::create_dir_all(path).map_err(|source| StateError::Io {
-            path: path.to_owned(),
-            action: "create the store directory",
-            source,
-        })?;
-
+        prepare_dir(path)?;
         let retention_cutoff = Arc::new(AtomicI64::new(i64::MIN));
         let cfs = [
             ColumnFamilyDescriptor::new(
@@ -116,33 +105,8 @@ impl RocksDedupStore {
         let db = Db::open_cf_descriptors(&db_options(shared), path, cfs)
             .map_err(|e| classify_open_error(path, e))?;
 
-        let meta = db
-            .cf_handle(META_COLUMN_FAMILY)
-            .expect("meta column family was just opened");
-        let read = |key: &[u8]| {
-            db.get_cf(meta, key).map_err(|source| StateError::Rocks {
-                path: path.to_owned(),
-                action: "read meta",
-                source,
-            })
-        };
-        let checkpoint = match read(CHECKPOINT_KEY)? {
-            None => None,
-            Some(bytes) => Some(decode_checkpoint(&bytes).map_err(|e| StateError::Corrupt {
-                path: path.to_owned(),
-                reason: format!("unreadable checkpoint: {e}"),
-            })?),
-        };
-        if let Some(cp) = &checkpoint {
-            if !identity.owns(cp) {
-                return Err(StateError::WrongIdentity {
-                    path: path.to_owned(),
-                    expected: identity.clone(),
-                    found: StoreIdentity::of_checkpoint(cp),
-                });
-            }
-        }
-        let entries = match read(ENTRY_COUNT_KEY)? {
+        let checkpoint = read_checkpoint(&db, path, identity)?;
+        let entries = match read_meta(&db, path, ENTRY_COUNT_KEY)? {
             Some(bytes) => decode_count(&bytes).ok_or_else(|| StateError::Corrupt {
                 path: path.to_owned(),
                 reason: format!("unreadable entry count ({} bytes, expected 8)", bytes.len()),
@@ -199,16 +163,7 @@ impl RocksDedupStore {
                     error = %reason,
                     "deleting dedup store directory; the task restores from its changelog"
                 );
-                let removed = if path.is_dir() {
-                    std::fs::remove_dir_all(path)
-                } else {
-                    std::fs::remove_file(path)
-                };
-                removed.map_err(|source| StateError::Io {
-                    path: path.to_owned(),
-                    action: "delete the corrupt store directory",
-                    source,
-                })?;
+                remove_store_dir(path)?;
                 let store = Self::open_with(path, shared, identity, options)?;
                 Ok((store, Some(reason)))
             }
@@ -508,9 +463,73 @@ impl fmt::Debug for RocksDedupStore {
     }
 }
 
+/// Makes sure `path` is a directory (creating it if needed); a file there is corruption.
+pub(crate) fn prepare_dir(path: &Path) -> Result<(), StateError> {
+    if path.exists() && !path.is_dir() {
+        return Err(StateError::Corrupt {
+            path: path.to_owned(),
+            reason: "it is a file, not a directory".into(),
+        });
+    }
+    std::fs::create_dir_all(path).map_err(|source| StateError::Io {
+        path: path.to_owned(),
+        action: "create the store directory",
+        source,
+    })
+}
+
+/// Deletes a store directory (or the file in its place) before it is recreated empty.
+pub(crate) fn remove_store_dir(path: &Path) -> Result<(), StateError> {
+    let removed = if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    removed.map_err(|source| StateError::Io {
+        path: path.to_owned(),
+        action: "delete the corrupt store directory",
+        source,
+    })
+}
+
+/// A key of the meta column family.
+pub(crate) fn read_meta(db: &Db, path: &Path, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+    let meta = db
+        .cf_handle(META_COLUMN_FAMILY)
+        .expect("meta column family is opened with the store");
+    db.get_cf(meta, key).map_err(|source| StateError::Rocks {
+        path: path.to_owned(),
+        action: "read meta",
+        source,
+    })
+}
+
+/// The checkpoint in the meta column family; one of another changelog is an error.
+pub(crate) fn read_checkpoint(
+    db: &Db,
+    path: &Path,
+    identity: &StoreIdentity,
+) -> Result<Option<ChangelogCheckpoint>, StateError> {
+    let Some(bytes) = read_meta(db, path, CHECKPOINT_KEY)? else {
+        return Ok(None);
+    };
+    let cp = decode_checkpoint(&bytes).map_err(|e| StateError::Corrupt {
+        path: path.to_owned(),
+        reason: format!("unreadable checkpoint: {e}"),
+    })?;
+    if !identity.owns(&cp) {
+        return Err(StateError::WrongIdentity {
+            path: path.to_owned(),
+            expected: identity.clone(),
+            found: StoreIdentity::of_checkpoint(&cp),
+        });
+    }
+    Ok(Some(cp))
+}
+
 /// Sorts a failed open into "wipe and restore" and "someone else's problem": a lock held by a
 /// live store must never lead to deleting its directory.
-fn classify_open_error(path: &Path, err: rocksdb::Error) -> StateError {
+pub(crate) fn classify_open_error(path: &Path, err: rocksdb::Error) -> StateError {
     let message = err.to_string();
     let corrupt = |reason: String| StateError::Corrupt {
         path: path.to_owned(),

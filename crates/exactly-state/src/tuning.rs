@@ -31,7 +31,7 @@ pub(crate) fn db_options(shared: &SharedRocksResources) -> Options {
     opts
 }
 
-fn table_options(shared: &SharedRocksResources) -> BlockBasedOptions {
+pub(crate) fn table_options(shared: &SharedRocksResources) -> BlockBasedOptions {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(&shared.block_cache);
     // Index and filter blocks live in the shared cache too, or they would grow with the data
@@ -91,5 +91,19 @@ pub(crate) fn meta_cf_options(shared: &SharedRocksResources) -> Options {
     let mut opts = Options::default();
     opts.set_block_based_table_factory(&table_options(shared));
     opts.set_write_buffer_size(META_WRITE_BUFFER_BYTES);
+    opts
+}
+
+/// Options of a state store's data column family: shared cache, whole-key bloom filters for
+/// point lookups, lz4. No compaction filter: TTL is enforced by the task (reads skip expired
+/// entries, expiry deletes them).
+pub(crate) fn state_cf_options(shared: &SharedRocksResources) -> Options {
+    let mut table = table_options(shared);
+    table.set_bloom_filter(10.0, false);
+    table.set_whole_key_filtering(true);
+    let mut opts = Options::default();
+    opts.set_block_based_table_factory(&table);
+    opts.set_compression_type(DBCompressionType::Lz4);
+    opts.set_write_buffer_size(IDS_WRITE_BUFFER_BYTES);
     opts
 }

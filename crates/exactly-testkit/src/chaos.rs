@@ -502,6 +502,31 @@ pub struct ChaosPlan {
     pub actions: usize,
     /// Seed of the messages and of the schedule: the same seed replays the same schedule.
     pub seed: u64,
+    /// `0`: each message's key is its ID. Otherwise the messages are payments: ID `m{i}` has
+    /// key `acct-{i % accounts}` and an amount from 1 to 100 as its value (see
+    /// [`payment_amount`]), for stateful apps that keep per-account state.
+    pub accounts: usize,
+    /// State stores of the app whose changelogs the report should hold (read_committed)
+    /// before the run deletes its topics.
+    pub state_stores: Vec<String>,
+}
+
+/// The amount of payment `m{i}` in a run with [`ChaosPlan::accounts`] set.
+pub fn payment_amount(i: usize) -> i64 {
+    (i.wrapping_mul(7919) % 100) as i64 + 1
+}
+
+/// Turns messages with IDs `m{i}` into payments: key `acct-{i % accounts}`, value the amount.
+fn as_payments(messages: &mut [TestMessage], accounts: usize) {
+    for m in messages {
+        let i: usize =
+            m.id.as_deref()
+                .and_then(|id| id.strip_prefix('m'))
+                .and_then(|n| n.parse().ok())
+                .expect("generated IDs are m{i}");
+        m.key = Some(format!("acct-{}", i % accounts).into_bytes());
+        m.value = payment_amount(i).to_string().into_bytes();
+    }
 }
 
 /// What a chaos run did and found.
@@ -519,6 +544,12 @@ pub struct ChaosReport {
     pub terminations: u32,
     /// The per-ID comparison of input and output (read_committed).
     pub verification: Verification,
+    /// The input topic, read_committed.
+    pub inputs: Vec<ReadRecord>,
+    /// The output topic, read_committed.
+    pub outputs: Vec<ReadRecord>,
+    /// The changelog of each of [`ChaosPlan::state_stores`], read_committed.
+    pub state_changelogs: std::collections::BTreeMap<String, Vec<ReadRecord>>,
     /// Wall time.
     pub seconds: f64,
 }
@@ -569,7 +600,10 @@ pub fn run_observed(
     );
     broker::create_topics(bs, &[(&input, plan.partitions), (&output, plan.partitions)]);
     let mut rng = StdRng::seed_from_u64(plan.seed);
-    let messages = messages_with_duplicates(plan.unique, plan.dup_share, plan.seed);
+    let mut messages = messages_with_duplicates(plan.unique, plan.dup_share, plan.seed);
+    if plan.accounts > 0 {
+        as_payments(&mut messages, plan.accounts);
+    }
     let prefix: Vec<&str> = plan.prefix_args.iter().map(String::as_str).collect();
     let mut instances: Vec<AppProcess> = (0..plan.instances)
         .map(|i| {
@@ -663,12 +697,23 @@ pub fn run_observed(
             inst.log_tail(30)
         );
     }
-    report.verification = Verification::compare(
-        &broker::read_committed(bs, &input),
-        &broker::read_committed(bs, &output),
-    );
+    report.inputs = broker::read_committed(bs, &input);
+    report.outputs = broker::read_committed(bs, &output);
+    report.verification = Verification::compare(&report.inputs, &report.outputs);
     report.seconds = started.elapsed().as_secs_f64();
-    let changelog = format!("{app}-{input}-dedup-changelog");
-    broker::delete_topics(bs, &[&input, &output, &changelog, &format!("{app}-dlq")]);
+    let mut internal = vec![
+        format!("{app}-{input}-dedup-changelog"),
+        format!("{app}-dlq"),
+    ];
+    for store in &plan.state_stores {
+        let topic = format!("{app}-{input}-{store}-changelog");
+        report
+            .state_changelogs
+            .insert(store.clone(), broker::read_committed(bs, &topic));
+        internal.push(topic);
+    }
+    let mut topics: Vec<&str> = vec![&input, &output];
+    topics.extend(internal.iter().map(String::as_str));
+    broker::delete_topics(bs, &topics);
     report
 }

@@ -24,9 +24,10 @@
 
 use crate::disk::DiskStore;
 use crate::sim::{partition_of, SimCluster, SimError, SimRecord};
+use exactly_core::state::{decode_state_value, state_changelog_topic, validate_specs};
 use exactly_core::{
-    Clock, HeaderRef, Output, ProcessorFactory, Record, RecordKind, Task, TaskConfig, TaskError,
-    TaskId, TxnWriter, WipeReason,
+    Clock, HeaderRef, MemKvStore, Output, ProcessorFactory, Record, RecordKind, Task, TaskConfig,
+    TaskError, TaskId, TxnWriter, WipeReason,
 };
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -169,6 +170,8 @@ pub struct DriverStats {
     pub wipes: Vec<(i32, &'static str)>,
     /// Changelog records applied during restores.
     pub restored_records: u64,
+    /// State changelog records applied during restores.
+    pub restored_state_records: u64,
     /// Records dropped as duplicates (across all instances).
     pub duplicates_dropped: u64,
     /// Task restarts after a store write failure.
@@ -179,9 +182,9 @@ struct Instance<P: exactly_core::Processor> {
     epoch: u32,
     tasks: BTreeMap<i32, Task<P, DiskStore>>,
     positions: BTreeMap<i32, i64>,
-    /// Last changelog offset per partition written in the open transaction (what delivery
-    /// reports tell the Kafka runtime).
-    changelog_last: BTreeMap<i32, i64>,
+    /// Last changelog offset per changelog (topic, partition) written in the open
+    /// transaction (what delivery reports tell the Kafka runtime).
+    changelog_last: BTreeMap<(String, i32), i64>,
 }
 
 /// A fenced-off old instance, kept to show it can no longer write.
@@ -233,7 +236,21 @@ impl<F: ProcessorFactory> TestDriverBuilder<F> {
         cluster.create_topic(&self.input, self.partitions);
         let changelog = format!("{}-{}-dedup-changelog", self.app, self.input);
         cluster.create_topic(&changelog, self.partitions);
+        if let Err(e) = validate_specs(&self.config.stores) {
+            panic!("TestDriver: {e}");
+        }
+        let state_changelogs: Vec<String> = self
+            .config
+            .stores
+            .iter()
+            .map(|s| state_changelog_topic(&self.app, &self.input, &s.name))
+            .collect();
+        for topic in &state_changelogs {
+            cluster.create_topic(topic, self.partitions);
+        }
         TestDriver {
+            app: self.app.clone(),
+            state_changelogs,
             txn_id: format!("{}-0-0", self.app),
             cluster,
             disks: BTreeMap::new(),
@@ -252,12 +269,15 @@ impl<F: ProcessorFactory> TestDriverBuilder<F> {
 
 /// Runs a processor factory against a simulated transactional Kafka. See the module docs.
 pub struct TestDriver<F: ProcessorFactory> {
+    app: String,
     cluster: SimCluster,
     disks: BTreeMap<i32, DiskStore>,
     factory: F,
     config: Arc<TaskConfig>,
     input: String,
     changelog: String,
+    /// Changelog topic of each declared state store, in declaration order.
+    state_changelogs: Vec<String>,
     partitions: i32,
     clock: Arc<ManualClock>,
     instance: Option<Instance<F::Processor>>,
@@ -272,7 +292,7 @@ struct SimWriter<'c> {
     cluster: &'c mut SimCluster,
     txn_id: &'c str,
     epoch: u32,
-    changelog_last: BTreeMap<i32, i64>,
+    changelog_last: BTreeMap<(String, i32), i64>,
     fenced: bool,
 }
 
@@ -290,7 +310,7 @@ impl TxnWriter for SimWriter<'_> {
         {
             Ok((p, offset)) => {
                 if kind == RecordKind::Changelog {
-                    self.changelog_last.insert(p, offset);
+                    self.changelog_last.insert((out.topic.clone(), p), offset);
                 }
                 Ok(())
             }
@@ -354,6 +374,44 @@ impl<F: ProcessorFactory> TestDriver<F> {
     pub fn changelog_topic(&self) -> &str {
         &self.changelog
     }
+    /// The changelog topic of the declared state store `store`.
+    pub fn state_changelog_topic(&self, store: &str) -> String {
+        state_changelog_topic(&self.app, &self.input, store)
+    }
+
+    /// The committed state of `store` in partition `partition`'s task, as a fresh restore
+    /// would build it from the committed changelog: `(key, value)` in key order, expired
+    /// entries left out.
+    pub fn committed_state(&self, store: &str, partition: i32) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let spec = self
+            .config
+            .stores
+            .iter()
+            .find(|s| s.name == store)
+            .unwrap_or_else(|| panic!("TestDriver: no state store named {store:?}"));
+        let cutoff = spec
+            .ttl_ms()
+            .map_or(i64::MIN, |ttl| self.clock.now_ms().saturating_sub(ttl));
+        let topic = self.state_changelog_topic(store);
+        let mut state = BTreeMap::new();
+        for (p, _, r) in self.cluster.committed_records(&topic) {
+            if p != partition {
+                continue;
+            }
+            let key = r.key.clone().unwrap_or_default();
+            match r.value.as_deref().map(decode_state_value) {
+                Some(Ok((ts, v))) if ts >= cutoff => {
+                    state.insert(key, v.to_vec());
+                }
+                Some(Err(e)) => panic!("TestDriver: bad state changelog value in {topic}: {e}"),
+                _ => {
+                    state.remove(&key);
+                }
+            }
+        }
+        state.into_iter().collect()
+    }
+
     /// The input topic.
     pub fn input_topic(&self) -> &str {
         &self.input
@@ -443,6 +501,27 @@ impl<F: ProcessorFactory> TestDriver<F> {
             )?;
             self.stats.restored_records += n as u64;
             pos = next;
+        }
+        // State stores: an empty store, restored from the start of its changelog (as the Kafka
+        // runtime does).
+        for (spec, topic) in self.config.stores.iter().zip(&self.state_changelogs) {
+            task.add_store(spec.clone(), topic.clone(), Box::new(MemKvStore::new()))?;
+        }
+        for topic in &self.state_changelogs {
+            let end = self.cluster.last_stable_offset(topic, p);
+            let mut pos = 0;
+            while pos < end {
+                let (recs, next) = self.cluster.read_committed(topic, p, pos, 1000);
+                let n = task.restore_state_records(
+                    topic,
+                    recs.iter().map(|(o, r)| {
+                        (*o, r.key.as_deref().unwrap_or_default(), r.value.as_deref())
+                    }),
+                    self.clock.as_ref(),
+                )?;
+                self.stats.restored_state_records += n as u64;
+                pos = next;
+            }
         }
         task.restore_complete(self.cluster.committed_offset(&self.input, p))?;
         Ok(task)
@@ -751,7 +830,8 @@ fn run_cycle<P: exactly_core::Processor>(
     }
     let mut failed = Vec::new();
     for (p, task) in inst.tasks.iter_mut() {
-        if let Err(e) = task.on_committed(changelog_last.get(p).map(|o| o + 1)) {
+        let next = |topic: &str| changelog_last.get(&(topic.to_owned(), *p)).map(|o| o + 1);
+        if let Err(e) = task.on_committed(&next) {
             // The store is behind the committed changelog (allowed); restart the task so it
             // restores the tail before processing again.
             tracing::warn!(partition = p, error = %e, "store apply failed after commit; restoring the task");

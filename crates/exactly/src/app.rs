@@ -3,7 +3,9 @@
 
 use crate::observer::MetricsObserver;
 use exactly_core::{IdSource, ProcessorFactory};
-use exactly_kafka::{default_dead_letter_topic, Guarantee, RuntimeConfig, RuntimeError};
+use exactly_kafka::{
+    default_dead_letter_topic, DedupScope, Guarantee, RuntimeConfig, RuntimeError,
+};
 use exactly_metrics::{Health, Metrics};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -85,6 +87,19 @@ impl App {
     /// Dead-letter topic (`None` turns dead-lettering into a task error).
     pub fn dead_letter_topic(mut self, topic: Option<String>) -> Self {
         self.config.task.dead_letter_topic = topic;
+        self
+    }
+    /// Declares a state store every task gets (see `exactly_core::state`): its writes commit
+    /// with the outputs, and it is changelogged to `{app}-{input}-{store}-changelog`.
+    /// Declared in code, not in the config file, because the processor's code uses it by name.
+    pub fn store(mut self, spec: exactly_core::StoreSpec) -> Self {
+        self.config.task.stores.push(spec);
+        self
+    }
+    /// Dedup scope: [`DedupScope::Partition`] (default) or [`DedupScope::Global`], which
+    /// repartitions records by message ID so that copies with different keys are dropped too.
+    pub fn dedup_scope(mut self, scope: DedupScope) -> Self {
+        self.config.dedup_scope = scope;
         self
     }
     /// Processing guarantee.

@@ -2,7 +2,7 @@
 //! `#[command(flatten)] run: exactly::cli::RunArgs`, then `run.app(app_id)`.
 
 use crate::App;
-use exactly_kafka::{Guarantee, RuntimeError};
+use exactly_kafka::{DedupScope, Guarantee, RuntimeError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -38,6 +38,10 @@ pub struct RunArgs {
     /// Processing guarantee.
     #[arg(long, value_enum, default_value_t = GuaranteeArg::ExactlyOnce)]
     pub guarantee: GuaranteeArg,
+    /// Dedup scope: within an input partition, or across the input's partitions (records are
+    /// repartitioned by message ID first; docs/state.md).
+    #[arg(long, value_enum, default_value_t = DedupScopeArg::Partition)]
+    pub dedup_scope: DedupScopeArg,
     /// librdkafka property for every client, `key=value` (repeatable).
     #[arg(long = "kafka", value_name = "KEY=VALUE")]
     pub kafka: Vec<String>,
@@ -52,6 +56,15 @@ pub enum GuaranteeArg {
     AtLeastOnce,
 }
 
+/// `--dedup-scope` values.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DedupScopeArg {
+    /// Duplicates are recognised within an input partition.
+    Partition,
+    /// Duplicates are recognised across the input's partitions (repartitioned by ID).
+    Global,
+}
+
 impl RunArgs {
     /// An [`App`] named `app_id` configured from these options.
     pub fn app(&self, app_id: impl Into<String>) -> Result<App, RuntimeError> {
@@ -64,6 +77,10 @@ impl RunArgs {
             .guarantee(match self.guarantee {
                 GuaranteeArg::ExactlyOnce => Guarantee::ExactlyOnce,
                 GuaranteeArg::AtLeastOnce => Guarantee::AtLeastOnce,
+            })
+            .dedup_scope(match self.dedup_scope {
+                DedupScopeArg::Partition => DedupScope::Partition,
+                DedupScopeArg::Global => DedupScope::Global,
             });
         app.config_mut().startup_timeout = Duration::from_millis(self.startup_timeout_ms);
         if let Some(n) = self.max_batch_records {

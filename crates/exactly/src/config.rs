@@ -25,7 +25,7 @@
 
 use exactly_core::{ErrorPolicy, IdPolicy, IdSource, InvalidIdPolicy, RetryPolicy, TaskConfig};
 use exactly_kafka::config::is_secret_property;
-use exactly_kafka::{default_dead_letter_topic, Guarantee, RuntimeConfig};
+use exactly_kafka::{default_dead_letter_topic, DedupScope, Guarantee, RuntimeConfig};
 use serde::de::{self, Deserializer, Unexpected, Visitor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -143,6 +143,8 @@ pub struct DedupSection {
     /// How long an ID is remembered, in milliseconds (default 7 days).
     #[serde(deserialize_with = "millis")]
     pub retention_ms: Option<u64>,
+    /// `partition` (default) or `global` (repartition by message ID first).
+    pub scope: Option<String>,
 }
 
 /// The `[dead_letter]` section.
@@ -415,6 +417,7 @@ const KEYS: &[KeySpec] = &[
     key("errors.retry_initial_backoff_ms", Kind::Int, NON_NEGATIVE),
     key("errors.retry_max_backoff_ms", Kind::Int, NON_NEGATIVE),
     key("dedup.retention_ms", Kind::Int, POSITIVE),
+    key("dedup.scope", Kind::Str, "set it to \"partition\" or \"global\""),
     key("dead_letter.topic", Kind::Str, "set it to a topic name"),
     key("dead_letter.enabled", Kind::Bool, BOOL),
     key("dead_letter.create", Kind::Bool, BOOL),
@@ -791,6 +794,16 @@ impl Checker<'_> {
         if let Some(on) = file.static_membership {
             runtime.static_membership = on;
         }
+        if let Some(scope) = &file.dedup.scope {
+            runtime.dedup_scope = self.choice(
+                "dedup.scope",
+                scope,
+                &[
+                    ("partition", DedupScope::Partition),
+                    ("global", DedupScope::Global),
+                ],
+            )?;
+        }
         let metrics_addr = file
             .metrics_addr
             .map(|addr| {
@@ -1108,6 +1121,13 @@ pub fn redacted(config: &RuntimeConfig) -> String {
         String::new(),
         "[dedup]".to_owned(),
         format!("retention_ms = {}", task.dedup_retention_ms),
+        format!(
+            "scope = {}",
+            string(match config.dedup_scope {
+                DedupScope::Partition => "partition",
+                DedupScope::Global => "global",
+            })
+        ),
         String::new(),
         "[dead_letter]".to_owned(),
         format!("enabled = {}", task.dead_letter_topic.is_some()),

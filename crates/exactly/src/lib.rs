@@ -31,11 +31,14 @@ pub mod observer;
 pub mod processors;
 
 pub use app::App;
+/// State stores: typed key-value state committed with the outputs (see `docs/state.md`).
+pub use exactly_core::state;
 pub use exactly_core::{
     Context, ErrorPolicy, FlushContext, IdPolicy, IdSource, InitContext, InvalidIdPolicy, Output,
-    ProcessError, Processor, ProcessorFactory, Record, RetryPolicy, TaskConfig, TaskId,
+    ProcessError, Processor, ProcessorFactory, Record, RetryPolicy, StoreSpec, TaskConfig, TaskId,
+    TypedStore,
 };
-pub use exactly_kafka::{Guarantee, RuntimeConfig, RuntimeError};
+pub use exactly_kafka::{DedupScope, Guarantee, RuntimeConfig, RuntimeError};
 pub use exactly_metrics::{Health, Metrics};
 /// Idempotent external sinks (PostgreSQL, Redis): see `docs/sinks.md`.
 pub use exactly_sinks as sinks;

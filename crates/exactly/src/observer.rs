@@ -23,6 +23,8 @@ struct State {
     tasks_by_thread: HashMap<usize, usize>,
     assigned_threads: BTreeSet<usize>,
     restoring: BTreeSet<(String, i32)>,
+    /// State store series reported per task, removed with the task's other series.
+    state_stores: BTreeSet<(String, i32, String)>,
 }
 
 impl MetricsObserver {
@@ -70,6 +72,23 @@ impl RuntimeObserver for MetricsObserver {
                 Some(reason) => m.dead_lettered(topic, reason).inc_by(*n),
                 None => tracing::warn!(label, "dead-letter reason without a metric label"),
             }
+        }
+        if c.repartitioned > 0 {
+            m.records_repartitioned_total
+                .with_label_values(&[topic])
+                .inc_by(c.repartitioned);
+        }
+        for (store, sc) in &c.stores {
+            let labels = [topic, store.as_str()];
+            m.state_store_writes_total
+                .with_label_values(&labels)
+                .inc_by(sc.writes);
+            m.state_store_restored_total
+                .with_label_values(&labels)
+                .inc_by(sc.restored);
+            m.state_store_expired_total
+                .with_label_values(&labels)
+                .inc_by(sc.expired);
         }
         for (label, n) in &c.processor_errors {
             match ProcessorErrorKind::from_label(label) {
@@ -172,9 +191,35 @@ impl RuntimeObserver for MetricsObserver {
             .set(bytes as i64);
     }
 
+    fn state_store(&self, topic: &str, partition: i32, store: &str, entries: u64, bytes: u64) {
+        let p = partition.to_string();
+        let labels = [topic, p.as_str(), store];
+        self.metrics
+            .state_store_entries
+            .with_label_values(&labels)
+            .set(entries as i64);
+        self.metrics
+            .state_store_bytes
+            .with_label_values(&labels)
+            .set(bytes as i64);
+        self.state()
+            .state_stores
+            .insert((topic.to_owned(), partition, store.to_owned()));
+    }
+
     fn forget_partition(&self, topic: &str, partition: i32) {
         self.metrics.forget_partition(topic, partition);
         let mut s = self.state();
+        let stores: Vec<_> = s
+            .state_stores
+            .iter()
+            .filter(|(t, p, _)| t == topic && *p == partition)
+            .cloned()
+            .collect();
+        for key in stores {
+            self.metrics.forget_state_store(topic, partition, &key.2);
+            s.state_stores.remove(&key);
+        }
         s.restoring.remove(&(topic.to_owned(), partition));
         self.update_readiness(&s);
     }

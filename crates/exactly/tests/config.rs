@@ -61,7 +61,7 @@ const ALL_KEYS: &str = "app_id, instance_id, bootstrap, inputs, outputs, state_d
 commit_interval_ms, max_batch_records, guarantee, static_membership, metrics_addr, transaction_timeout_ms, \
 startup_timeout_ms, replication_factor, block_cache_bytes, write_buffer_bytes, ids.source, \
 ids.max_len, ids.on_invalid, errors.on_error, errors.retry_max_attempts, \
-errors.retry_initial_backoff_ms, errors.retry_max_backoff_ms, dedup.retention_ms, \
+errors.retry_initial_backoff_ms, errors.retry_max_backoff_ms, dedup.retention_ms, dedup.scope, \
 dead_letter.topic, dead_letter.enabled, dead_letter.create, kafka.<librdkafka property>";
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -603,6 +603,7 @@ retry_max_backoff_ms = 1000
 
 [dedup]
 retention_ms = 604800000
+scope = "partition"
 
 [dead_letter]
 enabled = true

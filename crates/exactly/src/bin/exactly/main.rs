@@ -138,6 +138,8 @@ fn run_chaos(a: ChaosArgs) -> anyhow::Result<ExitCode> {
         dup_share: a.dup_share,
         actions: a.kills,
         seed: a.seed.unwrap_or_else(rand::random),
+        accounts: 0,
+        state_stores: Vec::new(),
     };
     println!(
         "chaos: seed {} (replay with --seed {}), {} instances, {} partitions",
