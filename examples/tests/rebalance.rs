@@ -28,11 +28,20 @@ fn a_third_instance_joining_and_leaving_mid_stream_keeps_each_id_exactly_once() 
     third.start();
     broker::produce(&s.bs, &s.input, quarters[1]);
     // The joiner gets partitions, restores them and runs.
-    wait_for_log(
-        &mut third,
-        "task restored; running",
-        Duration::from_secs(60),
-    );
+    let joined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for_log(
+            &mut third,
+            "task restored; running",
+            Duration::from_secs(60),
+        )
+    }));
+    if let Err(panic) = joined {
+        // The group's side of a join that never completed (seen once under load).
+        for member in &group {
+            eprintln!("member {} log tail:\n{}", member.id, member.log_tail(40));
+        }
+        std::panic::resume_unwind(panic);
+    }
     broker::produce(&s.bs, &s.input, quarters[2]);
     let mut all = vec![third];
     all.extend(group);
