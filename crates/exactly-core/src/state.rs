@@ -105,6 +105,13 @@ impl StoreSpec {
         self.ttl
             .map(|t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX))
     }
+
+    /// Entries written before this (ms since the Unix epoch) are expired at `now_ms`
+    /// (`i64::MIN` without a TTL).
+    pub fn cutoff(&self, now_ms: i64) -> i64 {
+        self.ttl_ms()
+            .map_or(i64::MIN, |ttl| now_ms.saturating_sub(ttl))
+    }
 }
 
 /// Checks a list of store specs: each valid, names unique.
@@ -339,12 +346,6 @@ impl StateSlot {
         }
     }
 
-    fn cutoff(&self, now_ms: i64) -> i64 {
-        self.spec
-            .ttl_ms()
-            .map_or(i64::MIN, |ttl| now_ms.saturating_sub(ttl))
-    }
-
     /// The live value of an encoded entry (`None` if expired or undecodable; an undecodable
     /// one is reported as a failure).
     fn live<'v>(&mut self, encoded: &'v [u8], cutoff: i64) -> Option<&'v [u8]> {
@@ -434,7 +435,7 @@ impl<'a> StateStore<'a> {
     /// A backend error fails the record with [`ProcessError::Retry`]; return it with `?`
     /// (the task then restores its stores from the changelogs).
     pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, ProcessError> {
-        let cutoff = self.slot.cutoff(self.now_ms);
+        let cutoff = self.slot.spec.cutoff(self.now_ms);
         let overlay = self
             .slot
             .pending
@@ -488,7 +489,7 @@ impl<'a> StateStore<'a> {
                 merged.insert(k.clone(), v.clone());
             }
         }
-        let cutoff = self.slot.cutoff(self.now_ms);
+        let cutoff = self.slot.spec.cutoff(self.now_ms);
         let mut out = Vec::with_capacity(merged.len());
         for (k, v) in merged {
             if let Some(v) = v.as_deref().and_then(|v| self.slot.live(v, cutoff)) {

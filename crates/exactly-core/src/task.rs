@@ -231,6 +231,15 @@ impl TaskCounters {
         std::mem::take(self)
     }
 
+    /// The counters of state store `store` (created at zero; no allocation once it exists).
+    pub fn store_mut(&mut self, store: &str) -> &mut StoreCounters {
+        if !self.stores.contains_key(store) {
+            self.stores
+                .insert(store.to_owned(), StoreCounters::default());
+        }
+        self.stores.get_mut(store).expect("inserted above")
+    }
+
     /// Adds `other` to these counters.
     pub fn merge(&mut self, other: TaskCounters) {
         self.consumed += other.consumed;
@@ -369,11 +378,6 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         }
     }
 
-    /// Whether this is a repartitioning task (see [`repartitioner`](Self::repartitioner)).
-    pub fn is_repartitioner(&self) -> bool {
-        self.repartition.is_some()
-    }
-
     /// Adds a state store (before the restore starts): `backend` holds its committed entries,
     /// `changelog` is its changelog topic (the task's partition). Add the stores of
     /// [`TaskConfig::stores`] in their order.
@@ -392,11 +396,6 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         Ok(())
     }
 
-    /// The changelog topics of the task's state stores, in declaration order.
-    pub fn state_changelogs(&self) -> impl Iterator<Item = &str> {
-        self.stores.slots.iter().map(|s| s.changelog.as_str())
-    }
-
     /// Size counters of each state store: `(name, stats)`.
     pub fn state_store_stats(&self) -> Vec<(&str, StoreStats)> {
         self.stores
@@ -404,11 +403,6 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
             .iter()
             .map(|s| (s.spec.name.as_str(), s.backend.stats()))
             .collect()
-    }
-
-    /// Writes staged in the open transaction, over all state stores.
-    pub fn staged_state_writes(&self) -> usize {
-        self.stores.slots.iter().map(|s| s.staged.len()).sum()
     }
 
     /// The task id.
@@ -552,10 +546,7 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
             });
         };
         let slot = &self.stores.slots[i];
-        let cutoff = slot
-            .spec
-            .ttl_ms()
-            .map_or(i64::MIN, |ttl| clock.now_ms().saturating_sub(ttl));
+        let cutoff = slot.spec.cutoff(clock.now_ms());
         let mut writes = Vec::new();
         let mut last = None;
         let mut bad = None;
@@ -590,7 +581,7 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         let n = writes.len();
         let result = self.stores.slots[i].backend.apply(&writes, &checkpoint);
         result.map_err(|e| self.state_err(&name, e))?;
-        self.counters.stores.entry(name).or_default().restored += n as u64;
+        self.counters.store_mut(&name).restored += n as u64;
         Ok(n)
     }
 
@@ -857,17 +848,7 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
             if slot.pending.is_empty() {
                 continue;
             }
-            let writes = slot.pending.len() as u64;
-            match self.counters.stores.get_mut(&slot.spec.name) {
-                Some(c) => c.writes += writes,
-                None => {
-                    let c = StoreCounters {
-                        writes,
-                        ..StoreCounters::default()
-                    };
-                    self.counters.stores.insert(slot.spec.name.clone(), c);
-                }
-            }
+            self.counters.store_mut(&slot.spec.name).writes += slot.pending.len() as u64;
             let mut rec = Output::to(slot.changelog.clone()).partition(self.id.partition);
             for (key, value) in std::mem::take(&mut slot.pending) {
                 rec.key = Some(key);
@@ -1176,11 +1157,11 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         const CHUNK: usize = 10_000;
         for i in 0..self.stores.slots.len() {
             let slot = &mut self.stores.slots[i];
-            let Some(ttl) = slot.spec.ttl_ms() else {
+            if slot.spec.ttl.is_none() {
                 continue;
-            };
+            }
             let name = slot.spec.name.clone();
-            let cutoff = clock.now_ms().saturating_sub(ttl);
+            let cutoff = slot.spec.cutoff(clock.now_ms());
             let checkpoint = match slot.backend.checkpoint() {
                 Ok(Some(cp)) => cp,
                 Ok(None) => continue,
@@ -1204,11 +1185,7 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
                 if let Err(e) = scanned.and_then(|()| slot.backend.apply(&expired, &checkpoint)) {
                     return Err(self.state_err(&name, e));
                 }
-                self.counters
-                    .stores
-                    .entry(name.clone())
-                    .or_default()
-                    .expired += expired.len() as u64;
+                self.counters.store_mut(&name).expired += expired.len() as u64;
                 match next {
                     Some(k) => from = k,
                     None => break,

@@ -389,9 +389,7 @@ impl<F: ProcessorFactory> TestDriver<F> {
             .iter()
             .find(|s| s.name == store)
             .unwrap_or_else(|| panic!("TestDriver: no state store named {store:?}"));
-        let cutoff = spec
-            .ttl_ms()
-            .map_or(i64::MIN, |ttl| self.clock.now_ms().saturating_sub(ttl));
+        let cutoff = spec.cutoff(self.clock.now_ms());
         let topic = self.state_changelog_topic(store);
         let mut state = BTreeMap::new();
         for (p, _, r) in self.cluster.committed_records(&topic) {
