@@ -4,7 +4,14 @@
 #   scripts/broker.sh up       start it unless a broker already answers on the port; wait for it
 #   scripts/broker.sh down     stop it and wait for the server process to exit (data is kept)
 #   scripts/broker.sh status   say whether it is up and where (exit 0 up, 1 not up)
-#   scripts/broker.sh env      print `export KAFKA_BOOTSTRAP=...` (use: eval "$(scripts/broker.sh env)")
+#   scripts/broker.sh env      print `export KAFKA_BOOTSTRAP=...` (use: eval "$(scripts/broker.sh env)"),
+#                              and for the local broker `export EXACTLY_RESTORE_FROM=start`
+#
+# EXACTLY_RESTORE_FROM=start (the apps' `--restore-from start`, config key `restore_from`): the
+# local broker mis-filters read_committed fetches that start after an aborted transaction (they
+# skip that producer's later committed records), so against it restores replay each changelog
+# from its start. Apache Kafka and any cluster KAFKA_BOOTSTRAP names get the default, restores
+# from the store's checkpoint (docs/configuration.md).
 #
 # Environment:
 #   BROKER_PORT        Kafka port on 127.0.0.1 (default 29092)
@@ -140,6 +147,7 @@ cmd_env() {
 		echo "export KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP"
 	else
 		echo "export KAFKA_BOOTSTRAP=$BROKER_LOCAL_ADDR"
+		echo "export EXACTLY_RESTORE_FROM=${EXACTLY_RESTORE_FROM:-start}"
 	fi
 }
 

@@ -1,11 +1,14 @@
-//! Time, injected so the state machine is deterministic in tests.
+//! Time, injected so the state machine and the engine are deterministic in tests.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Wall-clock time and sleeping (used for TTL and retry backoff).
+/// Wall-clock time, monotonic time and sleeping.
 pub trait Clock: Send + Sync {
-    /// Milliseconds since the Unix epoch.
+    /// Milliseconds since the Unix epoch (TTLs, `first_seen_ms`).
     fn now_ms(&self) -> i64;
+    /// Monotonic time since an arbitrary start (intervals and deadlines).
+    fn monotonic(&self) -> Duration;
     /// Blocks the calling (stream) thread for `d`.
     fn sleep(&self, d: Duration);
 }
@@ -20,6 +23,10 @@ impl Clock for SystemClock {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0)
+    }
+    fn monotonic(&self) -> Duration {
+        static START: OnceLock<Instant> = OnceLock::new();
+        START.get_or_init(Instant::now).elapsed()
     }
     fn sleep(&self, d: Duration) {
         std::thread::sleep(d);

@@ -148,6 +148,15 @@ pub enum TaskError {
         /// What the processor said.
         reason: String,
     },
+    /// A changelog record does not decode: the changelog is exactly's own, so skipping the
+    /// record could let a duplicate through or lose state.
+    #[error("task {task}: {reason}. The changelog was written by something else or by an incompatible version; stop writing to it and restore it from a backup, or delete the app's internal topics and state to start over")]
+    CorruptChangelog {
+        /// The task.
+        task: String,
+        /// Which record and why.
+        reason: String,
+    },
     /// The task is not in the state the call needs (a runtime bug).
     #[error("task {task}: {what} called while {state}")]
     WrongState {
@@ -165,7 +174,10 @@ impl TaskError {
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            Self::Processor { .. } | Self::InvalidId { .. } | Self::NoDeadLetterTopic { .. }
+            Self::Processor { .. }
+                | Self::InvalidId { .. }
+                | Self::NoDeadLetterTopic { .. }
+                | Self::CorruptChangelog { .. }
         )
     }
 }

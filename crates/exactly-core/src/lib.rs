@@ -23,9 +23,11 @@
 
 pub mod changelog;
 pub mod clock;
+pub mod engine;
 pub mod error;
 pub mod id;
 pub mod mem_store;
+pub mod observe;
 pub mod processor;
 pub mod record;
 pub mod state;
@@ -33,9 +35,11 @@ pub mod store;
 pub mod task;
 
 pub use clock::{Clock, SystemClock};
+pub use engine::{Engine, EngineConfig, EngineEnv, EngineError, StreamClients};
 pub use error::{ErrorPolicy, ProcessError, RetryPolicy, TaskError};
 pub use id::{IdPolicy, IdSource, InvalidId, InvalidIdPolicy};
 pub use mem_store::MemDedupStore;
+pub use observe::{NoopObserver, RuntimeObserver};
 pub use processor::{Context, FlushContext, InitContext, Processor, ProcessorFactory};
 pub use record::{HeaderRef, Output, Record, RecordKind, TaskId};
 pub use state::{KvStore, MemKvStore, StateStore, StoreSpec, TypedStore};

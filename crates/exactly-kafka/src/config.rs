@@ -5,30 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Processing guarantee.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Guarantee {
-    /// Kafka transactions (EOS v2): outputs, changelog and offsets commit atomically.
-    #[default]
-    ExactlyOnce,
-    /// No transactions: flush outputs, then apply IDs to the store, then commit offsets.
-    /// A crash between flush and store write can duplicate.
-    AtLeastOnce,
-}
-
-/// Which copies of a message ID are recognised as duplicates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DedupScope {
-    /// Within an input partition (default): resends with the same key land in the same
-    /// partition, so this catches producer retries and replays at no extra cost.
-    #[default]
-    Partition,
-    /// Across the partitions of an input topic: records are first repartitioned by message
-    /// ID through `{app}-{input}-by-id`, so copies of an ID with different keys (different
-    /// partitions) reach the same task. Costs one more write and read of every record and one
-    /// more commit interval of latency (docs/state.md).
-    Global,
-}
+pub use exactly_core::engine::{DedupScope, Guarantee, RestoreFrom};
 
 /// Everything a runtime needs to run an app.
 #[derive(Debug, Clone)]
@@ -78,6 +55,9 @@ pub struct RuntimeConfig {
     pub block_cache_bytes: usize,
     /// RocksDB write buffer budget shared by the instance's stores (bytes).
     pub write_buffer_bytes: usize,
+    /// Where a trusted dedup store's restore starts: its checkpoint (default) or, for brokers
+    /// whose read_committed fetches after an aborted transaction skip records, the start.
+    pub restore_from: RestoreFrom,
     /// librdkafka properties passed to every client (secrets allowed; never logged).
     pub kafka: BTreeMap<String, String>,
 }
@@ -105,6 +85,7 @@ impl RuntimeConfig {
             startup_timeout: Duration::from_secs(30),
             block_cache_bytes: 64 << 20,
             write_buffer_bytes: 64 << 20,
+            restore_from: RestoreFrom::Checkpoint,
             kafka: BTreeMap::new(),
         }
     }
@@ -115,10 +96,7 @@ impl RuntimeConfig {
     }
 }
 
-/// The dedup changelog topic of an input topic: `{app}-{input}-dedup-changelog`.
-pub fn changelog_topic(app_id: &str, input: &str) -> String {
-    format!("{app_id}-{input}-dedup-changelog")
-}
+pub use exactly_core::engine::{changelog_topic, default_dead_letter_topic, repartition_topic};
 
 /// The changelog topics of the state stores of an input topic's tasks, in declaration order:
 /// `{app}-{input}-{store}-changelog`.
@@ -142,37 +120,16 @@ pub fn all_changelogs(config: &RuntimeConfig) -> Vec<String> {
     out
 }
 
-/// The repartition topic of an input with `dedup.scope = "global"`: `{app}-{input}-by-id`.
-pub fn repartition_topic(app_id: &str, input: &str) -> String {
-    format!("{app_id}-{input}-by-id")
-}
-
 /// The topics whose tasks dedup and run the processor: the inputs, or with the global dedup
 /// scope their repartition topics.
 pub fn task_topics(config: &RuntimeConfig) -> Vec<String> {
-    match config.dedup_scope {
-        DedupScope::Partition => config.inputs.clone(),
-        DedupScope::Global => config
-            .inputs
-            .iter()
-            .map(|i| repartition_topic(&config.app_id, i))
-            .collect(),
-    }
+    exactly_core::engine::task_topics(&config.app_id, config.dedup_scope, &config.inputs)
 }
 
 /// The topics the group subscribes to: the inputs, plus the repartition topics with the
 /// global dedup scope.
 pub fn subscribed_topics(config: &RuntimeConfig) -> Vec<String> {
-    let mut topics = config.inputs.clone();
-    if config.dedup_scope == DedupScope::Global {
-        topics.extend(task_topics(config));
-    }
-    topics
-}
-
-/// Default dead-letter topic of an app: `{app}-dlq`.
-pub fn default_dead_letter_topic(app_id: &str) -> String {
-    format!("{app_id}-dlq")
+    exactly_core::engine::subscribed_topics(&config.app_id, config.dedup_scope, &config.inputs)
 }
 
 /// librdkafka properties the runtime sets itself: overriding them would break the protocol.

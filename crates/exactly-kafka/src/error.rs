@@ -1,6 +1,6 @@
 //! Runtime errors, classified by domain with a hint of what to do.
 
-use exactly_core::TaskError;
+use exactly_core::EngineError;
 use rdkafka::error::KafkaError;
 use thiserror::Error;
 
@@ -33,17 +33,9 @@ pub enum RuntimeError {
         #[source]
         source: KafkaError,
     },
-    /// This instance's producer was fenced by another process with the same instance id.
-    #[error("stream thread {thread} was fenced: another process runs with transactional.id {transactional_id}. Each instance needs its own stable `instance.id`; this process stops without committing anything more")]
-    Fenced {
-        /// Thread index.
-        thread: usize,
-        /// The transactional id.
-        transactional_id: String,
-    },
-    /// A task failed in a way that stops the app (fatal processor error, ID policy `fail`).
+    /// A stream thread's engine stopped (fenced, a fatal task error, a fatal client error).
     #[error(transparent)]
-    Task(#[from] TaskError),
+    Engine(#[from] EngineError),
     /// A state store could not be opened or written.
     #[error("state error: {0}")]
     State(#[from] exactly_state::StateError),

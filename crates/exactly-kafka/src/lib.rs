@@ -1,6 +1,7 @@
-//! The Kafka adapter of `exactly`: runs the task state machine of `exactly-core` on stream
-//! threads, each with one consumer (a consumer-group member) and one transactional producer
-//! (EOS v2, KIP-447), with `RocksDedupStore`s from `exactly-state`.
+//! The Kafka adapter of `exactly`: runs the engine of `exactly-core` on stream threads, each
+//! with rdkafka clients — a consumer-group member, a transactional producer (EOS v2,
+//! KIP-447), a restore consumer — and RocksDB stores from `exactly-state`. It makes no
+//! protocol decision: the engine does, through `exactly_core::StreamClients`.
 //!
 //! Most apps use the `exactly` facade's `App` builder instead of this crate directly.
 //!
@@ -25,18 +26,24 @@
 //! ```
 #![warn(missing_docs)]
 
+mod clients;
 pub mod config;
 pub mod error;
 mod failpoint;
-pub mod observe;
 pub mod runtime;
+mod stores;
 mod thread;
 pub mod topics;
 pub mod writer;
 
+/// What the runtime reports as it runs (the engine's observer, re-exported).
+pub mod observe {
+    pub use exactly_core::observe::{NoopObserver, RuntimeObserver};
+}
+
 pub use config::{
     changelog_topic, default_dead_letter_topic, repartition_topic, DedupScope, Guarantee,
-    RuntimeConfig,
+    RestoreFrom, RuntimeConfig,
 };
 pub use error::RuntimeError;
 pub use observe::{NoopObserver, RuntimeObserver};

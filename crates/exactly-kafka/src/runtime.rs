@@ -113,7 +113,6 @@ pub fn start<F: ProcessorFactory>(
     })?;
     let shutdown = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(Shared {
-        task_config: Arc::new(config.task.clone()),
         rocks: SharedRocksResources::new(config.block_cache_bytes, config.write_buffer_bytes),
         input_partitions: partitions.clone(),
         config: Arc::new(config),

@@ -1,15 +1,12 @@
-//! The producer side of a stream thread: delivery tracking (changelog checkpoints come from
-//! delivery reports) and the [`TxnWriter`] the task state machine sends through.
+//! Delivery tracking for a stream thread's producer: the changelog checkpoints come from
+//! delivery reports.
 
-use exactly_core::{Output, RecordKind, TxnWriter};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::message::Message;
+use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::ClientContext;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::Duration;
 
 /// What the delivery reports of the current transaction said.
 #[derive(Debug, Default)]
@@ -96,59 +93,4 @@ impl ProducerContext for DeliveryTracker {
             }
         }
     }
-}
-
-/// Sends task records with the stream thread's producer.
-pub struct KafkaTxnWriter<'p> {
-    /// The producer.
-    pub producer: &'p BaseProducer<DeliveryTracker>,
-    /// Records sent through this writer.
-    pub sent: u64,
-}
-
-impl TxnWriter for KafkaTxnWriter<'_> {
-    fn send(&mut self, _kind: RecordKind, out: &Output) -> Result<(), String> {
-        let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
-        for (k, v) in &out.headers {
-            headers = headers.insert(Header {
-                key: k,
-                value: v.as_deref(),
-            });
-        }
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&out.topic).headers(headers);
-        if let Some(k) = &out.key {
-            record = record.key(k.as_slice());
-        }
-        if let Some(v) = &out.value {
-            record = record.payload(v.as_slice());
-        }
-        if let Some(p) = out.partition {
-            record = record.partition(p);
-        }
-        if let Some(ts) = out.timestamp {
-            record = record.timestamp(ts);
-        }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => {
-                    self.sent += 1;
-                    return Ok(());
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    // The local queue is full: serve delivery reports to make room.
-                    record = r;
-                    self.producer.poll(Duration::from_millis(5));
-                }
-                Err((e, _)) => return Err(format!("send to {} failed: {e}", out.topic)),
-            }
-        }
-    }
-}
-
-/// Flushes with a timeout (helper used by the at-least-once path).
-pub fn flush(
-    producer: &BaseProducer<DeliveryTracker>,
-    timeout: Duration,
-) -> Result<(), KafkaError> {
-    producer.flush(timeout)
 }

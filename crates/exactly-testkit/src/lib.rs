@@ -1,7 +1,8 @@
 //! Test tools for `exactly`: run processors with no broker, check stores, check outputs.
 //!
-//! - [`TestDriver`]: the real task state machine against a simulated transactional Kafka,
-//!   with crashes at every crash point, zombies, broker faults and store faults.
+//! - [`TestDriver`]: the production engine against a simulated Kafka cluster with Apache
+//!   Kafka's rules, with crashes at every crash point, zombies, broker faults and store faults.
+//! - [`sim`]: that simulated cluster, and the clients through which an engine runs on it.
 //! - [`conformance`]: the suite every `DedupStore` must pass.
 //! - [`oracle`]: per-message-ID duplicate/loss accounting.
 #![warn(missing_docs)]
@@ -11,15 +12,13 @@ pub mod broker;
 #[cfg(feature = "broker")]
 pub mod chaos;
 pub mod conformance;
-pub mod disk;
 pub mod driver;
 pub mod oracle;
 pub mod sim;
 
-pub use disk::DiskStore;
 pub use driver::{
     CrashPoint, DriverStats, ManualClock, StepOutcome, TestDriver, TestDriverBuilder, TestRecord,
     Zombie,
 };
 pub use oracle::{check_exactly_once, ExactlyOnceReport};
-pub use sim::{Fault, SimCluster, SimError, SimRecord};
+pub use sim::{DiskStore, Fault, FaultKind, Request, SimCluster, SimError, SimRecord};

@@ -5,7 +5,7 @@
 mod common;
 use common::{fanout, oracle, Fanout};
 use exactly_core::ChangelogCheckpoint;
-use exactly_testkit::{CrashPoint, Fault, StepOutcome, TestDriver, TestRecord};
+use exactly_testkit::{CrashPoint, Fault, FaultKind, Request, StepOutcome, TestDriver, TestRecord};
 
 fn driver() -> TestDriver<fn(&exactly_core::TaskId) -> Fanout> {
     TestDriver::builder(fanout as fn(&exactly_core::TaskId) -> Fanout)
@@ -72,7 +72,7 @@ fn crash_during_commit_that_the_coordinator_completed_moves_offsets_outputs_and_
         .unwrap();
     // Committed: a1, a2, a2(dup) → 2 IDs x 2 outputs; offsets at 3; store not applied.
     assert_eq!(d.committed_outputs("out").len(), 4);
-    assert_eq!(d.cluster().committed_offset("in", 0), Some(3));
+    assert_eq!(d.committed_offset(0), Some(3));
     assert_eq!(d.disk(0).entries(), 0);
     d.run_until_idle().unwrap();
     assert_exact(&d, &inputs);
@@ -90,7 +90,7 @@ fn crash_during_commit_that_the_coordinator_aborted_reprocesses_the_batch() {
     d.step_and_crash(CrashPoint::DuringCommit { committed: false })
         .unwrap();
     assert_eq!(d.committed_outputs("out").len(), 0);
-    assert_eq!(d.cluster().committed_offset("in", 0), None);
+    assert_eq!(d.committed_offset(0), None);
     d.run_until_idle().unwrap();
     assert_exact(&d, &inputs);
     assert_eq!(d.stats().restored_records, 0);
@@ -204,14 +204,16 @@ fn zombie_with_same_transactional_id_is_fenced_and_writes_nothing() {
     assert_eq!(d.committed_outputs("out").len(), 0);
     d.run_until_idle().unwrap();
     let entries_before = d.disk(0).entries();
+    let zombie_entries = zombie.disk(0).entries();
     // The zombie wakes up (SIGCONT) and tries to go on: it is fenced.
     d.pipe(TestRecord::with_id("late").value("1"));
     assert_eq!(d.zombie_step(&mut zombie).unwrap(), StepOutcome::Fenced);
     assert_eq!(
-        d.disk(0).entries(),
-        entries_before,
+        zombie.disk(0).entries(),
+        zombie_entries,
         "a zombie never writes its store"
     );
+    assert_eq!(d.disk(0).entries(), entries_before);
     d.run_until_idle().unwrap();
     let mut inputs = inputs;
     inputs.push(("late".into(), 1));
@@ -225,16 +227,49 @@ fn zombie_with_same_transactional_id_is_fenced_and_writes_nothing() {
 fn broker_request_errors_abort_back_off_and_retry_without_loss_or_duplicate() {
     let mut d = driver();
     let inputs = pipe_inputs(&mut d);
-    for fault in [Fault::Produce, Fault::TxnOffsetCommit, Fault::EndTxn] {
-        d.cluster().inject(fault);
+    let faults = [
+        Request::Send,
+        Request::Produce,
+        Request::TxnOffsetCommit,
+        Request::EndTxn,
+    ];
+    for request in faults {
+        d.cluster()
+            .inject(Fault::new(request, FaultKind::Abortable));
         assert!(
             matches!(d.step().unwrap(), StepOutcome::Aborted { .. }),
-            "{fault:?} aborts"
+            "an abortable {request:?} error aborts"
         );
     }
     d.run_until_idle().unwrap();
     assert_exact(&d, &inputs);
-    assert_eq!(d.stats().aborts, 3);
+    assert_eq!(d.stats().aborts, 4);
+}
+
+#[test]
+fn retriable_transaction_errors_are_resumed_not_aborted() {
+    let mut d = driver();
+    let inputs = pipe_inputs(&mut d);
+    // A retriable TxnOffsetCommit and EndTxn are called again; an EndTxn whose response was
+    // lost (outcome unknown) is resumed and found committed.
+    let faults = [
+        (Request::TxnOffsetCommit, FaultKind::Retriable, 3),
+        (Request::EndTxn, FaultKind::Retriable, 3),
+        (Request::EndTxn, FaultKind::ResponseLost, 2),
+    ];
+    for (request, kind, records) in faults {
+        d.cluster().inject(Fault::new(request, kind));
+        assert_eq!(
+            d.step().unwrap(),
+            StepOutcome::Committed { records },
+            "{kind:?} {request:?}"
+        );
+        assert_eq!(d.cluster().pending_faults(), 0, "the fault was hit");
+    }
+    d.run_until_idle().unwrap();
+    assert_exact(&d, &inputs);
+    assert_eq!(d.stats().aborts, 0);
+    assert_eq!(d.stats().commits, 3);
 }
 
 #[test]

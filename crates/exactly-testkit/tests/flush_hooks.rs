@@ -5,7 +5,7 @@
 //! tested against PostgreSQL and Redis in `exactly-sinks`.
 
 use exactly_core::{Context, FlushContext, ProcessError, Processor, Record, TaskError, TaskId};
-use exactly_testkit::{CrashPoint, Fault, StepOutcome, TestDriver, TestRecord};
+use exactly_testkit::{CrashPoint, Fault, FaultKind, Request, StepOutcome, TestDriver, TestRecord};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -147,7 +147,7 @@ fn failed_flush_aborts_the_transaction_and_discards_buffered_effects() {
         assert!(ext.applied.is_empty(), "nothing applied");
     }
     assert_eq!(d.stats().commits, 0);
-    assert_eq!(d.cluster().committed_offset("payments", 0), None);
+    assert_eq!(d.committed_offset(0), None);
     d.run_until_idle().unwrap();
     assert_applied_once(&external, 10, balance);
     // The redelivered batch was buffered afresh, not on top of the discarded one.
@@ -199,9 +199,10 @@ fn fatal_flush_error_stops_with_nothing_committed() {
 fn abort_after_a_failed_send_discards_buffered_effects() {
     let (mut d, external) = driver(1, 100);
     let balance = pipe_payments(&mut d, 8);
-    // The changelog send of the first record fails: the batch aborts after process buffered
-    // the first effect.
-    d.cluster().inject(Fault::Produce);
+    // The client refuses the first send (e.g. a record over `message.max.bytes`): the batch
+    // aborts after process buffered the first effect, before any flush.
+    d.cluster()
+        .inject(Fault::new(Request::Send, FaultKind::Abortable));
     assert!(matches!(d.step().unwrap(), StepOutcome::Aborted { .. }));
     {
         let ext = external.lock().unwrap();

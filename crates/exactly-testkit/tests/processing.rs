@@ -116,7 +116,7 @@ fn id_policy_fail_stops_with_an_error_that_names_the_fix_and_commits_nothing() {
     assert!(err.is_fatal());
     assert!(err.to_string().contains("ids.on_invalid"), "{err}");
     assert_eq!(d.committed_outputs("out").len(), 0);
-    assert_eq!(d.cluster().committed_offset("input", 0), None);
+    assert_eq!(d.committed_offset(0), None);
 }
 
 #[test]

@@ -6,7 +6,7 @@
 mod common;
 use common::{fanout, oracle, Fanout};
 use exactly_core::ChangelogCheckpoint;
-use exactly_testkit::{CrashPoint, Fault, TestDriver, TestRecord};
+use exactly_testkit::{CrashPoint, Fault, FaultKind, Request, TestDriver, TestRecord};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -23,6 +23,12 @@ fn run_schedule(seed: u64) -> (u64, u64) {
     let mut crashes = 0u64;
     let ops = rng.gen_range(20..60);
     let trace = std::env::var("EXACTLY_TRACE").is_ok();
+    if trace {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("debug")
+            .with_test_writer()
+            .try_init();
+    }
     for _ in 0..ops {
         let op = rng.gen_range(0..100);
         if trace {
@@ -71,6 +77,9 @@ fn run_schedule(seed: u64) -> (u64, u64) {
                 } else {
                     rng.gen_range(0..10)
                 };
+                if trace && damage < 3 {
+                    eprintln!("  damage {damage} on partition {p}");
+                }
                 match damage {
                     0 => d.disk(p).lose(),
                     1 => d.disk(p).corrupt(),
@@ -86,12 +95,28 @@ fn run_schedule(seed: u64) -> (u64, u64) {
                 }
             }
             80..=87 => {
-                let fault =
-                    [Fault::Produce, Fault::TxnOffsetCommit, Fault::EndTxn][rng.gen_range(0..3)];
+                let request = [
+                    Request::Send,
+                    Request::Produce,
+                    Request::TxnOffsetCommit,
+                    Request::EndTxn,
+                ][rng.gen_range(0..4)];
+                let kind = [
+                    FaultKind::Retriable,
+                    FaultKind::Abortable,
+                    FaultKind::ResponseLost,
+                ][rng.gen_range(0..3)];
+                let fault = Fault::new(request, kind);
+                if trace {
+                    eprintln!("  inject {fault:?}");
+                }
                 d.cluster().inject(fault);
             }
             88..=92 => {
                 let p = rng.gen_range(0..partitions);
+                if trace {
+                    eprintln!("  fail next apply on partition {p}");
+                }
                 d.disk(p).fail_next_apply();
             }
             93..=96 => {

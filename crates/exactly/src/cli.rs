@@ -2,7 +2,7 @@
 //! `#[command(flatten)] run: exactly::cli::RunArgs`, then `run.app(app_id)`.
 
 use crate::App;
-use exactly_kafka::{DedupScope, Guarantee, RuntimeError};
+use exactly_kafka::{DedupScope, Guarantee, RestoreFrom, RuntimeError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -42,6 +42,11 @@ pub struct RunArgs {
     /// repartitioned by message ID first; docs/state.md).
     #[arg(long, value_enum, default_value_t = DedupScopeArg::Partition)]
     pub dedup_scope: DedupScopeArg,
+    /// Where a trusted dedup store's restore starts reading its changelog: its checkpoint
+    /// (only the tail), or the changelog's start (for the local test broker, whose
+    /// read_committed fetches after an aborted transaction skip records; its scripts set it).
+    #[arg(long, value_enum, env = "EXACTLY_RESTORE_FROM", default_value_t = RestoreFromArg::Checkpoint)]
+    pub restore_from: RestoreFromArg,
     /// librdkafka property for every client, `key=value` (repeatable).
     #[arg(long = "kafka", value_name = "KEY=VALUE")]
     pub kafka: Vec<String>,
@@ -65,6 +70,15 @@ pub enum DedupScopeArg {
     Global,
 }
 
+/// `--restore-from` values.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreFromArg {
+    /// From the store's checkpoint: only the changelog tail.
+    Checkpoint,
+    /// From the changelog's start.
+    Start,
+}
+
 impl RunArgs {
     /// An [`App`] named `app_id` configured from these options.
     pub fn app(&self, app_id: impl Into<String>) -> Result<App, RuntimeError> {
@@ -83,6 +97,10 @@ impl RunArgs {
                 DedupScopeArg::Global => DedupScope::Global,
             });
         app.config_mut().startup_timeout = Duration::from_millis(self.startup_timeout_ms);
+        app.config_mut().restore_from = match self.restore_from {
+            RestoreFromArg::Checkpoint => RestoreFrom::Checkpoint,
+            RestoreFromArg::Start => RestoreFrom::Start,
+        };
         if let Some(n) = self.max_batch_records {
             app.config_mut().max_batch_records = n;
         }

@@ -25,7 +25,7 @@
 
 use exactly_core::{ErrorPolicy, IdPolicy, IdSource, InvalidIdPolicy, RetryPolicy, TaskConfig};
 use exactly_kafka::config::is_secret_property;
-use exactly_kafka::{default_dead_letter_topic, DedupScope, Guarantee, RuntimeConfig};
+use exactly_kafka::{default_dead_letter_topic, DedupScope, Guarantee, RestoreFrom, RuntimeConfig};
 use serde::de::{self, Deserializer, Unexpected, Visitor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -77,6 +77,8 @@ pub struct FileConfig {
     /// Static group membership (default true): a restarted instance takes its partitions
     /// back without a rebalance.
     pub static_membership: Option<bool>,
+    /// Where a trusted dedup store's restore starts: `checkpoint` (default) or `start`.
+    pub restore_from: Option<String>,
     /// Address to serve `/metrics`, `/health` and `/ready` on (default: no server).
     pub metrics_addr: Option<String>,
     /// `transaction.timeout.ms` of the producers (default 10000).
@@ -403,6 +405,7 @@ const KEYS: &[KeySpec] = &[
     key("max_batch_records", Kind::Int, POSITIVE),
     key("guarantee", Kind::Str, "set it to \"exactly_once\" or \"at_least_once\""),
     key("static_membership", Kind::Bool, BOOL),
+    key("restore_from", Kind::Str, "set it to \"checkpoint\" or \"start\""),
     key("metrics_addr", Kind::Str, "set it to an IP address and port, e.g. \"0.0.0.0:9100\""),
     key("transaction_timeout_ms", Kind::Int, POSITIVE),
     key("startup_timeout_ms", Kind::Int, POSITIVE),
@@ -794,6 +797,16 @@ impl Checker<'_> {
         if let Some(on) = file.static_membership {
             runtime.static_membership = on;
         }
+        if let Some(from) = &file.restore_from {
+            runtime.restore_from = self.choice(
+                "restore_from",
+                from,
+                &[
+                    ("checkpoint", RestoreFrom::Checkpoint),
+                    ("start", RestoreFrom::Start),
+                ],
+            )?;
+        }
         if let Some(scope) = &file.dedup.scope {
             runtime.dedup_scope = self.choice(
                 "dedup.scope",
@@ -1090,6 +1103,13 @@ pub fn redacted(config: &RuntimeConfig) -> String {
         format!("max_batch_records = {}", config.max_batch_records),
         format!("guarantee = {}", string(guarantee)),
         format!("static_membership = {}", config.static_membership),
+        format!(
+            "restore_from = {}",
+            string(match config.restore_from {
+                RestoreFrom::Checkpoint => "checkpoint",
+                RestoreFrom::Start => "start",
+            })
+        ),
         format!(
             "transaction_timeout_ms = {}",
             config.transaction_timeout.as_millis()

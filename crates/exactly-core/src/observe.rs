@@ -1,12 +1,11 @@
-//! What the runtime reports as it runs. The `exactly` facade turns these calls into
-//! Prometheus metrics; the default methods do nothing.
+//! What the engine reports as it runs. The `exactly` facade turns these calls into Prometheus
+//! metrics, the `TestDriver` into its statistics; the default methods do nothing.
 
-use exactly_core::TaskCounters;
+use crate::task::TaskCounters;
 use std::collections::HashMap;
-use std::sync::Arc;
 
-/// Receives runtime events. Called from stream threads: implementations must be cheap and
-/// must not block.
+/// Receives engine events. Called from stream threads: implementations must be cheap and must
+/// not block.
 #[allow(unused_variables)]
 pub trait RuntimeObserver: Send + Sync + 'static {
     /// Task counters (consumed, processed, duplicates, dead letters, errors) of a committed
@@ -14,7 +13,7 @@ pub trait RuntimeObserver: Send + Sync + 'static {
     fn task_counters(&self, topic: &str, counters: &TaskCounters) {}
     /// A transaction (or at-least-once commit) succeeded.
     fn committed(&self, seconds: f64, records: usize, delivered: &HashMap<String, u64>) {}
-    /// A transaction was aborted (`error`, `rebalance`, `shutdown`).
+    /// A transaction was aborted (`error`, `rebalance`, `shutdown`, `assignment_lost`, `fenced`).
     fn aborted(&self, reason: &'static str) {}
     /// A rebalance revoked partitions of this thread.
     fn rebalance(&self) {}
@@ -28,10 +27,14 @@ pub trait RuntimeObserver: Send + Sync + 'static {
     fn store_wiped(&self, topic: &str, partition: i32, reason: &'static str) {}
     /// Changelog records read during restore, and how many were applied (not expired).
     fn restored(&self, topic: &str, partition: i32, read: u64, applied: u64) {}
+    /// State changelog records applied during restore.
+    fn restored_state(&self, topic: &str, partition: i32, applied: u64) {}
     /// Changelog records left to restore.
     fn restore_remaining(&self, topic: &str, partition: i32, remaining: i64) {}
     /// A restore finished after `seconds`.
     fn restore_done(&self, topic: &str, partition: i32, seconds: f64) {}
+    /// A task's store failed after a commit and the task is restored from its changelog.
+    fn store_failed(&self, topic: &str, partition: i32) {}
     /// Consumer lag of a partition (high watermark minus committed offset).
     fn lag(&self, topic: &str, partition: i32, lag: i64) {}
     /// Store size of a task.
@@ -46,6 +49,3 @@ pub trait RuntimeObserver: Send + Sync + 'static {
 #[derive(Debug, Default)]
 pub struct NoopObserver;
 impl RuntimeObserver for NoopObserver {}
-
-/// Shared handle used by stream threads.
-pub(crate) type Observer = Arc<dyn RuntimeObserver>;

@@ -1,0 +1,408 @@
+//! The transaction: begin, send, commit, abort and rewind, and the one place where failures
+//! are turned into recovery.
+
+use super::client::{ClientError, ClientErrorKind, Step, StreamClients, TopicPartition};
+use super::error::{EngineError, Fault};
+use super::Engine;
+use crate::error::TaskError;
+use crate::processor::ProcessorFactory;
+use crate::record::{Output, Record, RecordKind};
+use crate::task::{TaskCounters, TxnWriter};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Abort reason (metric label) when the group took this member's partitions away.
+pub(crate) const ABORT_LOST: &str = "assignment_lost";
+
+/// The stream thread's transaction.
+#[derive(Debug)]
+pub(crate) enum Txn {
+    /// No transaction is open.
+    Idle,
+    /// A transaction is open (at-least-once: a batch is being produced).
+    Open {
+        /// When it began (monotonic).
+        started: Duration,
+        /// Input records handed to tasks in it.
+        records: usize,
+        /// Task counters of the transaction, by input topic: reported when it commits,
+        /// dropped when it aborts (its records are handled again), so metrics count effects.
+        counters: BTreeMap<Arc<str>, TaskCounters>,
+    },
+}
+
+impl Txn {
+    pub(crate) fn is_open(&self) -> bool {
+        matches!(self, Self::Open { .. })
+    }
+    pub(crate) fn records(&self) -> usize {
+        match self {
+            Self::Idle => 0,
+            Self::Open { records, .. } => *records,
+        }
+    }
+}
+
+/// Sends a task's records through the clients, keeping the client's own error (the task only
+/// sees its message) so that the engine can tell a fenced producer from a full queue.
+struct ClientWriter<'c, C: StreamClients> {
+    clients: &'c C,
+    failure: Option<ClientError>,
+}
+
+impl<C: StreamClients> TxnWriter for ClientWriter<'_, C> {
+    fn send(&mut self, kind: RecordKind, record: &Output) -> Result<(), String> {
+        self.clients.send(kind, record).map_err(|e| {
+            let message = e.to_string();
+            self.failure = Some(e);
+            message
+        })
+    }
+}
+
+impl<F: ProcessorFactory> Engine<F> {
+    /// Opens a transaction before the first record of a batch is handed to a task.
+    pub(crate) fn begin_if_needed<C: StreamClients>(&mut self, clients: &C) -> Result<(), Fault> {
+        if self.txn.is_open() {
+            return Ok(());
+        }
+        if self.cfg.exactly_once() {
+            clients.begin_transaction()?;
+        }
+        self.txn = Txn::Open {
+            started: self.env.clock.monotonic(),
+            records: 0,
+            counters: BTreeMap::new(),
+        };
+        clients.reached(Step::BeforeSend)?;
+        Ok(())
+    }
+
+    /// Hands a run of one partition's records to its task in the open transaction.
+    pub(crate) fn handle_run<C: StreamClients>(
+        &mut self,
+        clients: &C,
+        tp: &TopicPartition,
+        run: &[Record<'_>],
+    ) -> Result<(), Fault> {
+        let slot = self.tasks.get_mut(tp).expect("the caller found the task");
+        let mut writer = ClientWriter {
+            clients,
+            failure: None,
+        };
+        let result = slot
+            .task
+            .handle_batch(run, self.env.clock.as_ref(), &mut writer);
+        let counters = slot.task.counters_mut().take();
+        if let Txn::Open {
+            records,
+            counters: pending,
+            ..
+        } = &mut self.txn
+        {
+            *records += run.len();
+            pending.entry(tp.topic.clone()).or_default().merge(counters);
+        }
+        result.map_err(|error| match writer.failure {
+            Some(client) => Fault::Client(client),
+            None => Fault::Task {
+                task: tp.clone(),
+                error,
+            },
+        })
+    }
+
+    /// Commits the open transaction, in this order:
+    ///
+    /// 1. **Flush the tasks** (`Processor::flush`): external sinks commit here, before Kafka.
+    /// 2. **Collect the input offsets**: per task, the offset after the last record handled.
+    /// 3. **Check the assignment**: if the group took it away, abort (the offsets would be
+    ///    rejected; a broker that accepted them would commit behind the new owner's back).
+    /// 4. **Commit**: exactly-once sends the offsets to the transaction with the group
+    ///    metadata (KIP-447) and commits it, resuming a retriable failure (the outcome is not
+    ///    known yet, so it must not be replaced by an abort); at-least-once flushes.
+    /// 5. **Report** the transaction's counters: metrics count effects, not attempts.
+    /// 6. **Apply the stores**: each task's staged IDs and state writes with their changelog
+    ///    checkpoints, one atomic batch per store, only now (a store is never ahead of the
+    ///    committed changelog). A store that fails is restored from its changelog.
+    /// 7. **At-least-once only: commit the offsets**, last, after outputs and IDs are durable.
+    pub(crate) fn commit<C: StreamClients>(&mut self, clients: &C) -> Result<(), Fault> {
+        if !self.txn.is_open() {
+            return Ok(());
+        }
+        // 1.
+        for (tp, slot) in self.tasks.iter_mut().filter(|(_, s)| s.is_running()) {
+            slot.task.flush().map_err(|error| Fault::Task {
+                task: tp.clone(),
+                error,
+            })?;
+        }
+        // 2.
+        let offsets: Vec<(TopicPartition, i64)> = self
+            .tasks
+            .iter()
+            .filter(|(_, s)| s.is_running())
+            .filter_map(|(tp, s)| s.task.offset_to_commit().map(|o| (tp.clone(), o)))
+            .collect();
+        // 3.
+        if self.cfg.exactly_once() && clients.assignment_lost() {
+            return Err(Fault::Client(ClientError::new(
+                ClientErrorKind::StaleMember,
+                "commit",
+                "the group took this member's partitions away before the commit",
+            )));
+        }
+        // 4.
+        let started = self.env.clock.monotonic();
+        let delivered = if self.cfg.exactly_once() {
+            clients.reached(Step::AfterSend)?;
+            if !offsets.is_empty() {
+                // Still retriable after the limit: abort (nothing is committed yet).
+                self.retrying(|| clients.send_offsets_to_transaction(&offsets))
+                    .map_err(|e| match e.kind {
+                        ClientErrorKind::Retriable => Fault::Client(ClientError {
+                            kind: ClientErrorKind::Abortable,
+                            ..e
+                        }),
+                        _ => Fault::Client(e),
+                    })?;
+            }
+            clients.reached(Step::DuringCommit)?;
+            self.retrying(|| clients.commit_transaction())
+                .map_err(|e| match e.kind {
+                    ClientErrorKind::Retriable => Fault::OutcomeUnknown(e),
+                    _ => Fault::Client(e),
+                })?
+        } else {
+            clients.flush()?
+        };
+        // 5.
+        let Txn::Open {
+            records, counters, ..
+        } = std::mem::replace(&mut self.txn, Txn::Idle)
+        else {
+            unreachable!("checked open above");
+        };
+        self.consecutive_failures = 0;
+        self.fences_since_commit = 0;
+        let seconds = self
+            .env
+            .clock
+            .monotonic()
+            .saturating_sub(started)
+            .as_secs_f64();
+        self.env
+            .observer
+            .committed(seconds, records, &delivered.records);
+        self.report_counters(counters);
+        self.progress.committed = Some(records);
+        clients.reached(Step::AfterCommit)?;
+        // 6.
+        let mut failed = Vec::new();
+        for (tp, slot) in self.tasks.iter_mut().filter(|(_, s)| s.is_running()) {
+            let next = |changelog: &str| delivered.next_offset(changelog, tp.partition);
+            if let Err(e) = slot.task.on_committed(&next) {
+                tracing::warn!(task = %tp, error = %e, "store apply failed after commit; restoring the task from the changelog");
+                failed.push(tp.clone());
+            }
+        }
+        for tp in failed {
+            self.env.observer.store_failed(&tp.topic, tp.partition);
+            self.restart_task(&tp);
+        }
+        // 7.
+        if !self.cfg.exactly_once() && !offsets.is_empty() {
+            // A crash before this line re-delivers records whose IDs the stores now hold.
+            if let Err(e) = clients.commit_offsets(&offsets) {
+                if e.is_terminated() {
+                    return Err(e.into());
+                }
+                tracing::warn!(thread = self.cfg.thread, error = %e, "offset commit failed; the next commit covers these records");
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls a transactional API again while it fails with a retriable error (for
+    /// `commit_transaction`, the documented way to resume a commit whose outcome is not known
+    /// yet), for up to the configured retry limit. Returns the last error.
+    fn retrying<T>(
+        &self,
+        mut call: impl FnMut() -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let deadline = self.env.clock.monotonic() + self.cfg.txn_retry_limit;
+        loop {
+            match call() {
+                Ok(v) => return Ok(v),
+                Err(e) if e.kind == ClientErrorKind::Retriable => {
+                    if self.env.clock.monotonic() >= deadline {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %e, "retriable transaction error; calling again");
+                    self.env.clock.sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Aborts the open transaction and rewinds every running task to its committed offset.
+    pub(crate) fn abort<C: StreamClients>(
+        &mut self,
+        clients: &C,
+        reason: &'static str,
+    ) -> Result<(), Fault> {
+        let was_open = self.txn.is_open();
+        if was_open && self.cfg.exactly_once() {
+            clients.abort_transaction()?;
+        }
+        self.txn = Txn::Idle;
+        if was_open {
+            self.env.observer.aborted(reason);
+            self.progress.aborted = Some(reason.to_owned());
+        }
+        let running: Vec<TopicPartition> = self
+            .tasks
+            .iter()
+            .filter(|(_, s)| s.is_running())
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        for tp in running {
+            let slot = self.tasks.get_mut(&tp).expect("listed above");
+            let target = slot.task.on_aborted();
+            match self.seek(clients, &tp, target) {
+                Ok(()) => {}
+                Err(e) if e.is_terminated() => return Err(e.into()),
+                // A lost partition's task closes with the lost assignment. Any other task
+                // that cannot be rewound restores anew (its restore ends with a seek to the
+                // committed offset): it must never go on from where it is.
+                Err(e) => {
+                    tracing::warn!(task = %tp, error = %e, "rewind failed; the task restores anew");
+                    self.restart_task(&tp);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits (or, if that fails, aborts) the open transaction: before a revoke and at
+    /// shutdown.
+    pub(crate) fn end_transaction<C: StreamClients>(
+        &mut self,
+        clients: &C,
+        reason: &'static str,
+    ) -> Result<(), EngineError> {
+        if !self.txn.is_open() {
+            return Ok(());
+        }
+        if let Err(fault) = self.commit(clients) {
+            self.recover(clients, fault)?;
+        }
+        if self.txn.is_open() {
+            if let Err(fault) = self.abort(clients, reason) {
+                self.recover(clients, fault)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns a failure into recovery: abort and rewind, restore a broken task, replace a
+    /// fenced producer, or stop. `Err` stops the thread.
+    pub(crate) fn recover<C: StreamClients>(
+        &mut self,
+        clients: &C,
+        fault: Fault,
+    ) -> Result<(), EngineError> {
+        if fault.is_terminated() {
+            return Err(EngineError::Terminated);
+        }
+        let cause = match &fault {
+            Fault::Task { error, .. } => error.to_string(),
+            Fault::Client(e) | Fault::OutcomeUnknown(e) => e.to_string(),
+        };
+        let result = self.recover_from(clients, fault);
+        if let Some(label) = &mut self.progress.aborted {
+            if !label.contains(": ") {
+                *label = format!("{label}: {cause}");
+            }
+        }
+        result
+    }
+
+    fn recover_from<C: StreamClients>(
+        &mut self,
+        clients: &C,
+        fault: Fault,
+    ) -> Result<(), EngineError> {
+        let thread = self.cfg.thread;
+        match fault {
+            Fault::OutcomeUnknown(e) => {
+                tracing::error!(thread, error = %e, "commit still unresolved after retrying; stopping the thread");
+                Err(EngineError::CommitOutcomeUnknown {
+                    seconds: self.cfg.txn_retry_limit.as_secs(),
+                    source: e,
+                })
+            }
+            Fault::Task { task, error } => {
+                if error.is_fatal() {
+                    tracing::error!(thread, error = %error, "fatal task error: aborting and stopping");
+                    self.abort_or_stop(clients, "error")?;
+                    return Err(EngineError::Task(error));
+                }
+                tracing::warn!(thread, error = %error, "task error: aborting the transaction and retrying");
+                self.abort_or_stop(clients, "error")?;
+                if matches!(error, TaskError::Store { .. }) {
+                    // Do not go on with a store that failed: restore it from the changelog.
+                    self.env.observer.store_failed(&task.topic, task.partition);
+                    self.restart_task(&task);
+                }
+                self.backoff();
+                Ok(())
+            }
+            Fault::Client(e) => match e.kind {
+                ClientErrorKind::Terminated => Err(EngineError::Terminated),
+                ClientErrorKind::ProducerFenced => self.on_producer_fenced(clients, e),
+                ClientErrorKind::FencedInstance => Err(self.zombie(clients, e)),
+                ClientErrorKind::StaleMember => {
+                    tracing::warn!(thread, error = %e, "this member's generation is stale: aborting; the group reassigns the partitions");
+                    self.abort_or_stop(clients, ABORT_LOST)
+                }
+                ClientErrorKind::Retriable | ClientErrorKind::Abortable => {
+                    tracing::warn!(thread, error = %e, "aborting the transaction and retrying");
+                    self.abort_or_stop(clients, "error")?;
+                    self.backoff();
+                    Ok(())
+                }
+                ClientErrorKind::UnknownTopic | ClientErrorKind::Fatal => {
+                    tracing::error!(thread, error = %e, "fatal client error: stopping the thread without committing anything more");
+                    self.drop_tasks_unapplied();
+                    Err(EngineError::Client(e))
+                }
+            },
+        }
+    }
+
+    /// Aborts; if even the abort fails, the producer's failure decides (fenced, killed, or
+    /// stop).
+    fn abort_or_stop<C: StreamClients>(
+        &mut self,
+        clients: &C,
+        reason: &'static str,
+    ) -> Result<(), EngineError> {
+        match self.abort(clients, reason) {
+            Ok(()) => Ok(()),
+            Err(Fault::Client(e)) => match e.kind {
+                ClientErrorKind::Terminated => Err(EngineError::Terminated),
+                ClientErrorKind::ProducerFenced => self.on_producer_fenced(clients, e),
+                ClientErrorKind::FencedInstance => Err(self.zombie(clients, e)),
+                _ => {
+                    tracing::error!(thread = self.cfg.thread, error = %e, "abort failed: stopping the thread");
+                    self.drop_tasks_unapplied();
+                    Err(EngineError::Client(e))
+                }
+            },
+            Err(other) => self.recover(clients, other),
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! Why an engine stops, and the faults it recovers from.
+
+use super::client::{ClientError, ClientErrorKind, TopicPartition};
+use crate::error::TaskError;
+use thiserror::Error;
+
+/// Why a stream thread's engine stopped.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    /// A task failed in a way that stops the app (fatal processor error, ID policy `fail`).
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// A Kafka client failed in a way no retry fixes (authorization, a missing topic, an
+    /// abort that failed).
+    #[error("kafka error: {0}. Nothing more is committed; check the cluster and the configuration, then restart")]
+    Client(ClientError),
+    /// This thread is a zombie: a newer process runs with its instance id.
+    #[error("stream thread {thread} was fenced: {reason}. Another process runs with transactional.id {transactional_id}; each instance needs its own stable `instance_id`. This process stops without committing anything more")]
+    Fenced {
+        /// Thread index.
+        thread: usize,
+        /// The transactional id.
+        transactional_id: String,
+        /// What showed it.
+        cause: FenceCause,
+        /// The details.
+        reason: String,
+    },
+    /// A commit stayed unresolved (retriable) for the whole retry limit: it may still complete,
+    /// so it cannot be aborted.
+    #[error("commit still unresolved after retrying for {seconds} s ({source}); outcome unknown, so this thread stops and a restart resolves the transaction")]
+    CommitOutcomeUnknown {
+        /// How long it was retried.
+        seconds: u64,
+        /// The last error.
+        source: ClientError,
+    },
+    /// The process is being killed (the simulation's SIGKILL).
+    #[error("the process is being terminated")]
+    Terminated,
+}
+
+/// How a thread learnt it is a zombie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FenceCause {
+    /// A newer member joined with its `group.instance.id` (`FENCED_INSTANCE_ID`).
+    NewerMember,
+    /// Its producer was fenced again and again with no commit in between: another process
+    /// keeps initialising its `transactional.id`.
+    RepeatedProducerFences,
+}
+
+impl EngineError {
+    /// Whether the process is being killed.
+    pub fn is_terminated(&self) -> bool {
+        matches!(self, Self::Terminated)
+    }
+}
+
+/// A failure the engine handles by aborting, rewinding, restoring or stopping.
+#[derive(Debug)]
+pub(crate) enum Fault {
+    /// A task failed.
+    Task {
+        task: TopicPartition,
+        error: TaskError,
+    },
+    /// A client call failed.
+    Client(ClientError),
+    /// A commit stayed retriable past the retry limit.
+    OutcomeUnknown(ClientError),
+}
+
+impl From<ClientError> for Fault {
+    fn from(e: ClientError) -> Self {
+        Self::Client(e)
+    }
+}
+
+impl Fault {
+    pub(crate) fn is_terminated(&self) -> bool {
+        matches!(self, Self::Client(e) if e.kind == ClientErrorKind::Terminated)
+    }
+
+    /// A failure that retrying may fix: a store I/O error (e.g. a directory still locked by
+    /// its previous owner) or a retriable request.
+    pub(crate) fn is_transient(&self) -> bool {
+        match self {
+            Self::Task {
+                error: TaskError::Store { source, .. },
+                ..
+            } => matches!(source, crate::store::StoreError::Io(_)),
+            Self::Client(e) => e.kind == ClientErrorKind::Retriable,
+            _ => false,
+        }
+    }
+}

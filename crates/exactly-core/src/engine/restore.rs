@@ -1,0 +1,394 @@
+//! Restore orchestration: replaying each restoring task's changelogs into its stores, and
+//! starting the task once its stores are complete for its committed input offset.
+
+use super::client::{Isolation, RecordBatch, StreamClients, TopicPartition};
+use super::error::Fault;
+use super::tasks::{Phase, Slot};
+use super::Engine;
+use crate::processor::ProcessorFactory;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How long a restore step waits for the first changelog record.
+const RESTORE_POLL: Duration = Duration::from_millis(10);
+/// Changelog records taken into one restore step at most (then processing of running tasks
+/// and the group consumer's poll get their turn).
+const RESTORE_BATCH_RECORDS: usize = 10_000;
+/// How often a restore that reached the end it knows asks the broker for the ends again.
+const END_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a restore that waits for an open transaction says so.
+const WAIT_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The restore of one changelog partition of a task.
+#[derive(Debug)]
+pub(crate) struct Part {
+    /// The partition's low watermark when the restore was planned.
+    low: i64,
+    /// First changelog offset to read, used until the restore consumer has a position.
+    from: i64,
+    /// Read-committed end of the changelog partition at the last check.
+    end: i64,
+}
+
+/// A task's restore: one part per changelog, in the order of the task's changelogs.
+#[derive(Debug)]
+pub(crate) struct Restore {
+    /// Unique per restore: a task closed and opened again restores anew, and its changelog
+    /// partitions are assigned again from its own start.
+    id: u64,
+    started: Duration,
+    parts: Vec<Part>,
+    last_check: Option<Duration>,
+    last_wait_log: Duration,
+}
+
+impl Restore {
+    /// Restore `id` of changelogs with these (low, read_committed end) bounds, from their
+    /// starts.
+    pub(crate) fn new(id: u64, now: Duration, bounds: Vec<(i64, i64)>) -> Self {
+        let parts = bounds
+            .into_iter()
+            .map(|(low, end)| Part {
+                low,
+                from: low,
+                end,
+            })
+            .collect();
+        Self {
+            id,
+            started: now,
+            parts,
+            last_check: None,
+            last_wait_log: now,
+        }
+    }
+}
+
+/// Whether a restoring task's changelog partitions are all read to their ends.
+enum AtEnd {
+    Yes,
+    /// A changelog's read_committed end is beyond the position (its `end` was updated).
+    Behind,
+    /// A transaction is open on a changelog partition (high watermark beyond the stable end).
+    OpenTransaction {
+        changelog: String,
+        lso: i64,
+        hw: i64,
+    },
+}
+
+impl<F: ProcessorFactory> Engine<F> {
+    /// Checks a new task's stores against its dedup changelog (wiping one that cannot be
+    /// trusted: corrupt, of another changelog, ahead of the changelog) and sets where each
+    /// changelog is replayed from: a trusted dedup store from its checkpoint (only the tail),
+    /// or from the start with [`RestoreFrom::Start`](super::RestoreFrom::Start); state stores
+    /// were wiped by the plan and replay from the start of their changelogs (a trusted copy
+    /// could keep a key whose tombstone compaction removed meanwhile).
+    pub(crate) fn apply_plan(
+        &self,
+        tp: &TopicPartition,
+        slot: &mut Slot<F::Processor>,
+    ) -> Result<(), Fault> {
+        let Phase::Restoring(restore) = &mut slot.phase else {
+            return Ok(());
+        };
+        let Some(dedup) = restore.parts.first_mut() else {
+            return Ok(());
+        };
+        let plan = slot
+            .task
+            .restore_plan(dedup.low, dedup.end)
+            .map_err(|error| Fault::Task {
+                task: tp.clone(),
+                error,
+            })?;
+        if let Some(reason) = &plan.wiped {
+            self.env
+                .observer
+                .store_wiped(&tp.topic, tp.partition, reason.label());
+            tracing::warn!(task = %tp, %reason, "store wiped; full restore from the changelog");
+        }
+        if self.cfg.restore_from == super::RestoreFrom::Checkpoint {
+            dedup.from = plan.from;
+        }
+        tracing::info!(thread = %self.cfg.transactional_id, task = %tp, checkpoint = plan.from, from = dedup.from, end = dedup.end, "restoring dedup store");
+        let remaining = restore.parts.iter().map(|p| (p.end - p.from).max(0)).sum();
+        self.env
+            .observer
+            .restore_remaining(&tp.topic, tp.partition, remaining);
+        Ok(())
+    }
+
+    /// Step 4: replays changelog records into restoring tasks; completes restores that
+    /// reached the end of every changelog partition with no open transaction on it.
+    pub(crate) fn restore_step<C: StreamClients>(&mut self, clients: &C) -> Result<(), Fault> {
+        self.reconcile_restore_assignment(clients)?;
+        if self.tasks.values().all(|s| s.is_running()) {
+            return Ok(());
+        }
+        let batch = clients.restore_poll(RESTORE_BATCH_RECORDS, RESTORE_POLL)?;
+        // Each task's records go to its own stores; one that fails does not keep the others
+        // from theirs (the restore consumer has moved past all of them).
+        let mut failed = Vec::new();
+        batch.with_records(|records| {
+            let mut i = 0;
+            while i < records.len() {
+                let (changelog, p) = (records[i].topic, records[i].partition);
+                let mut j = i + 1;
+                while j < records.len()
+                    && records[j].topic == changelog
+                    && records[j].partition == p
+                {
+                    j += 1;
+                }
+                let run = &records[i..j];
+                i = j;
+                let found = self.tasks.iter_mut().find_map(|(tp, s)| {
+                    if tp.partition != p || s.is_running() {
+                        return None;
+                    }
+                    let k = s.changelogs.iter().position(|c| c == changelog)?;
+                    Some((tp.clone(), s, k))
+                });
+                let Some((tp, slot, k)) = found else {
+                    continue;
+                };
+                if failed.iter().any(|(f, _)| *f == tp) {
+                    continue;
+                }
+                let replay = run
+                    .iter()
+                    .map(|r| (r.offset, r.key.unwrap_or_default(), r.value));
+                let clock = self.env.clock.as_ref();
+                let applied = if k == 0 {
+                    slot.task.restore_records(replay, clock)
+                } else {
+                    slot.task.restore_state_records(changelog, replay, clock)
+                };
+                match applied {
+                    Ok(n) if k == 0 => {
+                        self.env
+                            .observer
+                            .restored(&tp.topic, p, run.len() as u64, n as u64)
+                    }
+                    Ok(n) => self.env.observer.restored_state(&tp.topic, p, n as u64),
+                    Err(error) => failed.push((tp, error)),
+                }
+            }
+        });
+        drop(batch);
+        for (task, error) in failed {
+            self.restore_failed(task, error)?;
+        }
+        let restoring: Vec<TopicPartition> = self
+            .tasks
+            .iter()
+            .filter(|(_, s)| !s.is_running())
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        for tp in restoring {
+            self.check_restore(clients, &tp)?;
+        }
+        Ok(())
+    }
+
+    /// A task's restore failed: a store error restores the task anew (it opens again, with
+    /// backoff); anything else (an undecodable changelog record) stops the thread.
+    fn restore_failed(
+        &mut self,
+        task: TopicPartition,
+        error: crate::error::TaskError,
+    ) -> Result<(), Fault> {
+        if !matches!(error, crate::error::TaskError::Store { .. }) {
+            return Err(Fault::Task { task, error });
+        }
+        tracing::warn!(task = %task, error = %error, "restore failed; restoring the task anew");
+        self.env.observer.store_failed(&task.topic, task.partition);
+        self.restart_task(&task);
+        self.backoff();
+        Ok(())
+    }
+
+    /// Completes a task's restore if its stores are complete: every changelog read to its last
+    /// stable offset, no transaction open on it, and no end moved while the committed input
+    /// offset was read.
+    fn check_restore<C: StreamClients>(
+        &mut self,
+        clients: &C,
+        tp: &TopicPartition,
+    ) -> Result<(), Fault> {
+        let now = self.env.clock.monotonic();
+        let observer = self.env.observer.clone();
+        let slot = self.tasks.get_mut(tp).expect("listed by the caller");
+        let Phase::Restoring(r) = &mut slot.phase else {
+            return Ok(());
+        };
+        // The restore consumer's position counts only where it reads for this restore; no
+        // position yet (nothing read, or not assigned yet): the part's start.
+        let assigned = &self.restore_assigned;
+        let pos: Vec<i64> = slot
+            .changelogs
+            .iter()
+            .zip(&r.parts)
+            .map(|(changelog, part)| {
+                let cp = TopicPartition::new(changelog.as_str(), tp.partition);
+                match assigned.get(&cp) {
+                    Some(id) if *id == r.id => clients.restore_position(&cp).unwrap_or(part.from),
+                    _ => part.from,
+                }
+            })
+            .collect();
+        let remaining = r
+            .parts
+            .iter()
+            .zip(&pos)
+            .map(|(p, pos)| (p.end - pos).max(0));
+        observer.restore_remaining(&tp.topic, tp.partition, remaining.sum());
+        // Behind the end seen at the last check: more records are there, no round trip.
+        if r.parts.iter().zip(&pos).any(|(p, pos)| *pos < p.end) {
+            return Ok(());
+        }
+        if r.last_check
+            .is_some_and(|t| now.saturating_sub(t) < END_CHECK_INTERVAL)
+        {
+            return Ok(());
+        }
+        r.last_check = Some(now);
+        match changelogs_at_end(clients, &slot.changelogs, tp.partition, &pos, &mut r.parts)? {
+            AtEnd::Behind => return Ok(()),
+            AtEnd::OpenTransaction { changelog, lso, hw } => {
+                // A predecessor's transaction on this changelog partition is still open. Its
+                // offsets may still commit: wait for it to end before reading committed offsets.
+                if now.saturating_sub(r.last_wait_log) >= WAIT_LOG_INTERVAL {
+                    r.last_wait_log = now;
+                    tracing::info!(task = %tp, changelog, lso, hw, "restore waits for an open transaction on the changelog to finish");
+                }
+                return Ok(());
+            }
+            AtEnd::Yes => {}
+        }
+        // The committed offsets first, then the changelogs' ends once more: a read_committed
+        // `committed()` waits for a predecessor's transaction that holds offsets for this
+        // partition (KIP-447), and that transaction wrote its changelog records before it
+        // committed. If an end moved, the stores are not complete for those offsets yet.
+        let offset = match clients.committed(std::slice::from_ref(tp)) {
+            Ok(offsets) => offsets.into_iter().next().flatten(),
+            // Pending transactional offsets (a stable read not possible yet): try again.
+            Err(e) if e.kind == super::ClientErrorKind::Retriable => {
+                tracing::debug!(task = %tp, error = %e, "committed offset not stable yet");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match changelogs_at_end(clients, &slot.changelogs, tp.partition, &pos, &mut r.parts)? {
+            AtEnd::Yes => {}
+            AtEnd::Behind | AtEnd::OpenTransaction { .. } => {
+                tracing::info!(task = %tp, "a changelog grew while reading committed offsets; restoring on");
+                return Ok(());
+            }
+        }
+        self.finish_restore(clients, tp, offset)
+    }
+
+    fn finish_restore<C: StreamClients>(
+        &mut self,
+        clients: &C,
+        tp: &TopicPartition,
+        offset: Option<i64>,
+    ) -> Result<(), Fault> {
+        let now = self.env.clock.monotonic();
+        let slot = self.tasks.get_mut(tp).expect("restoring task exists");
+        slot.task
+            .restore_complete(offset)
+            .map_err(|error| Fault::Task {
+                task: tp.clone(),
+                error,
+            })?;
+        let Phase::Restoring(r) = std::mem::replace(&mut slot.phase, Phase::Running) else {
+            unreachable!("the caller checked the task restores");
+        };
+        self.progress.restored += 1;
+        let secs = now.saturating_sub(r.started).as_secs_f64();
+        self.env
+            .observer
+            .restore_done(&tp.topic, tp.partition, secs);
+        tracing::info!(thread = %self.cfg.transactional_id, task = %tp, committed = ?offset, seconds = secs, entries = slot.task.store_stats().entries, "task restored; running");
+        let started = clients
+            .resume(std::slice::from_ref(tp))
+            .and_then(|()| self.seek(clients, tp, offset));
+        match started {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_terminated() => Err(e.into()),
+            // It must not run from anywhere but its committed offset: restore anew.
+            Err(e) => {
+                tracing::warn!(task = %tp, error = %e, "could not move the restored task to its committed offset; it restores anew");
+                self.restart_task(tp);
+                Ok(())
+            }
+        }
+    }
+
+    /// Brings the restore consumer's assignment in line with the restoring tasks: their
+    /// changelog partitions are added once (at the part's start) and removed when the task
+    /// finished or closed; the others keep their fetch position. A partition whose task was
+    /// reopened (a new restore) is removed and added again at the new restore's start.
+    fn reconcile_restore_assignment<C: StreamClients>(&mut self, clients: &C) -> Result<(), Fault> {
+        let mut wanted: BTreeMap<TopicPartition, (u64, i64)> = BTreeMap::new();
+        for (tp, slot) in &self.tasks {
+            let Phase::Restoring(r) = &slot.phase else {
+                continue;
+            };
+            for (changelog, part) in slot.changelogs.iter().zip(&r.parts) {
+                let cp = TopicPartition::new(changelog.as_str(), tp.partition);
+                wanted.insert(cp, (r.id, part.from));
+            }
+        }
+        let stale: Vec<TopicPartition> = self
+            .restore_assigned
+            .iter()
+            .filter(|(cp, id)| wanted.get(*cp).is_none_or(|(w, _)| w != *id))
+            .map(|(cp, _)| cp.clone())
+            .collect();
+        for cp in stale {
+            clients.restore_unassign(&cp)?;
+            self.restore_assigned.remove(&cp);
+        }
+        for (cp, (id, from)) in wanted {
+            if let std::collections::btree_map::Entry::Vacant(slot) =
+                self.restore_assigned.entry(cp)
+            {
+                clients.restore_assign(slot.key(), from)?;
+                slot.insert(id);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Asks for each changelog partition's ends (the last stable offset and the high watermark)
+/// and compares them with the positions `pos`; updates each part's `end`.
+fn changelogs_at_end<C: StreamClients>(
+    clients: &C,
+    changelogs: &[String],
+    partition: i32,
+    pos: &[i64],
+    parts: &mut [Part],
+) -> Result<AtEnd, Fault> {
+    for ((changelog, pos), part) in changelogs.iter().zip(pos).zip(parts.iter_mut()) {
+        let cp = TopicPartition::new(changelog.as_str(), partition);
+        let (_, lso) = clients.watermarks(&cp, Isolation::ReadCommitted)?;
+        part.end = lso;
+        if *pos < lso {
+            return Ok(AtEnd::Behind);
+        }
+        let (_, hw) = clients.watermarks(&cp, Isolation::ReadUncommitted)?;
+        if hw > lso {
+            return Ok(AtEnd::OpenTransaction {
+                changelog: changelog.clone(),
+                lso,
+                hw,
+            });
+        }
+    }
+    Ok(AtEnd::Yes)
+}

@@ -1,0 +1,276 @@
+//! The task manager: one task per assigned input partition, its lifecycle, and opening,
+//! closing, rewinding and expiring tasks.
+
+use super::client::{Isolation, SeekTo, StreamClients, TopicPartition};
+use super::error::Fault;
+use super::restore::Restore;
+use super::Engine;
+use crate::mem_store::MemDedupStore;
+use crate::processor::{Processor, ProcessorFactory};
+use crate::record::TaskId;
+use crate::store::{DedupStore, StoreError};
+use crate::task::Task;
+use std::time::Duration;
+
+/// Where a task is in its life: it restores its stores, then runs (and is closed by being
+/// removed from the task manager).
+pub(crate) enum Phase {
+    /// Replaying changelogs; the input partition is paused.
+    Restoring(Restore),
+    /// Processing records.
+    Running,
+}
+
+/// One task and what the engine keeps for it.
+pub(crate) struct Slot<P: Processor> {
+    pub(crate) task: Task<P, Box<dyn DedupStore>>,
+    /// The task's changelog topics (its partition): the dedup changelog first, then one per
+    /// state store. Empty for a repartitioning task.
+    pub(crate) changelogs: Vec<String>,
+    pub(crate) phase: Phase,
+    /// The engine's seek count at the last seek of this partition: records polled before it
+    /// are dropped (they are fetched again from the new position).
+    pub(crate) sought_at: u64,
+}
+
+impl<P: Processor> Slot<P> {
+    pub(crate) fn is_running(&self) -> bool {
+        matches!(self.phase, Phase::Running)
+    }
+}
+
+fn store_fault(task: &TaskId, e: StoreError) -> Fault {
+    Fault::Task {
+        task: task.into(),
+        error: crate::error::TaskError::Store {
+            task: task.to_string(),
+            source: e,
+        },
+    }
+}
+
+impl<F: ProcessorFactory> Engine<F> {
+    /// Opens the task of a newly assigned partition: its stores, its processor, and the plan of
+    /// its restore. Its input partition stays paused until the restore completes.
+    pub(crate) fn open_task<C: StreamClients>(
+        &mut self,
+        clients: &C,
+        tp: &TopicPartition,
+    ) -> Result<(), Fault> {
+        let id = TaskId::from(tp);
+        clients.pause(std::slice::from_ref(tp))?;
+        let cfg = self.cfg.clone();
+        let (task, changelogs) = if cfg.repartitions(&tp.topic) {
+            // Stage 1 of the global scope: no store and no changelog, so it only waits for
+            // its committed offset (the restore with no changelog parts).
+            let to = super::repartition_topic(&cfg.app_id, &tp.topic);
+            let partitions = cfg.input_partitions.get(&*tp.topic).copied().unwrap_or(1);
+            tracing::info!(task = %id, to = %to, "repartitioning by message ID");
+            let task = Task::repartitioner(
+                id,
+                to,
+                partitions,
+                Box::new(MemDedupStore::new()) as Box<dyn DedupStore>,
+                cfg.task.clone(),
+            );
+            (task, Vec::new())
+        } else {
+            let changelogs = cfg.changelogs_of(&tp.topic);
+            let (store, recreated) = self
+                .env
+                .stores
+                .open_dedup(&id, &changelogs[0])
+                .map_err(|e| store_fault(&id, e))?;
+            if let Some(reason) = recreated {
+                self.env
+                    .observer
+                    .store_wiped(&tp.topic, tp.partition, "corrupt");
+                tracing::warn!(task = %id, %reason, "store recreated; restoring it from the changelog");
+            }
+            let processor = self.env.factory.create(&id);
+            let mut task = Task::new(
+                id.clone(),
+                changelogs[0].clone(),
+                processor,
+                store,
+                cfg.task.clone(),
+            );
+            for (spec, changelog) in cfg.task.stores.iter().zip(&changelogs[1..]) {
+                let backend = self
+                    .env
+                    .stores
+                    .open_state(&id, spec, changelog)
+                    .map_err(|e| store_fault(&id, e))?;
+                task.add_store(spec.clone(), changelog.clone(), backend)
+                    .map_err(|error| Fault::Task {
+                        task: tp.clone(),
+                        error,
+                    })?;
+            }
+            (task, changelogs)
+        };
+        let restore = self.plan_restore(clients, tp, &task, &changelogs)?;
+        let mut slot = Slot {
+            task,
+            changelogs,
+            phase: Phase::Restoring(restore),
+            sought_at: self.seeks,
+        };
+        self.apply_plan(tp, &mut slot)?;
+        self.tasks.insert(tp.clone(), slot);
+        self.env.observer.tasks(self.cfg.thread, self.tasks.len());
+        Ok(())
+    }
+
+    /// Reads the changelogs' watermarks for a task's restore.
+    fn plan_restore<C: StreamClients>(
+        &mut self,
+        clients: &C,
+        tp: &TopicPartition,
+        _task: &Task<F::Processor, Box<dyn DedupStore>>,
+        changelogs: &[String],
+    ) -> Result<Restore, Fault> {
+        let mut bounds = Vec::with_capacity(changelogs.len());
+        for changelog in changelogs {
+            let part = TopicPartition::new(changelog.as_str(), tp.partition);
+            bounds.push(clients.watermarks(&part, Isolation::ReadCommitted)?);
+        }
+        self.restores += 1;
+        Ok(Restore::new(
+            self.restores,
+            self.env.clock.monotonic(),
+            bounds,
+        ))
+    }
+
+    /// Closes a task: its staged IDs were committed or aborted before; its stores keep their
+    /// files so a quick re-assignment restores only the tail.
+    pub(crate) fn close_task(&mut self, tp: &TopicPartition) {
+        if !self.assignment.contains(tp) {
+            self.open_retry.remove(tp);
+        }
+        if let Some(slot) = self.tasks.remove(tp) {
+            drop(slot.task.close());
+        }
+        self.env.observer.tasks(self.cfg.thread, self.tasks.len());
+        self.env.observer.forget_partition(&tp.topic, tp.partition);
+    }
+
+    /// Closes a task so that it restores anew: the next turn opens it again (a task whose
+    /// store failed, or whose partition could not be rewound).
+    pub(crate) fn restart_task(&mut self, tp: &TopicPartition) {
+        self.close_task(tp);
+    }
+
+    /// Opens a task for every assigned partition that has none: its open failed (a transient
+    /// error), or it was closed to restore anew. A transient failure (a store directory still
+    /// locked by its previous owner, a request that timed out) is logged and retried with
+    /// backoff, without touching the other tasks; any other failure is returned.
+    pub(crate) fn open_missing<C: StreamClients>(&mut self, clients: &C) -> Result<(), Fault> {
+        let now = self.env.clock.monotonic();
+        let missing: Vec<TopicPartition> = self
+            .assignment
+            .iter()
+            .filter(|tp| !self.tasks.contains_key(*tp))
+            .filter(|tp| self.open_retry.get(*tp).is_none_or(|(at, _)| now >= *at))
+            .cloned()
+            .collect();
+        for tp in missing {
+            match self.open_task(clients, &tp) {
+                Ok(()) => {
+                    self.open_retry.remove(&tp);
+                }
+                Err(fault) if fault.is_transient() => {
+                    let attempts = self.open_retry.get(&tp).map_or(0, |(_, n)| *n) + 1;
+                    let wait = Duration::from_millis((50u64 << attempts.min(7)).min(5_000));
+                    tracing::warn!(task = %tp, attempt = attempts, retry_in_ms = wait.as_millis() as u64, error = ?fault, "could not open the task; retrying");
+                    self.open_retry.insert(tp, (now + wait, attempts));
+                }
+                Err(fault) => return Err(fault),
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes every task.
+    pub(crate) fn close_all(&mut self) {
+        let all: Vec<TopicPartition> = self.tasks.keys().cloned().collect();
+        for tp in all {
+            self.close_task(&tp);
+        }
+    }
+
+    /// Drops the staged IDs of every task and closes it without applying anything: what a
+    /// zombie or a fenced producer does (it must write nothing more).
+    pub(crate) fn drop_tasks_unapplied(&mut self) {
+        for slot in self.tasks.values_mut() {
+            slot.task.on_aborted();
+        }
+        self.close_all();
+        self.txn = super::commit::Txn::Idle;
+    }
+
+    /// Moves a partition's fetch position; records fetched before are dropped.
+    pub(crate) fn seek<C: StreamClients>(
+        &mut self,
+        clients: &C,
+        tp: &TopicPartition,
+        offset: Option<i64>,
+    ) -> Result<(), super::ClientError> {
+        self.seeks += 1;
+        if let Some(slot) = self.tasks.get_mut(tp) {
+            slot.sought_at = self.seeks;
+        }
+        clients.seek(tp, offset.map_or(SeekTo::Beginning, SeekTo::Offset))
+    }
+
+    /// TTL expiry of every running task's stores; between transactions only. Returns how many
+    /// IDs were removed.
+    pub(crate) fn expire(&mut self) -> u64 {
+        let clock = self.env.clock.clone();
+        let mut total = 0;
+        for slot in self.tasks.values_mut().filter(|s| s.is_running()) {
+            match slot.task.expire(clock.as_ref()) {
+                Ok(0) => {}
+                Ok(n) => {
+                    total += n;
+                    tracing::info!(task = %slot.task.id(), expired = n, "expired message IDs older than the dedup retention")
+                }
+                // The store is left as is: a failed delete only keeps old IDs a little longer.
+                Err(e) => {
+                    tracing::warn!(task = %slot.task.id(), error = %e, "TTL expiry failed; will retry")
+                }
+            }
+            let counters = slot.task.counters_mut().take();
+            self.env
+                .observer
+                .task_counters(&slot.task.id().topic, &counters);
+        }
+        total
+    }
+
+    /// Lag and store sizes of the running tasks.
+    pub(crate) fn report<C: StreamClients>(&self, clients: &C) {
+        for (tp, slot) in self.tasks.iter().filter(|(_, s)| s.is_running()) {
+            if let Ok((_, high)) = clients.watermarks(tp, Isolation::ReadUncommitted) {
+                let committed = slot.task.committed_offset().unwrap_or(0);
+                self.env
+                    .observer
+                    .lag(&tp.topic, tp.partition, (high - committed).max(0));
+            }
+            let stats = slot.task.store_stats();
+            self.env
+                .observer
+                .store(&tp.topic, tp.partition, stats.entries, stats.bytes);
+            for (store, stats) in slot.task.state_store_stats() {
+                self.env.observer.state_store(
+                    &tp.topic,
+                    tp.partition,
+                    store,
+                    stats.entries,
+                    stats.bytes,
+                );
+            }
+        }
+    }
+}

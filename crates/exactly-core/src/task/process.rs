@@ -1,0 +1,362 @@
+//! Handling records in the open transaction: dedup, the processor, dead letters.
+
+use super::*;
+use std::borrow::Cow;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// How one record's processing ended.
+enum Attempt {
+    Done,
+    DeadLetter { kind: &'static str, reason: String },
+}
+
+impl<P: Processor, S: DedupStore> Task<P, S> {
+    /// Handles a batch of records of this task's partition, in offset order, inside the open
+    /// transaction. On `Err` the runtime must abort the transaction.
+    ///
+    /// Only records at or after the task's [`position`](Self::position) are handled: one
+    /// before it was handled in this transaction already, or was fetched before a rewind and
+    /// is delivered again; it is dropped and counted as stale.
+    pub fn handle_batch(
+        &mut self,
+        records: &[Record<'_>],
+        clock: &dyn Clock,
+        writer: &mut dyn TxnWriter,
+    ) -> Result<(), TaskError> {
+        if self.state != TaskState::Running {
+            return Err(self.wrong_state("handle_batch"));
+        }
+        let stale = match self.position() {
+            Some(position) => records.iter().take_while(|r| r.offset < position).count(),
+            None => 0,
+        };
+        self.counters.stale += stale as u64;
+        let records = &records[stale..];
+        if records.is_empty() {
+            return Ok(());
+        }
+        if let Some(repartition) = &self.repartition {
+            let repartition = repartition.clone();
+            return self.forward_batch(&repartition, records, writer);
+        }
+        let ids: Vec<Result<Cow<'_, [u8]>, InvalidId>> =
+            records.iter().map(|r| self.config.ids.id_of(r)).collect();
+
+        // One batched store lookup for the IDs not already staged (most lookups miss; a
+        // RocksDB store answers them from bloom filters).
+        let mut lookup_index = Vec::with_capacity(ids.len());
+        let mut keys: Vec<&[u8]> = Vec::with_capacity(ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            if let Ok(id) = id {
+                if !self.overlay.contains_key(id.as_ref()) {
+                    lookup_index.push(i);
+                    keys.push(id.as_ref());
+                }
+            }
+        }
+        let mut found = Vec::with_capacity(keys.len());
+        self.store
+            .get_many(&keys, &mut found)
+            .map_err(|e| self.store_err(e))?;
+        let mut in_store = vec![false; records.len()];
+        let cutoff = clock.now_ms() - self.config.dedup_retention_ms;
+        for (slot, entry) in lookup_index.iter().zip(found) {
+            // An expired entry may still be on disk until compaction: it does not count.
+            in_store[*slot] = entry.is_some_and(|e| e.first_seen_ms >= cutoff);
+        }
+
+        for (i, record) in records.iter().enumerate() {
+            self.counters.consumed += 1;
+            match &ids[i] {
+                Ok(id) => {
+                    if in_store[i] || self.overlay.contains_key(id.as_ref()) {
+                        self.counters.duplicates += 1;
+                    } else {
+                        self.handle_new(record, Some(id.as_ref()), clock, writer)?;
+                        self.stage_id(id.as_ref(), record.offset, clock, writer)?;
+                    }
+                }
+                Err(invalid) => {
+                    if self.on_invalid_id(record, *invalid, writer)? {
+                        self.counters.without_dedup += 1;
+                        self.handle_new(record, None, clock, writer)?;
+                    }
+                }
+            }
+            self.pending_offset = Some(record.offset + 1);
+        }
+        Ok(())
+    }
+
+    /// Applies the ID policy to a record without a valid ID: dead-letters it (`Ok(false)`),
+    /// fails the task, or says to process it without dedup (`Ok(true)`).
+    fn on_invalid_id(
+        &mut self,
+        record: &Record<'_>,
+        invalid: InvalidId,
+        writer: &mut dyn TxnWriter,
+    ) -> Result<bool, TaskError> {
+        match self.config.ids.on_invalid {
+            InvalidIdPolicy::DeadLetter => {
+                let reason = invalid.to_string();
+                self.dead_letter(record, None, invalid.reason(), &reason, writer)?;
+                Ok(false)
+            }
+            InvalidIdPolicy::Process => Ok(true),
+            InvalidIdPolicy::Fail => Err(TaskError::InvalidId {
+                task: self.id.to_string(),
+                offset: record.offset,
+                reason: invalid,
+            }),
+        }
+    }
+
+    /// Stage 1 of the global dedup scope: forwards each record to its ID's partition of the
+    /// repartition topic.
+    fn forward_batch(
+        &mut self,
+        repartition: &Repartition,
+        records: &[Record<'_>],
+        writer: &mut dyn TxnWriter,
+    ) -> Result<(), TaskError> {
+        for record in records {
+            self.counters.consumed += 1;
+            let partition = match self.config.ids.id_of(record) {
+                Ok(id) => id_partition(&id, repartition.partitions),
+                Err(invalid) => {
+                    if !self.on_invalid_id(record, invalid, writer)? {
+                        self.pending_offset = Some(record.offset + 1);
+                        continue;
+                    }
+                    record.partition % repartition.partitions
+                }
+            };
+            let mut out = Output::forward(repartition.topic.clone(), record)
+                .header(repartition_headers::SOURCE_TOPIC, record.topic)
+                .header(
+                    repartition_headers::SOURCE_PARTITION,
+                    record.partition.to_string(),
+                )
+                .header(
+                    repartition_headers::SOURCE_OFFSET,
+                    record.offset.to_string(),
+                );
+            out.partition = Some(partition);
+            writer
+                .send(RecordKind::Output, &out)
+                .map_err(|reason| TaskError::Write {
+                    task: self.id.to_string(),
+                    reason,
+                })?;
+            self.counters.repartitioned += 1;
+            self.pending_offset = Some(record.offset + 1);
+        }
+        Ok(())
+    }
+
+    /// Runs the processor on a new record (with retries) and sends its outputs, or
+    /// dead-letters it.
+    fn handle_new(
+        &mut self,
+        record: &Record<'_>,
+        id: Option<&[u8]>,
+        clock: &dyn Clock,
+        writer: &mut dyn TxnWriter,
+    ) -> Result<(), TaskError> {
+        let attempt = self.run_processor(record, id, clock);
+        if let Some((store, source)) = self.stores.take_failure() {
+            self.outputs.clear();
+            self.stores.drop_pending();
+            return Err(self.state_err(&store, source));
+        }
+        match attempt {
+            Ok(Attempt::Done) => {
+                self.counters.processed += 1;
+                self.stage_state_writes(writer)?;
+                for out in &self.outputs {
+                    writer
+                        .send(RecordKind::Output, out)
+                        .map_err(|reason| TaskError::Write {
+                            task: self.id.to_string(),
+                            reason,
+                        })?;
+                }
+                self.counters.outputs += self.outputs.len() as u64;
+                self.outputs.clear();
+                Ok(())
+            }
+            Ok(Attempt::DeadLetter { kind, reason }) => {
+                self.outputs.clear();
+                self.stores.drop_pending();
+                self.dead_letter(record, id, kind, &reason, writer)
+            }
+            Err(e) => {
+                self.outputs.clear();
+                self.stores.drop_pending();
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends the successful attempt's state writes as changelog records in the open
+    /// transaction and stages them (applied to the stores after the commit).
+    fn stage_state_writes(&mut self, writer: &mut dyn TxnWriter) -> Result<(), TaskError> {
+        for slot in &mut self.stores.slots {
+            if slot.pending.is_empty() {
+                continue;
+            }
+            self.counters.store_mut(&slot.spec.name).writes += slot.pending.len() as u64;
+            let mut rec = Output::to(slot.changelog.clone()).partition(self.id.partition);
+            for (key, value) in std::mem::take(&mut slot.pending) {
+                rec.key = Some(key);
+                rec.value = value;
+                writer
+                    .send(RecordKind::Changelog, &rec)
+                    .map_err(|reason| TaskError::Write {
+                        task: self.id.to_string(),
+                        reason,
+                    })?;
+                slot.staged
+                    .insert(rec.key.take().expect("set above"), rec.value.take());
+            }
+        }
+        Ok(())
+    }
+
+    fn run_processor(
+        &mut self,
+        record: &Record<'_>,
+        id: Option<&[u8]>,
+        clock: &dyn Clock,
+    ) -> Result<Attempt, TaskError> {
+        let retry: RetryPolicy = self.config.retry;
+        let mut attempt = 1u32;
+        loop {
+            self.outputs.clear();
+            self.stores.drop_pending();
+            let mut ctx = Context::new(&self.id, record, id, &mut self.outputs)
+                .with_stores(&mut self.stores, clock.now_ms());
+            let processor = self
+                .processor
+                .as_mut()
+                .expect("a processing task has a processor");
+            let result = catch_unwind(AssertUnwindSafe(|| processor.process(record, &mut ctx)));
+            let (kind, reason) = match result {
+                Ok(Ok(())) => return Ok(Attempt::Done),
+                Ok(Err(e @ ProcessError::Retry(_))) => {
+                    self.count_error("retry");
+                    if attempt < retry.max_attempts.max(1) {
+                        clock.sleep(retry.backoff(attempt));
+                        attempt += 1;
+                        continue;
+                    }
+                    (
+                        "retries_exhausted",
+                        format!("{e} (gave up after {attempt} attempts)"),
+                    )
+                }
+                Ok(Err(ProcessError::DeadLetter(reason))) => {
+                    self.count_error("dead_letter");
+                    return Ok(Attempt::DeadLetter {
+                        kind: "processor_error",
+                        reason,
+                    });
+                }
+                Ok(Err(ProcessError::Fatal(reason))) => {
+                    self.count_error("fatal");
+                    return Err(TaskError::Processor {
+                        task: self.id.to_string(),
+                        offset: record.offset,
+                        reason,
+                    });
+                }
+                Err(panic) => {
+                    self.count_error("panic");
+                    (
+                        "panic",
+                        format!("processor panicked: {}", panic_message(&panic)),
+                    )
+                }
+            };
+            return match self.config.on_error {
+                ErrorPolicy::DeadLetter => Ok(Attempt::DeadLetter { kind, reason }),
+                ErrorPolicy::Fail => Err(TaskError::Processor {
+                    task: self.id.to_string(),
+                    offset: record.offset,
+                    reason,
+                }),
+            };
+        }
+    }
+
+    fn count_error(&mut self, kind: &'static str) {
+        *self.counters.processor_errors.entry(kind).or_default() += 1;
+    }
+
+    /// Sends the record to the dead-letter topic with the error headers.
+    fn dead_letter(
+        &mut self,
+        record: &Record<'_>,
+        id: Option<&[u8]>,
+        kind: &'static str,
+        reason: &str,
+        writer: &mut dyn TxnWriter,
+    ) -> Result<(), TaskError> {
+        let Some(topic) = self.config.dead_letter_topic.as_deref() else {
+            return Err(TaskError::NoDeadLetterTopic {
+                task: self.id.to_string(),
+                offset: record.offset,
+                reason: reason.to_owned(),
+            });
+        };
+        let _ = id;
+        let mut out = Output::forward(topic, record)
+            .header(dlq_headers::ERROR, reason)
+            .header(dlq_headers::ERROR_KIND, kind)
+            .header(dlq_headers::SOURCE_TOPIC, record.topic)
+            .header(dlq_headers::SOURCE_PARTITION, record.partition.to_string())
+            .header(dlq_headers::SOURCE_OFFSET, record.offset.to_string());
+        // Keep the source partitioning (by key) unless there is no key: then the source
+        // partition keeps dead letters of one task together.
+        if record.key.is_none() {
+            out.partition = None;
+        }
+        writer
+            .send(RecordKind::DeadLetter, &out)
+            .map_err(|reason| TaskError::Write {
+                task: self.id.to_string(),
+                reason,
+            })?;
+        *self.counters.dead_lettered.entry(kind).or_default() += 1;
+        self.dead_letter_count += 1;
+        tracing::warn!(task = %self.id, offset = record.offset, kind, reason, "record dead-lettered");
+        Ok(())
+    }
+
+    /// Stages a handled ID: overlay plus changelog record in the open transaction.
+    fn stage_id(
+        &mut self,
+        id: &[u8],
+        source_offset: i64,
+        clock: &dyn Clock,
+        writer: &mut dyn TxnWriter,
+    ) -> Result<(), TaskError> {
+        let entry = SeenEntry {
+            first_seen_ms: clock.now_ms(),
+            source_offset,
+        };
+        let rec = &mut self.changelog_record;
+        let key = rec.key.get_or_insert_with(Vec::new);
+        key.clear();
+        key.extend_from_slice(id);
+        encode_entry_into(&entry, rec.value.get_or_insert_with(Vec::new));
+        writer
+            .send(RecordKind::Changelog, rec)
+            .map_err(|reason| TaskError::Write {
+                task: self.id.to_string(),
+                reason,
+            })?;
+        self.overlay.insert(id.to_vec(), entry);
+        Ok(())
+    }
+}

@@ -1,0 +1,413 @@
+//! [`KafkaClients`]: the engine's [`StreamClients`] on rdkafka — one stream thread's group
+//! consumer, transactional producer, restore consumer and watermark client. Every method is
+//! one client request; the protocol is the engine's.
+
+mod member;
+mod producer;
+mod restore;
+
+pub use member::KafkaBatch;
+
+use crate::config::{all_changelogs, subscribed_topics, Guarantee, RuntimeConfig};
+use crate::error::RuntimeError;
+use crate::failpoint;
+use crate::writer::DeliveryTracker;
+use exactly_core::engine::{
+    ClientError, ClientErrorKind, Delivered, Isolation, Polled, SeekTo, Step, StreamClients,
+    TopicPartition,
+};
+use exactly_core::{Output, RecordKind};
+use member::{is_missing_topic, offset_of, tpl_of, LogContext, MemberContext};
+use producer::{ProducerMaker, REQUEST_TIMEOUT};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
+use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use restore::RestoreReader;
+use std::cell::RefCell;
+use std::time::Duration;
+
+/// The base config of every client: bootstrap and the `[kafka]` table.
+pub(crate) fn client_config(config: &RuntimeConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.bootstrap);
+    // The test broker ignores fetch.max.bytes; a high receive limit keeps big fetches legal.
+    c.set("receive.message.max.bytes", "1000000000");
+    for (k, v) in &config.kafka {
+        c.set(k, v);
+    }
+    c
+}
+
+/// What a client error means to the engine. `otherwise` is the kind of an error no rule
+/// names (retriable for reads, abortable for the transaction's writes).
+fn classify(during: &'static str, e: KafkaError, otherwise: ClientErrorKind) -> ClientError {
+    use ClientErrorKind as K;
+    let code = e.rdkafka_error_code();
+    let fenced = matches!(
+        code,
+        Some(Code::Fenced | Code::ProducerFenced | Code::InvalidProducerEpoch)
+    );
+    let kind = match &e {
+        KafkaError::Transaction(t) if t.is_fatal() => {
+            if fenced {
+                K::ProducerFenced
+            } else {
+                K::Fatal
+            }
+        }
+        KafkaError::Transaction(t) if t.txn_requires_abort() => match code {
+            Some(Code::FencedInstanceId) => K::FencedInstance,
+            Some(Code::IllegalGeneration | Code::UnknownMemberId) => K::StaleMember,
+            _ => K::Abortable,
+        },
+        KafkaError::Transaction(t) if t.is_retriable() => K::Retriable,
+        // `commit_transaction` flushes first; a flush that timed out has not started the
+        // commit, and the records still in flight either arrive or fail (then the
+        // transaction requires an abort).
+        KafkaError::Flush(Code::OperationTimedOut) => K::Retriable,
+        _ if fenced => K::ProducerFenced,
+        _ => match code {
+            Some(Code::FencedInstanceId) => K::FencedInstance,
+            Some(Code::IllegalGeneration | Code::UnknownMemberId) => K::StaleMember,
+            Some(Code::UnknownTopicOrPartition | Code::UnknownTopic) => K::UnknownTopic,
+            Some(
+                Code::TopicAuthorizationFailed
+                | Code::GroupAuthorizationFailed
+                | Code::TransactionalIdAuthorizationFailed
+                | Code::ClusterAuthorizationFailed,
+            ) => K::Fatal,
+            _ => otherwise,
+        },
+    };
+    ClientError::new(kind, during, e)
+}
+
+/// The clients of one stream thread.
+pub(crate) struct KafkaClients {
+    consumer: BaseConsumer<MemberContext>,
+    producer: RefCell<BaseProducer<DeliveryTracker>>,
+    maker: ProducerMaker,
+    restore: RestoreReader,
+    /// Asks for high watermarks (read_uncommitted), to see open transactions.
+    watermarks: BaseConsumer<LogContext>,
+    transaction_timeout: Duration,
+}
+
+fn created(during: &'static str) -> impl FnOnce(KafkaError) -> RuntimeError {
+    move |source| RuntimeError::Kafka { during, source }
+}
+
+impl KafkaClients {
+    /// Creates the clients of stream thread `txn_id`: the producer first (its
+    /// `init_transactions` fences a predecessor and aborts its open transaction, crash point
+    /// "after sends, before commit"), then the consumer, which subscribes.
+    pub(crate) fn new(config: &RuntimeConfig, txn_id: &str) -> Result<Self, RuntimeError> {
+        let exactly_once = config.guarantee == Guarantee::ExactlyOnce;
+        let mut pc = client_config(config);
+        pc.set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("batch.num.messages", "10000")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("client.id", format!("{txn_id}-producer"));
+        if exactly_once {
+            pc.set("transactional.id", txn_id).set(
+                "transaction.timeout.ms",
+                config.transaction_timeout.as_millis().to_string(),
+            );
+        }
+        let maker = ProducerMaker {
+            config: pc,
+            changelogs: all_changelogs(config),
+            transactional: exactly_once,
+            init_timeout: config.startup_timeout,
+        };
+        let producer = maker.make().map_err(created("creating the producer"))?;
+        let mut rc = client_config(config);
+        rc.set("group.id", format!("{}-restore", config.app_id))
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("client.id", format!("{txn_id}-restore"));
+        let restore = rc
+            .create_with_context(LogContext)
+            .map_err(created("creating the restore consumer"))?;
+        let mut wc = client_config(config);
+        wc.set("isolation.level", "read_uncommitted")
+            .set("client.id", format!("{txn_id}-watermarks"));
+        let watermarks = wc
+            .create_with_context(LogContext)
+            .map_err(created("creating the watermark client"))?;
+        let mut cc = client_config(config);
+        cc.set("group.id", &config.app_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
+            .set("auto.offset.reset", "earliest")
+            .set("client.id", format!("{txn_id}-consumer"));
+        if !config.kafka.contains_key("partition.assignment.strategy") {
+            cc.set("partition.assignment.strategy", "cooperative-sticky");
+        }
+        if config.static_membership {
+            // A restarted instance takes its partitions back at once, without a rebalance; one
+            // that does not come back loses them after `session.timeout.ms`.
+            cc.set("group.instance.id", txn_id);
+        }
+        let consumer: BaseConsumer<MemberContext> = cc
+            .create_with_context(MemberContext::default())
+            .map_err(created("creating the consumer"))?;
+        let topics = subscribed_topics(config);
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics).map_err(created("subscribe"))?;
+        Ok(Self {
+            consumer,
+            producer: RefCell::new(producer),
+            maker,
+            restore: RestoreReader::new(restore),
+            watermarks,
+            transaction_timeout: config.transaction_timeout,
+        })
+    }
+
+    /// Leaves the group (a dynamic member at once; a static one's partitions wait for its
+    /// session timeout or its restart). Rebalances from now on complete in the callback.
+    pub(crate) fn leave(&self) {
+        self.consumer.context().close();
+        self.consumer.unsubscribe();
+        let _ = self.consumer.poll(Duration::ZERO);
+    }
+}
+
+fn read(during: &'static str) -> impl FnOnce(KafkaError) -> ClientError {
+    move |e| classify(during, e, ClientErrorKind::Retriable)
+}
+
+fn write(during: &'static str) -> impl FnOnce(KafkaError) -> ClientError {
+    move |e| classify(during, e, ClientErrorKind::Abortable)
+}
+
+fn offsets_tpl(offsets: &[(TopicPartition, i64)]) -> Result<TopicPartitionList, ClientError> {
+    let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+    for (tp, o) in offsets {
+        tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*o))
+            .map_err(write("building offsets"))?;
+    }
+    Ok(tpl)
+}
+
+impl StreamClients for KafkaClients {
+    type Records<'a> = KafkaBatch<'a>;
+    type ChangelogRecords<'a> = KafkaBatch<'a>;
+
+    fn poll(&self, max: usize, timeout: Duration) -> Result<Polled<KafkaBatch<'_>>, ClientError> {
+        let context = self.consumer.context();
+        let mut messages = Vec::new();
+        let mut wait = timeout;
+        // A rebalance ends the batch: it is handled before the next poll.
+        while messages.len() < max && !context.has_event() {
+            match self.consumer.poll(wait) {
+                Some(Ok(m)) => messages.push(m),
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) if e.rdkafka_error_code() == Some(Code::FencedInstanceId) => {
+                    return Err(ClientError::new(ClientErrorKind::FencedInstance, "poll", e))
+                }
+                Some(Err(e)) if is_missing_topic(&e) => {
+                    return Err(ClientError::new(
+                        ClientErrorKind::UnknownTopic,
+                        "poll",
+                        format!("an input topic disappeared while running ({e}); recreate it or fix `inputs`"),
+                    ))
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "consumer error (retrying)"),
+                None => break,
+            }
+            wait = Duration::ZERO;
+        }
+        Ok(Polled {
+            records: KafkaBatch { messages },
+            event: context.take_event(),
+        })
+    }
+
+    fn complete_assign(&self, partitions: &[TopicPartition]) -> Result<(), ClientError> {
+        member::complete(&self.consumer, true, partitions).map_err(read("assign"))
+    }
+
+    fn complete_revoke(&self, partitions: &[TopicPartition]) -> Result<(), ClientError> {
+        member::complete(&self.consumer, false, partitions).map_err(read("unassign"))
+    }
+
+    fn pause(&self, partitions: &[TopicPartition]) -> Result<(), ClientError> {
+        self.consumer
+            .pause(&tpl_of(partitions))
+            .map_err(read("pause"))
+    }
+
+    fn resume(&self, partitions: &[TopicPartition]) -> Result<(), ClientError> {
+        self.consumer
+            .resume(&tpl_of(partitions))
+            .map_err(read("resume"))
+    }
+
+    fn seek(&self, tp: &TopicPartition, to: SeekTo) -> Result<(), ClientError> {
+        let offset = match to {
+            SeekTo::Offset(o) => Offset::Offset(o),
+            SeekTo::Beginning => Offset::Beginning,
+        };
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&tp.topic, tp.partition, offset)
+            .map_err(read("seek"))?;
+        let result = self
+            .consumer
+            .seek_partitions(tpl, REQUEST_TIMEOUT)
+            .map_err(read("seek"))?;
+        match result.elements().iter().find_map(|e| e.error().err()) {
+            Some(e) => Err(read("seek")(e)),
+            None => Ok(()),
+        }
+    }
+
+    fn committed(&self, partitions: &[TopicPartition]) -> Result<Vec<Option<i64>>, ClientError> {
+        // With `isolation.level=read_committed` librdkafka asks for stable offsets: the broker
+        // answers only once no open transaction holds offsets for the partition (KIP-447).
+        let committed = self
+            .consumer
+            .committed_offsets(tpl_of(partitions), REQUEST_TIMEOUT)
+            .map_err(read("committed offsets"))?;
+        if let Some(e) = committed.elements().iter().find_map(|e| e.error().err()) {
+            return Err(read("committed offsets")(e));
+        }
+        Ok(partitions
+            .iter()
+            .map(|tp| offset_of(&committed, tp))
+            .collect())
+    }
+
+    fn commit_offsets(&self, offsets: &[(TopicPartition, i64)]) -> Result<(), ClientError> {
+        self.consumer
+            .commit(&offsets_tpl(offsets)?, CommitMode::Sync)
+            .map_err(read("commit offsets"))
+    }
+
+    fn assignment_lost(&self) -> bool {
+        self.consumer.assignment_lost()
+    }
+
+    fn begin_transaction(&self) -> Result<(), ClientError> {
+        self.producer
+            .borrow()
+            .begin_transaction()
+            .map_err(write("begin_transaction"))
+    }
+
+    fn send(&self, _kind: RecordKind, record: &Output) -> Result<(), ClientError> {
+        producer::send(&self.producer.borrow(), record).map_err(write("send"))
+    }
+
+    fn send_offsets_to_transaction(
+        &self,
+        offsets: &[(TopicPartition, i64)],
+    ) -> Result<(), ClientError> {
+        let metadata = self.consumer.group_metadata().ok_or_else(|| {
+            ClientError::new(
+                ClientErrorKind::Retriable,
+                "send_offsets_to_transaction",
+                "the consumer has no group metadata yet",
+            )
+        })?;
+        self.producer
+            .borrow()
+            .send_offsets_to_transaction(&offsets_tpl(offsets)?, &metadata, REQUEST_TIMEOUT)
+            .map_err(write("send_offsets_to_transaction"))
+    }
+
+    fn commit_transaction(&self) -> Result<Delivered, ClientError> {
+        let p = self.producer.borrow();
+        producer::drain_deliveries(&p);
+        // Each call waits at most the transaction timeout: librdkafka recommends the remaining
+        // transaction time, and no record can wait longer than that (`message.timeout.ms` <=
+        // `transaction.timeout.ms`). A retriable failure leaves the commit going on: the engine
+        // resumes it by calling again.
+        p.commit_transaction(self.transaction_timeout)
+            .map_err(write("commit_transaction"))?;
+        Ok(producer::delivered(p.context().take()))
+    }
+
+    fn abort_transaction(&self) -> Result<(), ClientError> {
+        let p = self.producer.borrow();
+        let result = producer::abort_transaction(&p).map_err(write("abort_transaction"));
+        let _ = p.context().take();
+        result
+    }
+
+    fn flush(&self) -> Result<Delivered, ClientError> {
+        let p = self.producer.borrow();
+        producer::drain_deliveries(&p);
+        let flushed = p.flush(REQUEST_TIMEOUT).map_err(write("flush"));
+        if let Some(e) = p.context().take_error() {
+            let _ = p.context().take();
+            return Err(write("delivery")(e));
+        }
+        flushed?;
+        Ok(producer::delivered(p.context().take()))
+    }
+
+    fn reset_producer(&self) -> Result<(), ClientError> {
+        let fresh = self
+            .maker
+            .make()
+            .map_err(read("making a new producer (init_transactions)"))?;
+        *self.producer.borrow_mut() = fresh;
+        Ok(())
+    }
+
+    fn restore_assign(&self, tp: &TopicPartition, from: i64) -> Result<(), ClientError> {
+        self.restore
+            .assign(tp, from)
+            .map_err(read("assigning changelog partitions"))
+    }
+
+    fn restore_unassign(&self, tp: &TopicPartition) -> Result<(), ClientError> {
+        self.restore.unassign(tp).map_err(read(
+            "removing changelog partitions from the restore consumer",
+        ))
+    }
+
+    fn restore_poll(&self, max: usize, timeout: Duration) -> Result<KafkaBatch<'_>, ClientError> {
+        self.restore
+            .poll(max, timeout)
+            .map_err(read("reading changelogs"))
+    }
+
+    fn restore_position(&self, tp: &TopicPartition) -> Option<i64> {
+        self.restore.position(tp)
+    }
+
+    fn watermarks(
+        &self,
+        tp: &TopicPartition,
+        isolation: Isolation,
+    ) -> Result<(i64, i64), ClientError> {
+        // The read_committed restore consumer reports the last stable offset as the end, the
+        // read_uncommitted client the high watermark.
+        let client = match isolation {
+            Isolation::ReadCommitted => &self.restore.consumer,
+            Isolation::ReadUncommitted => &self.watermarks,
+        };
+        client
+            .fetch_watermarks(&tp.topic, tp.partition, REQUEST_TIMEOUT)
+            .map_err(read("reading watermarks"))
+    }
+
+    fn reached(&self, step: Step) -> Result<(), ClientError> {
+        failpoint::hit(match step {
+            Step::BeforeSend => failpoint::Point::BeforeSend,
+            Step::AfterSend => failpoint::Point::AfterSend,
+            Step::DuringCommit => failpoint::Point::DuringCommit,
+            Step::AfterCommit => failpoint::Point::AfterCommit,
+        });
+        Ok(())
+    }
+}

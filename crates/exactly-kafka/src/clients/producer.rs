@@ -1,0 +1,109 @@
+//! The stream thread's producer: transactional (exactly-once) or idempotent (at-least-once),
+//! with delivery reports collected for the changelog checkpoints.
+
+use crate::writer::{DeliveryState, DeliveryTracker};
+use exactly_core::engine::Delivered;
+use exactly_core::Output;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use std::time::{Duration, Instant};
+
+/// How long a request the producer makes waits at most.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Makes producers of one stream thread (the first, and replacements after a fence).
+pub(crate) struct ProducerMaker {
+    pub(crate) config: ClientConfig,
+    pub(crate) changelogs: Vec<String>,
+    pub(crate) transactional: bool,
+    pub(crate) init_timeout: Duration,
+}
+
+impl ProducerMaker {
+    /// A producer; a transactional one is initialised (`init_transactions`), which fences any
+    /// older producer with its `transactional.id` and aborts its open transaction.
+    pub(crate) fn make(&self) -> KafkaResult<BaseProducer<DeliveryTracker>> {
+        let producer: BaseProducer<DeliveryTracker> = self
+            .config
+            .create_with_context(DeliveryTracker::new(self.changelogs.iter().cloned()))?;
+        if self.transactional {
+            producer.init_transactions(self.init_timeout)?;
+        }
+        Ok(producer)
+    }
+}
+
+/// Sends a record, serving delivery reports while the local queue is full.
+pub(crate) fn send(producer: &BaseProducer<DeliveryTracker>, out: &Output) -> KafkaResult<()> {
+    let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
+    for (k, v) in &out.headers {
+        headers = headers.insert(Header {
+            key: k,
+            value: v.as_deref(),
+        });
+    }
+    let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&out.topic).headers(headers);
+    if let Some(k) = &out.key {
+        record = record.key(k.as_slice());
+    }
+    if let Some(v) = &out.value {
+        record = record.payload(v.as_slice());
+    }
+    if let Some(p) = out.partition {
+        record = record.partition(p);
+    }
+    if let Some(ts) = out.timestamp {
+        record = record.timestamp(ts);
+    }
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(5));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
+}
+
+/// Serves delivery reports until nothing is in flight (or [`REQUEST_TIMEOUT`] passes; the
+/// flush that follows then reports what is still missing). rdkafka's `flush`, which
+/// `commit_transaction` also calls, waits in 100 ms poll slices once the first check finds
+/// messages in flight, so every commit took at least 100 ms; 1 ms steps let it start as soon as
+/// the last report is in.
+pub(crate) fn drain_deliveries(producer: &BaseProducer<DeliveryTracker>) {
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    while producer.in_flight_count() > 0 && Instant::now() < deadline {
+        producer.poll(Duration::from_millis(1));
+    }
+}
+
+/// Aborts the producer's transaction. librdkafka's abort purges the queued messages and then
+/// waits for their delivery reports, which a `BaseProducer` only gets while polled: abort in
+/// short resumable steps (a timed-out abort is retried by calling it again) and poll between.
+pub(crate) fn abort_transaction(producer: &BaseProducer<DeliveryTracker>) -> KafkaResult<()> {
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    loop {
+        producer.poll(Duration::ZERO);
+        match producer.abort_transaction(Duration::from_millis(100)) {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && Instant::now() < deadline => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// What the delivery reports of the finished transaction said.
+pub(crate) fn delivered(state: DeliveryState) -> Delivered {
+    Delivered {
+        changelog_next: state
+            .changelog_last
+            .into_iter()
+            .map(|(k, last)| (k, last + 1))
+            .collect(),
+        records: state.delivered,
+    }
+}

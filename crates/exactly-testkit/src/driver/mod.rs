@@ -1,0 +1,491 @@
+//! `TestDriver`: runs a processor through the production engine against a simulated Kafka
+//! cluster with Apache Kafka's rules ([`SimCluster`]), with no broker. App authors pipe input
+//! records (duplicates included), read what a read_committed consumer would see, and crash the
+//! instance (SIGKILL) at every crash point of the protocol, then restart it.
+//!
+//! The code under test is the code users run: [`exactly_core::Engine`], the same engine the
+//! Kafka runtime drives with rdkafka clients.
+//!
+//! ```
+//! use exactly_core::{Context, Output, ProcessError, Processor, Record, TaskId};
+//! use exactly_testkit::{TestDriver, TestRecord};
+//!
+//! struct Forward;
+//! impl Processor for Forward {
+//!     fn process(&mut self, r: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+//!         ctx.send(Output::forward("out", r));
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let mut driver = TestDriver::builder(|_: &TaskId| Forward).input("in", 2).build();
+//! driver.pipe(TestRecord::with_id("a").value("1"));
+//! driver.pipe(TestRecord::with_id("a").value("1")); // a resend
+//! driver.run_until_idle().unwrap();
+//! assert_eq!(driver.committed_outputs("out").len(), 1);
+//! ```
+
+mod parts;
+
+pub use parts::{CrashPoint, DriverStats, ManualClock, StepOutcome, TestRecord};
+
+use crate::sim::{
+    lock, partition_of, DiskStore, GroupProtocol, KillPoint, SharedCluster, SimClientConfig,
+    SimClients, SimCluster, SimConfig, SimDisk, SimProcess, SimRecord, SimStores, TopicConfig,
+};
+use exactly_core::engine::{changelog_topic, EngineConfig, Step};
+use exactly_core::state::{decode_state_value, state_changelog_topic, validate_specs};
+use exactly_core::{
+    Clock, Engine, EngineEnv, EngineError, ProcessorFactory, TaskConfig, TaskError,
+};
+use parts::StatsObserver;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Turns of the engine a (re)start may take to restore every task.
+const START_TURNS: usize = 1_000;
+
+/// One running (simulated) process of the app: one stream thread.
+struct Instance<F: ProcessorFactory> {
+    process: Arc<SimProcess>,
+    disk: SimDisk,
+    clients: SimClients,
+    engine: Engine<F>,
+}
+
+/// A fenced-off old instance, kept to show it can no longer write.
+pub struct Zombie<F: ProcessorFactory> {
+    inst: Instance<F>,
+    input: String,
+}
+
+impl<F: ProcessorFactory> Zombie<F> {
+    /// The zombie's own store directory of a partition's task (on its host).
+    pub fn disk(&self, partition: i32) -> DiskStore {
+        self.inst.disk.dedup(&self.input, partition)
+    }
+}
+
+/// Builder for [`TestDriver`].
+pub struct TestDriverBuilder<F: ProcessorFactory> {
+    factory: F,
+    app: String,
+    input: String,
+    partitions: i32,
+    config: TaskConfig,
+    max_batch: usize,
+    start_ms: i64,
+}
+
+impl<F: ProcessorFactory> TestDriverBuilder<F> {
+    /// The input topic and its partition count (default `input`, 1).
+    pub fn input(mut self, topic: &str, partitions: i32) -> Self {
+        self.input = topic.to_owned();
+        self.partitions = partitions.max(1);
+        self
+    }
+    /// The application id (names the changelog and transactional id).
+    pub fn app(mut self, app: &str) -> Self {
+        self.app = app.to_owned();
+        self
+    }
+    /// Task settings (ID policy, retries, error policy, retention, DLQ, state stores).
+    pub fn config(mut self, config: TaskConfig) -> Self {
+        self.config = config;
+        self
+    }
+    /// Maximum input records per transaction (default 100).
+    pub fn max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n.max(1);
+        self
+    }
+    /// Initial clock time in ms (default 1_700_000_000_000).
+    pub fn start_ms(mut self, ms: i64) -> Self {
+        self.start_ms = ms;
+        self
+    }
+    /// Builds the driver (no instance runs until the first step).
+    pub fn build(self) -> TestDriver<F> {
+        if let Err(e) = validate_specs(&self.config.stores) {
+            panic!("TestDriver: {e}");
+        }
+        let clock = Arc::new(ManualClock::new(self.start_ms));
+        let sim = SimConfig {
+            // One member, stepped by the test: it learns of everything at once.
+            heartbeat_interval_ms: 0,
+            ..SimConfig::default()
+        };
+        let mut cluster = SimCluster::new(clock.clone(), sim, self.partitions);
+        cluster.create_topic(&self.input, self.partitions, TopicConfig::default());
+        let compacted = TopicConfig {
+            compact: true,
+            retention_ms: None,
+        };
+        let changelog = changelog_topic(&self.app, &self.input);
+        cluster.create_topic(&changelog, self.partitions, compacted);
+        for s in &self.config.stores {
+            let topic = state_changelog_topic(&self.app, &self.input, &s.name);
+            cluster.create_topic(&topic, self.partitions, compacted);
+        }
+        let mut engine = EngineConfig::new(self.app.clone(), vec![self.input.clone()]);
+        engine
+            .input_partitions
+            .insert(self.input.clone(), self.partitions);
+        // Every step commits what it handled (one step, one transaction).
+        engine.commit_interval = Duration::ZERO;
+        engine.max_batch_records = self.max_batch;
+        engine.transaction_timeout = Duration::from_millis(sim.transaction_timeout_ms as u64);
+        // The simulated member learns of a newer member with its instance id at its next poll.
+        engine.fence_check = Duration::ZERO;
+        // Expiry runs when the test calls `expire`.
+        engine.expiry_interval = Duration::MAX;
+        engine.task = Arc::new(self.config);
+        TestDriver {
+            cluster: Arc::new(Mutex::new(cluster)),
+            clock,
+            factory: Arc::new(self.factory),
+            engine: Arc::new(engine),
+            input: self.input,
+            changelog,
+            partitions: self.partitions,
+            disk: SimDisk::new(),
+            instance: None,
+            stats: Arc::new(StatsObserver::default()),
+            starts: 0,
+        }
+    }
+}
+
+/// Runs a processor factory through the production engine against a simulated Kafka cluster.
+/// See the module docs.
+pub struct TestDriver<F: ProcessorFactory> {
+    cluster: SharedCluster,
+    clock: Arc<ManualClock>,
+    factory: Arc<F>,
+    engine: Arc<EngineConfig>,
+    input: String,
+    changelog: String,
+    partitions: i32,
+    /// The instance's state directory: it outlives crashes.
+    disk: SimDisk,
+    instance: Option<Instance<F>>,
+    stats: Arc<StatsObserver>,
+    starts: u64,
+}
+
+impl<F: ProcessorFactory> TestDriver<F> {
+    /// A builder for a driver running processors made by `factory`.
+    pub fn builder(factory: F) -> TestDriverBuilder<F> {
+        TestDriverBuilder {
+            factory,
+            app: "app".to_owned(),
+            input: "input".to_owned(),
+            partitions: 1,
+            config: TaskConfig::default(),
+            max_batch: 100,
+            start_ms: 1_700_000_000_000,
+        }
+    }
+
+    /// Appends a record to the input topic (a plain, non-transactional produce). Returns its
+    /// `(partition, offset)`.
+    pub fn pipe(&mut self, record: parts::TestRecord) -> (i32, i64) {
+        let partition = record.partition.unwrap_or_else(|| {
+            match record.key.as_deref().or(record.id.as_deref()) {
+                Some(k) => partition_of(k, self.partitions),
+                None => 0,
+            }
+        });
+        let sim = SimRecord {
+            key: record.key,
+            value: record.value,
+            headers: record.headers,
+            timestamp: record.timestamp.or(Some(self.clock.now_ms())),
+        };
+        lock(&self.cluster).produce(&self.input, Some(partition), sim)
+    }
+
+    /// The simulated cluster (to inject faults or read topics).
+    pub fn cluster(&self) -> MutexGuard<'_, SimCluster> {
+        lock(&self.cluster)
+    }
+    /// The simulated store directory of a partition's task.
+    pub fn disk(&mut self, partition: i32) -> DiskStore {
+        self.disk.dedup(&self.input, partition)
+    }
+    /// The clock.
+    pub fn clock(&self) -> &ManualClock {
+        &self.clock
+    }
+    /// What the driver saw so far.
+    pub fn stats(&self) -> DriverStats {
+        DriverStats {
+            starts: self.starts,
+            ..self.stats.snapshot()
+        }
+    }
+    /// The dedup changelog topic.
+    pub fn changelog_topic(&self) -> &str {
+        &self.changelog
+    }
+    /// The changelog topic of the declared state store `store`.
+    pub fn state_changelog_topic(&self, store: &str) -> String {
+        state_changelog_topic(&self.engine.app_id, &self.input, store)
+    }
+    /// The input topic.
+    pub fn input_topic(&self) -> &str {
+        &self.input
+    }
+    /// The transactional id of the driver's instance.
+    pub fn transactional_id(&self) -> &str {
+        &self.engine.transactional_id
+    }
+    /// Whether an instance is running.
+    pub fn is_running(&self) -> bool {
+        self.instance.is_some()
+    }
+
+    /// The committed state of `store` in partition `partition`'s task, as a fresh restore
+    /// would build it from the committed changelog: `(key, value)` in key order, expired
+    /// entries left out.
+    pub fn committed_state(&self, store: &str, partition: i32) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let spec = self
+            .engine
+            .task
+            .stores
+            .iter()
+            .find(|s| s.name == store)
+            .unwrap_or_else(|| panic!("TestDriver: no state store named {store:?}"));
+        let cutoff = spec.cutoff(self.clock.now_ms());
+        let topic = self.state_changelog_topic(store);
+        let mut state = BTreeMap::new();
+        for (p, _, r) in self.cluster().committed_records(&topic) {
+            if p != partition {
+                continue;
+            }
+            let key = r.key.clone().unwrap_or_default();
+            match r.value.as_deref().map(decode_state_value) {
+                Some(Ok((ts, v))) if ts >= cutoff => {
+                    state.insert(key, v.to_vec());
+                }
+                Some(Err(e)) => panic!("TestDriver: bad state changelog value in {topic}: {e}"),
+                _ => {
+                    state.remove(&key);
+                }
+            }
+        }
+        state.into_iter().collect()
+    }
+
+    /// The app's committed offset of input partition `partition` (`None`: none yet).
+    pub fn committed_offset(&self, partition: i32) -> Option<i64> {
+        self.cluster()
+            .committed_offset(&self.engine.app_id, &self.input, partition)
+    }
+
+    /// Records of `topic` a read_committed consumer sees.
+    pub fn committed_outputs(&self, topic: &str) -> Vec<SimRecord> {
+        self.cluster()
+            .committed_records(topic)
+            .into_iter()
+            .map(|(_, _, r)| r)
+            .collect()
+    }
+    /// Committed dead letters (empty if no dead-letter topic is configured).
+    pub fn dead_letters(&self) -> Vec<SimRecord> {
+        match &self.engine.task.dead_letter_topic {
+            Some(t) => self.committed_outputs(t),
+            None => Vec::new(),
+        }
+    }
+
+    /// A new process with its stream thread's clients and engine (not yet turned).
+    fn spawn(&mut self) -> Instance<F> {
+        self.starts += 1;
+        let process = Arc::new(SimProcess::new(format!(
+            "instance-0 (start {})",
+            self.starts
+        )));
+        let clients = SimClients::start(
+            self.cluster.clone(),
+            process.clone(),
+            SimClientConfig {
+                group: self.engine.app_id.clone(),
+                topics: self.engine.inputs.clone(),
+                transactional_id: self.engine.transactional_id.clone(),
+                transactional: self.engine.exactly_once(),
+                static_membership: true,
+                protocol: GroupProtocol::Cooperative,
+            },
+        );
+        let env = EngineEnv {
+            factory: self.factory.clone(),
+            stores: Arc::new(SimStores::new(self.disk.clone(), process.clone())),
+            observer: self.stats.clone(),
+            clock: self.clock.clone(),
+        };
+        Instance {
+            process,
+            disk: self.disk.clone(),
+            clients,
+            engine: Engine::new(self.engine.clone(), env),
+        }
+    }
+
+    /// Starts a new instance (as after a process restart; the old one, if any, is gone as
+    /// after SIGKILL): its producer's `init_transactions` fences the previous epoch and aborts
+    /// its open transaction, its consumer takes the old member's place (static membership),
+    /// and every task restores from its store and the changelog. Returns once every task runs.
+    pub fn restart(&mut self) -> Result<(), TaskError> {
+        self.instance = None;
+        let mut inst = self.spawn();
+        for _ in 0..START_TURNS {
+            let running = inst.engine.tasks();
+            if running.len() == self.partitions as usize && running.iter().all(|(_, r)| *r) {
+                self.instance = Some(inst);
+                return Ok(());
+            }
+            match inst.engine.run_once(&inst.clients) {
+                Ok(_) => {}
+                Err(EngineError::Task(e)) => return Err(e),
+                Err(e) => panic!("TestDriver: the restarted instance stopped: {e}"),
+            }
+        }
+        panic!("TestDriver::restart: tasks not restored after {START_TURNS} turns");
+    }
+
+    /// One poll → process → commit cycle, starting an instance first if none runs.
+    pub fn step(&mut self) -> Result<StepOutcome, TaskError> {
+        self.cycle(None)
+    }
+
+    /// One cycle that crashes (SIGKILL) at `point`. The instance is gone afterwards; the next
+    /// [`step`](Self::step) or [`restart`](Self::restart) starts a new one. A cycle with no
+    /// input ends before the crash point: then the instance still runs.
+    pub fn step_and_crash(&mut self, point: CrashPoint) -> Result<StepOutcome, TaskError> {
+        self.cycle(Some(point))
+    }
+
+    /// Steps until a cycle finds no input and no task restores. Fails after 100_000 cycles
+    /// (a livelock).
+    pub fn run_until_idle(&mut self) -> Result<(), TaskError> {
+        for _ in 0..100_000 {
+            if self.step()? == StepOutcome::Idle {
+                return Ok(());
+            }
+        }
+        panic!("TestDriver::run_until_idle: no idle cycle after 100000 cycles (livelock)");
+    }
+
+    /// Removes IDs older than the retention from every running task's store; returns how
+    /// many.
+    pub fn expire(&mut self) -> Result<u64, TaskError> {
+        Ok(self
+            .instance
+            .as_mut()
+            .map_or(0, |inst| inst.engine.expire_now()))
+    }
+
+    /// Starts a replacement instance with the same instance id while the current one is
+    /// still "running" (paused, as with SIGSTOP). The replacement runs on another host: an
+    /// empty state directory, which [`disk`](Self::disk) shows from now on (the old process
+    /// holds its own). The old one is returned as a zombie.
+    pub fn start_replacement(&mut self) -> Result<Zombie<F>, TaskError> {
+        let old = self
+            .instance
+            .take()
+            .expect("start_replacement needs a running instance");
+        old.process.set_paused(true);
+        self.disk = SimDisk::new();
+        self.restart()?;
+        Ok(Zombie {
+            inst: old,
+            input: self.input.clone(),
+        })
+    }
+
+    /// The zombie wakes up (SIGCONT) and goes on: it finds itself fenced and stops, writing
+    /// nothing ([`StepOutcome::Fenced`]), or has nothing to do ([`StepOutcome::Idle`]).
+    pub fn zombie_step(&mut self, zombie: &mut Zombie<F>) -> Result<StepOutcome, TaskError> {
+        zombie.inst.process.set_paused(false);
+        for _ in 0..START_TURNS {
+            match zombie.inst.engine.run_once(&zombie.inst.clients) {
+                Ok(p) if p.polled == 0 && p.committed.is_none() && p.aborted.is_none() => {
+                    return Ok(StepOutcome::Idle)
+                }
+                Ok(_) => {}
+                Err(EngineError::Fenced { .. }) => return Ok(StepOutcome::Fenced),
+                Err(EngineError::Task(e)) => return Err(e),
+                Err(e) => panic!("TestDriver: the zombie stopped with {e}"),
+            }
+        }
+        panic!("TestDriver::zombie_step: the zombie neither stopped nor went idle");
+    }
+
+    /// Processes one batch in the current instance and leaves its transaction open (as a
+    /// process that is paused right after sending). Used with
+    /// [`start_replacement`](Self::start_replacement).
+    pub fn process_without_commit(&mut self) -> Result<StepOutcome, TaskError> {
+        if self.instance.is_none() {
+            self.restart()?;
+        }
+        let inst = self.instance.as_mut().expect("started above");
+        match inst.engine.run_once_without_commit(&inst.clients) {
+            Ok(p) if p.polled == 0 => Ok(StepOutcome::Idle),
+            Ok(p) => Ok(StepOutcome::Committed { records: p.polled }),
+            Err(EngineError::Task(e)) => Err(e),
+            Err(e) => panic!("TestDriver: the instance stopped with {e}"),
+        }
+    }
+
+    fn cycle(&mut self, crash: Option<CrashPoint>) -> Result<StepOutcome, TaskError> {
+        if self.instance.is_none() {
+            self.restart()?;
+        }
+        let inst = self.instance.as_mut().expect("started above");
+        if let Some(point) = crash {
+            inst.process.arm(match point {
+                CrashPoint::BeforeSend => KillPoint::Step(Step::BeforeSend),
+                CrashPoint::AfterSendsBeforeCommit => KillPoint::Step(Step::AfterSend),
+                CrashPoint::DuringCommit { committed: true } => {
+                    KillPoint::AfterCall("commit_transaction")
+                }
+                CrashPoint::DuringCommit { committed: false } => {
+                    KillPoint::Step(Step::DuringCommit)
+                }
+                CrashPoint::AfterCommitBeforeApply => KillPoint::Step(Step::AfterCommit),
+            });
+        }
+        let result = inst.engine.run_once(&inst.clients);
+        inst.process.disarm();
+        let progress = match result {
+            Ok(p) => p,
+            Err(EngineError::Terminated) => {
+                // SIGKILL: the process is gone, its member stays in the group until its
+                // session times out or the restart takes its place.
+                self.instance = None;
+                return Ok(StepOutcome::Crashed(
+                    crash.expect("only an armed kill kills"),
+                ));
+            }
+            Err(EngineError::Fenced { .. }) => {
+                self.instance = None;
+                return Ok(StepOutcome::Fenced);
+            }
+            Err(EngineError::Task(e)) => {
+                self.instance = None;
+                return Err(e);
+            }
+            Err(e) => panic!("TestDriver: the instance stopped with {e}"),
+        };
+        Ok(match (progress.committed, progress.aborted) {
+            (Some(records), _) => StepOutcome::Committed { records },
+            (None, Some(reason)) => StepOutcome::Aborted { reason },
+            (None, None) if progress.restoring > 0 || progress.restored > 0 => {
+                StepOutcome::Restoring
+            }
+            (None, None) => StepOutcome::Idle,
+        })
+    }
+}

@@ -1,0 +1,640 @@
+//! [`SimClients`]: one stream thread's clients on the simulated cluster — a group member, a
+//! transactional producer, a restore consumer — as librdkafka would behave on Apache Kafka.
+
+use super::group::{GroupProtocol, MemberId, MemberView};
+use super::log::SimRecord;
+use super::process::SimProcess;
+use super::{lock, FaultKind, Request, SharedCluster, SimCluster, SimError};
+use exactly_core::engine::{
+    ClientError, ClientErrorKind, Delivered, Isolation, Polled, RecordBatch, SeekTo, Step,
+    StreamClients, TopicPartition,
+};
+use exactly_core::{HeaderRef, Output, Record, RecordKind};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Records fetched from the simulated cluster (copies).
+#[derive(Debug, Default)]
+pub struct SimBatch {
+    records: Vec<(Arc<str>, i32, i64, SimRecord)>,
+}
+
+impl RecordBatch for SimBatch {
+    fn len(&self) -> usize {
+        self.records.len()
+    }
+    fn with_records<R>(&self, f: impl FnOnce(&[Record<'_>]) -> R) -> R {
+        let headers: Vec<Vec<HeaderRef<'_>>> = self
+            .records
+            .iter()
+            .map(|(_, _, _, r)| {
+                r.headers
+                    .iter()
+                    .map(|(k, v)| HeaderRef {
+                        key: k,
+                        value: v.as_deref(),
+                    })
+                    .collect()
+            })
+            .collect();
+        let records: Vec<Record<'_>> = self
+            .records
+            .iter()
+            .zip(&headers)
+            .map(|((topic, p, o, r), h)| Record {
+                topic,
+                partition: *p,
+                offset: *o,
+                timestamp: r.timestamp,
+                key: r.key.as_deref(),
+                value: r.value.as_deref(),
+                headers: h,
+            })
+            .collect();
+        f(&records)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Fetch {
+    /// `None` until the first fetch, which starts at the committed offset (or the start).
+    position: Option<i64>,
+    paused: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    member: MemberId,
+    /// A `Lost` event was returned; the member rejoins when the engine completes it.
+    lost: bool,
+    /// A newer member took this member's `group.instance.id`: the consumer is done.
+    fenced: bool,
+    assigned: BTreeMap<TopicPartition, Fetch>,
+    /// Round-robin start of fetches.
+    cursor: usize,
+    epoch: u32,
+    /// librdkafka makes a fenced producer fatal: every call fails until it is replaced.
+    producer_fenced: bool,
+    delivered: Delivered,
+    /// A delivery failed: the transaction can only abort.
+    delivery_failed: Option<String>,
+    restore: BTreeMap<TopicPartition, i64>,
+}
+
+/// How a stream thread's clients are set up on the simulated cluster.
+#[derive(Debug, Clone)]
+pub struct SimClientConfig {
+    /// The consumer group (the app id).
+    pub group: String,
+    /// Subscribed topics.
+    pub topics: Vec<String>,
+    /// `transactional.id`; also the `group.instance.id` with static membership.
+    pub transactional_id: String,
+    /// Transactional producer (exactly-once) or not (at-least-once).
+    pub transactional: bool,
+    /// Static group membership.
+    pub static_membership: bool,
+    /// Rebalance protocol of the group.
+    pub protocol: GroupProtocol,
+}
+
+/// One stream thread's clients on the simulated cluster.
+pub struct SimClients {
+    cluster: SharedCluster,
+    process: Arc<SimProcess>,
+    cfg: SimClientConfig,
+    state: RefCell<State>,
+}
+
+impl std::fmt::Debug for SimClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimClients")
+            .field("transactional_id", &self.cfg.transactional_id)
+            .field("process", &self.process.name())
+            .finish()
+    }
+}
+
+fn client_error(during: &'static str, e: SimError) -> ClientError {
+    let kind = match &e {
+        SimError::Fenced(_) => ClientErrorKind::ProducerFenced,
+        SimError::Retriable(_) => ClientErrorKind::Retriable,
+        SimError::Abortable(_) => ClientErrorKind::Abortable,
+        SimError::Fatal(_) => ClientErrorKind::Fatal,
+        SimError::StaleMember(_) => ClientErrorKind::StaleMember,
+        SimError::FencedInstance(_) => ClientErrorKind::FencedInstance,
+        SimError::UnknownTopic(_) => ClientErrorKind::UnknownTopic,
+    };
+    ClientError::new(kind, during, e)
+}
+
+fn tp_key(tp: &TopicPartition) -> (String, i32) {
+    (tp.topic.to_string(), tp.partition)
+}
+
+impl SimClients {
+    /// Starts a stream thread of `process`: initialises its transactional producer (fencing
+    /// older ones with the same id, aborting their open transaction) and joins the group.
+    pub fn start(cluster: SharedCluster, process: Arc<SimProcess>, cfg: SimClientConfig) -> Self {
+        let (member, epoch) = {
+            let mut c = lock(&cluster);
+            let epoch = if cfg.transactional {
+                c.init_transactions(&cfg.transactional_id)
+            } else {
+                0
+            };
+            let instance = cfg
+                .static_membership
+                .then_some(cfg.transactional_id.as_str());
+            let member = c.join_group(
+                &cfg.group,
+                instance,
+                &cfg.topics,
+                cfg.protocol,
+                process.clone(),
+            );
+            (member, epoch)
+        };
+        Self {
+            cluster,
+            process,
+            cfg,
+            state: RefCell::new(State {
+                member,
+                epoch,
+                ..State::default()
+            }),
+        }
+    }
+
+    /// The process these clients belong to.
+    pub fn process(&self) -> &Arc<SimProcess> {
+        &self.process
+    }
+
+    /// The consumer's partitions: (partition, fetch position, paused).
+    pub fn fetch_state(&self) -> Vec<(TopicPartition, Option<i64>, bool)> {
+        self.state
+            .borrow()
+            .assigned
+            .iter()
+            .map(|(tp, f)| (tp.clone(), f.position, f.paused))
+            .collect()
+    }
+
+    /// The group member id.
+    pub fn member(&self) -> MemberId {
+        self.state.borrow().member
+    }
+
+    /// The consumer's close: a dynamic member leaves the group (a static one's session times
+    /// out).
+    pub fn close(&self) {
+        let member = self.state.borrow().member;
+        lock(&self.cluster).leave_group(&self.cfg.group, member);
+    }
+
+    /// One operation: a kill point, then `f` on the cluster and the client state.
+    fn op<T>(
+        &self,
+        during: &'static str,
+        f: impl FnOnce(&mut SimCluster, &mut State) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let dies = self.process.begin_op(during)?;
+        let out = {
+            let mut c = lock(&self.cluster);
+            let mut s = self.state.borrow_mut();
+            f(&mut c, &mut s)
+        };
+        self.process.end_op(dies, during)?;
+        out
+    }
+
+    fn producer_ok(s: &State, during: &'static str) -> Result<(), ClientError> {
+        if s.producer_fenced {
+            return Err(ClientError::new(
+                ClientErrorKind::ProducerFenced,
+                during,
+                "the producer was fenced; it must be replaced",
+            ));
+        }
+        Ok(())
+    }
+
+    fn fetch(&self, c: &mut SimCluster, s: &mut State, max: usize) -> SimBatch {
+        let mut out = SimBatch::default();
+        let partitions: Vec<TopicPartition> = s.assigned.keys().cloned().collect();
+        let n = partitions.len();
+        let mut budget = max;
+        for k in 0..n {
+            if budget == 0 {
+                break;
+            }
+            let tp = &partitions[(s.cursor + k) % n];
+            let fetch = s.assigned.get_mut(tp).expect("listed above");
+            if fetch.paused {
+                continue;
+            }
+            let from = match fetch.position {
+                Some(p) => p,
+                None => {
+                    let key = tp_key(tp);
+                    match c.committed(&self.cfg.group, std::slice::from_ref(&key), true) {
+                        Ok(v) => v[0].unwrap_or_else(|| {
+                            c.log(&tp.topic, tp.partition).map_or(0, |l| l.start())
+                        }),
+                        // Not stable yet: this partition starts fetching at a later poll.
+                        Err(_) => continue,
+                    }
+                }
+            };
+            let (recs, next) = c.read_committed(&tp.topic, tp.partition, from, budget);
+            budget -= recs.len();
+            if !recs.is_empty() {
+                tracing::debug!(member = s.member, partition = %tp, from, next, n = recs.len(), "sim fetch");
+            }
+            out.records.extend(
+                recs.into_iter()
+                    .map(|(o, r)| (tp.topic.clone(), tp.partition, o, r.clone())),
+            );
+            fetch.position = Some(next);
+        }
+        s.cursor = s.cursor.wrapping_add(1);
+        out
+    }
+}
+
+impl StreamClients for SimClients {
+    type Records<'a> = SimBatch;
+    type ChangelogRecords<'a> = SimBatch;
+
+    fn poll(&self, max: usize, _timeout: Duration) -> Result<Polled<SimBatch>, ClientError> {
+        let group = self.cfg.group.clone();
+        self.op("poll", |c, s| {
+            if s.fenced {
+                return Err(client_error(
+                    "poll",
+                    SimError::FencedInstance("this member was fenced".into()),
+                ));
+            }
+            let event = match c.member_poll(&group, s.member) {
+                MemberView::Fenced => {
+                    s.fenced = true;
+                    return Err(client_error(
+                        "poll",
+                        SimError::FencedInstance(format!(
+                            "a newer member joined with group.instance.id {}",
+                            self.cfg.transactional_id
+                        )),
+                    ));
+                }
+                MemberView::Lost if !s.lost => {
+                    s.lost = true;
+                    Some(exactly_core::engine::GroupEvent::Lost(
+                        s.assigned.keys().cloned().collect(),
+                    ))
+                }
+                MemberView::Lost | MemberView::Nothing => None,
+                MemberView::Event(e) => Some(e),
+            };
+            let records = if s.lost {
+                SimBatch::default()
+            } else {
+                self.fetch(c, s, max)
+            };
+            Ok(Polled { records, event })
+        })
+    }
+
+    fn complete_assign(&self, partitions: &[TopicPartition]) -> Result<(), ClientError> {
+        self.op("assign", |_, s| {
+            for tp in partitions {
+                s.assigned.insert(
+                    tp.clone(),
+                    Fetch {
+                        position: None,
+                        paused: false,
+                    },
+                );
+            }
+            Ok(())
+        })
+    }
+
+    fn complete_revoke(&self, partitions: &[TopicPartition]) -> Result<(), ClientError> {
+        let cfg = self.cfg.clone();
+        let process = self.process.clone();
+        self.op("revoke", |c, s| {
+            for tp in partitions {
+                s.assigned.remove(tp);
+            }
+            if s.lost {
+                // The member was removed: it rejoins as a new member.
+                s.assigned.clear();
+                s.lost = false;
+                let instance = cfg
+                    .static_membership
+                    .then_some(cfg.transactional_id.as_str());
+                s.member = c.join_group(&cfg.group, instance, &cfg.topics, cfg.protocol, process);
+            } else {
+                let list: Vec<(String, i32)> = partitions.iter().map(tp_key).collect();
+                c.ack_revoke(&cfg.group, s.member, &list);
+            }
+            Ok(())
+        })
+    }
+
+    fn pause(&self, partitions: &[TopicPartition]) -> Result<(), ClientError> {
+        self.op("pause", |_, s| {
+            for tp in partitions {
+                if let Some(f) = s.assigned.get_mut(tp) {
+                    f.paused = true;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn resume(&self, partitions: &[TopicPartition]) -> Result<(), ClientError> {
+        self.op("resume", |_, s| {
+            for tp in partitions {
+                if let Some(f) = s.assigned.get_mut(tp) {
+                    f.paused = false;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn seek(&self, tp: &TopicPartition, to: SeekTo) -> Result<(), ClientError> {
+        self.op("seek", |c, s| {
+            let start = c.log(&tp.topic, tp.partition).map_or(0, |l| l.start());
+            let Some(f) = s.assigned.get_mut(tp) else {
+                return Err(ClientError::new(
+                    ClientErrorKind::Retriable,
+                    "seek",
+                    format!("{tp} is not assigned"),
+                ));
+            };
+            f.position = Some(match to {
+                SeekTo::Offset(o) => o.max(start),
+                SeekTo::Beginning => start,
+            });
+            tracing::debug!(member = s.member, partition = %tp, position = ?f.position, "sim seek");
+            Ok(())
+        })
+    }
+
+    fn committed(&self, partitions: &[TopicPartition]) -> Result<Vec<Option<i64>>, ClientError> {
+        self.op("committed", |c, _| {
+            let keys: Vec<(String, i32)> = partitions.iter().map(tp_key).collect();
+            c.committed(&self.cfg.group, &keys, true)
+                .map_err(|e| client_error("committed", e))
+        })
+    }
+
+    fn commit_offsets(&self, offsets: &[(TopicPartition, i64)]) -> Result<(), ClientError> {
+        self.op("commit_offsets", |c, s| {
+            let meta = c.member_metadata(&self.cfg.group, s.member);
+            let list: Vec<(String, i32, i64)> = offsets
+                .iter()
+                .map(|(tp, o)| (tp.topic.to_string(), tp.partition, *o))
+                .collect();
+            c.commit_offsets(&meta, &list)
+                .map_err(|e| client_error("commit_offsets", e))
+        })
+    }
+
+    fn assignment_lost(&self) -> bool {
+        let s = self.state.borrow();
+        s.lost || lock(&self.cluster).member_lost(&self.cfg.group, s.member)
+    }
+
+    fn begin_transaction(&self) -> Result<(), ClientError> {
+        self.op("begin_transaction", |_, s| {
+            Self::producer_ok(s, "begin_transaction")?;
+            s.delivered = Delivered::default();
+            s.delivery_failed = None;
+            Ok(())
+        })
+    }
+
+    fn send(&self, kind: RecordKind, out: &Output) -> Result<(), ClientError> {
+        let txn_id = self.cfg.transactional_id.clone();
+        let transactional = self.cfg.transactional;
+        self.op("send", |c, s| {
+            Self::producer_ok(s, "send")?;
+            if let Some(kind) = c.take_fault(Request::Send) {
+                let why = format!("the client refused a record for {}", out.topic);
+                return Err(client_error(
+                    "send",
+                    match kind {
+                        FaultKind::Fatal => SimError::Fatal("send"),
+                        _ => SimError::Abortable(why),
+                    },
+                ));
+            }
+            let record = SimRecord {
+                key: out.key.clone(),
+                value: out.value.clone(),
+                headers: out.headers.clone(),
+                timestamp: out.timestamp.or(Some(c.now_ms())),
+            };
+            let sent = if transactional {
+                c.send(&txn_id, s.epoch, &out.topic, out.partition, record)
+            } else if c.take_fault(Request::Produce).is_some() {
+                Err(SimError::Abortable(format!(
+                    "delivery to {} failed",
+                    out.topic
+                )))
+            } else {
+                Ok(c.produce(&out.topic, out.partition, record))
+            };
+            match sent {
+                Ok((p, offset)) => {
+                    if kind == RecordKind::Changelog {
+                        s.delivered
+                            .changelog_next
+                            .insert((out.topic.clone(), p), offset + 1);
+                    } else {
+                        *s.delivered.records.entry(out.topic.clone()).or_default() += 1;
+                    }
+                    Ok(())
+                }
+                // Like librdkafka, the send is queued; the failed delivery surfaces when the
+                // transaction commits.
+                Err(SimError::Abortable(why)) => {
+                    s.delivery_failed.get_or_insert(why);
+                    Ok(())
+                }
+                Err(SimError::Fenced(id)) => {
+                    s.producer_fenced = true;
+                    Err(client_error("send", SimError::Fenced(id)))
+                }
+                Err(e) => Err(client_error("send", e)),
+            }
+        })
+    }
+
+    fn send_offsets_to_transaction(
+        &self,
+        offsets: &[(TopicPartition, i64)],
+    ) -> Result<(), ClientError> {
+        let txn_id = self.cfg.transactional_id.clone();
+        self.op("send_offsets_to_transaction", |c, s| {
+            Self::producer_ok(s, "send_offsets_to_transaction")?;
+            if let Some(why) = &s.delivery_failed {
+                return Err(client_error(
+                    "send_offsets_to_transaction",
+                    SimError::Abortable(why.clone()),
+                ));
+            }
+            let meta = c.member_metadata(&self.cfg.group, s.member);
+            let list: Vec<(String, i32, i64)> = offsets
+                .iter()
+                .map(|(tp, o)| (tp.topic.to_string(), tp.partition, *o))
+                .collect();
+            c.send_offsets(&txn_id, s.epoch, &meta, &list).map_err(|e| {
+                if matches!(e, SimError::Fenced(_)) {
+                    s.producer_fenced = true;
+                }
+                client_error("send_offsets_to_transaction", e)
+            })
+        })
+    }
+
+    fn commit_transaction(&self) -> Result<Delivered, ClientError> {
+        let txn_id = self.cfg.transactional_id.clone();
+        self.op("commit_transaction", |c, s| {
+            Self::producer_ok(s, "commit_transaction")?;
+            if let Some(why) = &s.delivery_failed {
+                return Err(client_error(
+                    "commit_transaction",
+                    SimError::Abortable(why.clone()),
+                ));
+            }
+            match c.commit(&txn_id, s.epoch) {
+                Ok(()) => Ok(std::mem::take(&mut s.delivered)),
+                Err(e) => {
+                    if matches!(e, SimError::Fenced(_)) {
+                        s.producer_fenced = true;
+                    }
+                    Err(client_error("commit_transaction", e))
+                }
+            }
+        })
+    }
+
+    fn abort_transaction(&self) -> Result<(), ClientError> {
+        let txn_id = self.cfg.transactional_id.clone();
+        self.op("abort_transaction", |c, s| {
+            Self::producer_ok(s, "abort_transaction")?;
+            s.delivered = Delivered::default();
+            s.delivery_failed = None;
+            c.abort(&txn_id, s.epoch).map_err(|e| {
+                if matches!(e, SimError::Fenced(_)) {
+                    s.producer_fenced = true;
+                }
+                client_error("abort_transaction", e)
+            })
+        })
+    }
+
+    fn flush(&self) -> Result<Delivered, ClientError> {
+        self.op("flush", |_, s| {
+            if let Some(why) = s.delivery_failed.take() {
+                s.delivered = Delivered::default();
+                return Err(client_error("flush", SimError::Abortable(why)));
+            }
+            Ok(std::mem::take(&mut s.delivered))
+        })
+    }
+
+    fn reset_producer(&self) -> Result<(), ClientError> {
+        let txn_id = self.cfg.transactional_id.clone();
+        self.op("reset_producer", |c, s| {
+            s.epoch = c.init_transactions(&txn_id);
+            s.producer_fenced = false;
+            s.delivered = Delivered::default();
+            s.delivery_failed = None;
+            Ok(())
+        })
+    }
+
+    fn restore_assign(&self, tp: &TopicPartition, from: i64) -> Result<(), ClientError> {
+        self.op("restore_assign", |_, s| {
+            s.restore.insert(tp.clone(), from);
+            Ok(())
+        })
+    }
+
+    fn restore_unassign(&self, tp: &TopicPartition) -> Result<(), ClientError> {
+        self.op("restore_unassign", |_, s| {
+            s.restore.remove(tp);
+            Ok(())
+        })
+    }
+
+    fn restore_poll(&self, max: usize, _timeout: Duration) -> Result<SimBatch, ClientError> {
+        self.op("restore_poll", |c, s| {
+            let mut out = SimBatch::default();
+            let mut budget = max;
+            for (tp, pos) in s.restore.iter_mut() {
+                if budget == 0 {
+                    break;
+                }
+                let (recs, next) = c.read_committed(&tp.topic, tp.partition, *pos, budget);
+                budget -= recs.len();
+                out.records.extend(
+                    recs.into_iter()
+                        .map(|(o, r)| (tp.topic.clone(), tp.partition, o, r.clone())),
+                );
+                *pos = next;
+            }
+            Ok(out)
+        })
+    }
+
+    fn restore_position(&self, tp: &TopicPartition) -> Option<i64> {
+        self.state.borrow().restore.get(tp).copied()
+    }
+
+    fn watermarks(
+        &self,
+        tp: &TopicPartition,
+        isolation: Isolation,
+    ) -> Result<(i64, i64), ClientError> {
+        self.op("watermarks", |c, _| {
+            c.expire_transactions();
+            match c.take_fault(Request::ListOffsets) {
+                None => {}
+                Some(FaultKind::Fatal) => {
+                    return Err(client_error("watermarks", SimError::Fatal("ListOffsets")))
+                }
+                Some(_) => {
+                    return Err(client_error(
+                        "watermarks",
+                        SimError::Retriable("ListOffsets"),
+                    ))
+                }
+            }
+            let Some(log) = c.log(&tp.topic, tp.partition) else {
+                return Err(client_error(
+                    "watermarks",
+                    SimError::UnknownTopic(tp.to_string()),
+                ));
+            };
+            let end = match isolation {
+                Isolation::ReadCommitted => log.last_stable_offset(),
+                Isolation::ReadUncommitted => log.end(),
+            };
+            Ok((log.start(), end))
+        })
+    }
+
+    fn reached(&self, step: Step) -> Result<(), ClientError> {
+        self.process.reached(step)
+    }
+}

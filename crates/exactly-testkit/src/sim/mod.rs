@@ -1,0 +1,373 @@
+//! A simulated Kafka cluster with Apache Kafka's rules, in memory, deterministic.
+//!
+//! - **Logs** ([`log`]): offsets never change; transactional records are pending until their
+//!   transaction's marker; the last stable offset (LSO) stops read_committed readers at the
+//!   oldest open transaction; read_committed reads are correct from any offset; compaction
+//!   and retention remove records, never offsets.
+//! - **Transactions** ([`txn`]): producer ids and epochs per `transactional.id`;
+//!   `init_transactions` aborts the open transaction and fences older producers; the
+//!   coordinator aborts a transaction that outlives its timeout and bumps the epoch
+//!   (librdkafka then reports the producer as fenced); transactional offsets stay pending until
+//!   the commit.
+//! - **Groups** ([`group`]): members with generations, eager and cooperative rebalances whose
+//!   events reach members at their next heartbeat, revoked vs lost partitions, static
+//!   membership (`group.instance.id` replaces the old member and fences it), session timeouts
+//!   of members whose process is paused or dead, KIP-447: a `TxnOffsetCommit` of a member that
+//!   left or was fenced is rejected, and a stable `committed()` fails retriably while a
+//!   transaction holds pending offsets for the partition.
+//! - **Faults** per request: retriable, abortable, fatal, or a commit whose outcome is unknown
+//!   (applied, the response lost).
+//!
+//! [`SimClients`] is one stream thread's view of it: the engine's [`StreamClients`].
+//!
+//! [`StreamClients`]: exactly_core::StreamClients
+
+mod clients;
+mod group;
+pub(crate) mod log;
+mod process;
+mod stores;
+mod txn;
+
+pub use clients::{SimBatch, SimClientConfig, SimClients};
+pub use group::{GroupMetadata, GroupProtocol, MemberId};
+pub use log::{SimRecord, TopicConfig};
+pub use process::{KillPoint, SimProcess};
+pub use stores::{DiskKvStore, DiskStore, SimDisk, SimStores};
+
+use exactly_core::Clock;
+use log::{PartitionLog, Status};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Errors the simulated broker returns, as librdkafka would classify them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimError {
+    /// The producer's epoch is stale (another `init_transactions`, or the coordinator timed
+    /// the transaction out and bumped the epoch).
+    #[error("producer fenced: transactional id {0} has a newer epoch")]
+    Fenced(String),
+    /// A retriable error: call again.
+    #[error("retriable broker error on {0}")]
+    Retriable(&'static str),
+    /// The transaction must be aborted.
+    #[error("{0}: the transaction must be aborted")]
+    Abortable(String),
+    /// A fatal error.
+    #[error("fatal broker error on {0}")]
+    Fatal(&'static str),
+    /// The group does not know this member or its generation (UNKNOWN_MEMBER_ID,
+    /// ILLEGAL_GENERATION).
+    #[error("stale group member: {0}")]
+    StaleMember(String),
+    /// A newer member took this member's `group.instance.id` (FENCED_INSTANCE_ID).
+    #[error("fenced instance: {0}")]
+    FencedInstance(String),
+    /// The topic does not exist.
+    #[error("unknown topic {0}")]
+    UnknownTopic(String),
+}
+
+/// The requests a fault can hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// A send refused by the client at once (e.g. a record over `message.max.bytes`).
+    Send,
+    /// A produce request that fails at the broker: the failed delivery surfaces when the
+    /// transaction commits, as in librdkafka.
+    Produce,
+    /// `send_offsets_to_transaction`.
+    TxnOffsetCommit,
+    /// `commit_transaction`.
+    EndTxn,
+    /// A committed-offsets read.
+    OffsetFetch,
+    /// A watermark query.
+    ListOffsets,
+}
+
+/// What a fault does to its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// Fails retriably; nothing happened.
+    Retriable,
+    /// Fails; the open transaction must be aborted.
+    Abortable,
+    /// Fails fatally.
+    Fatal,
+    /// The request is applied but its response is lost: the caller sees a retriable error
+    /// (for `commit_transaction`: the outcome is unknown until it is called again).
+    ResponseLost,
+}
+
+/// A fault the next matching request will hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fault {
+    /// The request.
+    pub request: Request,
+    /// What happens to it.
+    pub kind: FaultKind,
+}
+
+impl Fault {
+    /// A fault of `kind` on the next `request`.
+    pub fn new(request: Request, kind: FaultKind) -> Self {
+        Self { request, kind }
+    }
+}
+
+/// Timing of the simulated cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimConfig {
+    /// Members learn of rebalances and fences at their next heartbeat, every this often
+    /// (0: at once).
+    pub heartbeat_interval_ms: i64,
+    /// A member whose process is paused or dead for this long is removed from its group.
+    pub session_timeout_ms: i64,
+    /// `transaction.timeout.ms` of every producer.
+    pub transaction_timeout_ms: i64,
+    /// Compaction keeps tombstones this long (`delete.retention.ms`).
+    pub delete_retention_ms: i64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 3_000,
+            session_timeout_ms: 45_000,
+            transaction_timeout_ms: 60_000,
+            delete_retention_ms: 86_400_000,
+        }
+    }
+}
+
+struct Topic {
+    partitions: Vec<PartitionLog>,
+    config: TopicConfig,
+}
+
+/// The simulated cluster. Share it as [`SharedCluster`].
+pub struct SimCluster {
+    clock: Arc<dyn Clock>,
+    config: SimConfig,
+    topics: BTreeMap<String, Topic>,
+    producers: HashMap<String, txn::TxnProducer>,
+    next_producer_id: u64,
+    next_txn: u64,
+    groups: BTreeMap<String, group::Group>,
+    next_member: u64,
+    faults: VecDeque<Fault>,
+    default_partitions: i32,
+}
+
+impl std::fmt::Debug for SimCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimCluster")
+            .field("topics", &self.topics.keys().collect::<Vec<_>>())
+            .field("faults", &self.faults)
+            .finish()
+    }
+}
+
+/// A cluster shared by the simulated clients and the test.
+pub type SharedCluster = Arc<Mutex<SimCluster>>;
+
+/// Locks a shared cluster (a panic while it was held is a test failure already).
+pub fn lock(cluster: &SharedCluster) -> MutexGuard<'_, SimCluster> {
+    cluster.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SimCluster {
+    /// An empty cluster on `clock`; auto-created topics get `default_partitions` partitions.
+    pub fn new(clock: Arc<dyn Clock>, config: SimConfig, default_partitions: i32) -> Self {
+        Self {
+            clock,
+            config,
+            topics: BTreeMap::new(),
+            producers: HashMap::new(),
+            next_producer_id: 1,
+            next_txn: 0,
+            groups: BTreeMap::new(),
+            next_member: 1,
+            faults: VecDeque::new(),
+            default_partitions: default_partitions.max(1),
+        }
+    }
+
+    /// The cluster's timing.
+    pub fn config(&self) -> SimConfig {
+        self.config
+    }
+
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Creates a topic (no-op if it exists).
+    pub fn create_topic(&mut self, topic: &str, partitions: i32, config: TopicConfig) {
+        self.topics
+            .entry(topic.to_owned())
+            .or_insert_with(|| Topic {
+                partitions: vec![PartitionLog::default(); partitions.max(1) as usize],
+                config,
+            });
+    }
+
+    /// Number of partitions of `topic`.
+    pub fn partitions(&self, topic: &str) -> Option<i32> {
+        self.topics.get(topic).map(|t| t.partitions.len() as i32)
+    }
+
+    /// Queues a fault for the next matching request.
+    pub fn inject(&mut self, fault: Fault) {
+        self.faults.push_back(fault);
+    }
+
+    /// Faults not hit yet.
+    pub fn pending_faults(&self) -> usize {
+        self.faults.len()
+    }
+
+    pub(crate) fn take_fault(&mut self, request: Request) -> Option<FaultKind> {
+        let i = self.faults.iter().position(|f| f.request == request)?;
+        self.faults.remove(i).map(|f| f.kind)
+    }
+
+    pub(crate) fn log(&self, topic: &str, partition: i32) -> Option<&PartitionLog> {
+        self.topics
+            .get(topic)
+            .and_then(|t| t.partitions.get(partition as usize))
+    }
+
+    fn log_mut(&mut self, topic: &str, partition: i32) -> Result<&mut PartitionLog, SimError> {
+        self.topics
+            .get_mut(topic)
+            .and_then(|t| t.partitions.get_mut(partition as usize))
+            .ok_or_else(|| SimError::UnknownTopic(format!("{topic}-{partition}")))
+    }
+
+    /// The partition a record goes to: `explicit`, else by key (FNV-1a), else 0. Auto-creates
+    /// the topic.
+    fn partition_for(&mut self, topic: &str, explicit: Option<i32>, key: Option<&[u8]>) -> i32 {
+        let n = self.default_partitions;
+        let n = self
+            .topics
+            .entry(topic.to_owned())
+            .or_insert_with(|| Topic {
+                partitions: vec![PartitionLog::default(); n as usize],
+                config: TopicConfig::default(),
+            })
+            .partitions
+            .len() as i32;
+        explicit.unwrap_or_else(|| key.map_or(0, |k| partition_of(k, n)))
+    }
+
+    /// A non-transactional produce (committed at once); returns `(partition, offset)`.
+    pub fn produce(
+        &mut self,
+        topic: &str,
+        partition: Option<i32>,
+        record: SimRecord,
+    ) -> (i32, i64) {
+        let p = self.partition_for(topic, partition, record.key.as_deref());
+        let log = self.log_mut(topic, p).expect("created above");
+        (p, log.append(record, Status::Committed))
+    }
+
+    /// The last stable offset: what a read_committed consumer can reach.
+    pub fn last_stable_offset(&self, topic: &str, partition: i32) -> i64 {
+        self.log(topic, partition)
+            .map_or(0, PartitionLog::last_stable_offset)
+    }
+
+    /// The high watermark.
+    pub fn high_watermark(&self, topic: &str, partition: i32) -> i64 {
+        self.log(topic, partition).map_or(0, PartitionLog::end)
+    }
+
+    /// Reads committed records of a partition from `from` up to the last stable offset, at
+    /// most `max` of them. Returns `(offset, record)` pairs and the next position.
+    pub fn read_committed(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        max: usize,
+    ) -> (Vec<(i64, &SimRecord)>, i64) {
+        match self.log(topic, partition) {
+            Some(log) => log.read_committed(from, max),
+            None => (Vec::new(), from),
+        }
+    }
+
+    /// Every committed record of a topic, partition by partition.
+    pub fn committed_records(&self, topic: &str) -> Vec<(i32, i64, SimRecord)> {
+        let n = self.partitions(topic).unwrap_or(0);
+        let mut out = Vec::new();
+        for p in 0..n {
+            let (recs, _) = self.read_committed(topic, p, 0, usize::MAX);
+            out.extend(recs.into_iter().map(|(o, r)| (p, o, r.clone())));
+        }
+        out
+    }
+
+    /// Number of records (of any status) in a topic, markers excluded.
+    pub fn record_count_any_status(&self, topic: &str) -> usize {
+        self.topics.get(topic).map_or(0, |t| {
+            t.partitions
+                .iter()
+                .map(PartitionLog::records_any_status)
+                .sum()
+        })
+    }
+
+    /// Whether a transaction is open on any partition of `topic`.
+    pub fn has_open_transaction_on(&self, topic: &str) -> bool {
+        self.topics
+            .get(topic)
+            .is_some_and(|t| t.partitions.iter().any(PartitionLog::has_pending))
+    }
+
+    /// Runs compaction (on compacted topics) and retention (where `retention.ms` is set) on
+    /// every partition of `topic`. Returns how many entries were removed.
+    pub fn clean(&mut self, topic: &str) -> usize {
+        let now = self.now_ms();
+        let delete_retention = self.config.delete_retention_ms;
+        let Some(t) = self.topics.get_mut(topic) else {
+            return 0;
+        };
+        let config = t.config;
+        let mut removed = 0;
+        for log in &mut t.partitions {
+            if config.compact {
+                removed += log.compact(now, delete_retention);
+            }
+            if let Some(ms) = config.retention_ms {
+                removed += log.apply_retention(now, ms);
+            }
+        }
+        removed
+    }
+
+    /// Names of all topics.
+    pub fn topic_names(&self) -> Vec<String> {
+        self.topics.keys().cloned().collect()
+    }
+
+    /// Expires what timed out: transactions past their timeout (aborted, epoch bumped) and
+    /// members whose process was paused or dead for a session timeout (removed, rebalance).
+    pub fn tick(&mut self) {
+        self.expire_transactions();
+        self.expire_members();
+    }
+}
+
+/// The partition for a key: FNV-1a, like a stable hash partitioner.
+pub fn partition_of(key: &[u8], partitions: i32) -> i32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in key {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    (h % partitions.max(1) as u32) as i32
+}
