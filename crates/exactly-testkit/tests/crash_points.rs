@@ -273,6 +273,31 @@ fn retriable_transaction_errors_are_resumed_not_aborted() {
 }
 
 #[test]
+fn a_fatal_broker_error_stops_the_instance_with_nothing_committed_and_a_restart_goes_on() {
+    let mut d = driver();
+    let inputs = pipe_inputs(&mut d);
+    d.step().unwrap();
+    let committed_outputs = d.committed_outputs("out").len();
+    d.cluster()
+        .inject(Fault::new(Request::EndTxn, FaultKind::Fatal));
+    match d.step().unwrap() {
+        StepOutcome::Stopped { reason } => {
+            assert!(reason.contains("EndTxn"), "{reason}")
+        }
+        other => panic!("expected the instance to stop, got {other:?}"),
+    }
+    assert!(!d.is_running());
+    assert_eq!(d.committed_outputs("out").len(), committed_outputs);
+    assert_eq!(
+        d.committed_offset(0),
+        Some(3),
+        "the failed batch was not committed"
+    );
+    d.run_until_idle().unwrap();
+    assert_exact(&d, &inputs);
+}
+
+#[test]
 fn store_write_failure_after_commit_restores_the_task_and_loses_nothing() {
     let mut d = driver();
     let inputs = pipe_inputs(&mut d);

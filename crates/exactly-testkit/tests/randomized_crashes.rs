@@ -158,10 +158,13 @@ fn every_message_id_produces_its_outputs_exactly_once_under_random_crash_schedul
             (vec![seed], seed)
         }
         Err(_) => {
-            let n = std::env::var("EXACTLY_SCHEDULES")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(DEFAULT_SCHEDULES);
+            let n = match std::env::var("EXACTLY_SCHEDULES") {
+                Ok(v) => v
+                    .parse()
+                    .expect("EXACTLY_SCHEDULES must be a number of schedules"),
+                Err(_) => DEFAULT_SCHEDULES,
+            };
+            assert!(n >= 1, "EXACTLY_SCHEDULES must be at least 1");
             let base = 0x5eed_0000u64;
             ((base..base + n).collect(), base)
         }

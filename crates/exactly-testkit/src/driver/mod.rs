@@ -477,7 +477,12 @@ impl<F: ProcessorFactory> TestDriver<F> {
                 self.instance = None;
                 return Err(e);
             }
-            Err(e) => panic!("TestDriver: the instance stopped with {e}"),
+            Err(e) => {
+                self.instance = None;
+                return Ok(StepOutcome::Stopped {
+                    reason: e.to_string(),
+                });
+            }
         };
         Ok(match (progress.committed, progress.aborted) {
             (Some(records), _) => StepOutcome::Committed { records },

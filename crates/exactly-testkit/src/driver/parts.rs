@@ -136,6 +136,12 @@ pub enum StepOutcome {
     Fenced,
     /// Tasks restored (or still restore): their records wait until the restore completes.
     Restoring,
+    /// The instance stopped on an error that no retry fixes (a fatal broker error, a commit
+    /// whose outcome stayed unknown); it committed nothing more. Restart it to go on.
+    Stopped {
+        /// The error.
+        reason: String,
+    },
 }
 
 /// Counters of what the driver saw, for assertions. They come from the engine's observer
