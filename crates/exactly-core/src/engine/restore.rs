@@ -3,7 +3,7 @@
 
 use super::client::{Isolation, RecordBatch, StreamClients, TopicPartition};
 use super::error::Fault;
-use super::tasks::{Phase, Slot};
+use super::tasks::{Part, Phase, Slot};
 use super::Engine;
 use crate::processor::ProcessorFactory;
 use std::collections::BTreeMap;
@@ -18,51 +18,6 @@ const RESTORE_BATCH_RECORDS: usize = 10_000;
 const END_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// How often a restore that waits for an open transaction says so.
 const WAIT_LOG_INTERVAL: Duration = Duration::from_secs(5);
-
-/// The restore of one changelog partition of a task.
-#[derive(Debug)]
-pub(crate) struct Part {
-    /// The partition's low watermark when the restore was planned.
-    low: i64,
-    /// First changelog offset to read, used until the restore consumer has a position.
-    from: i64,
-    /// Read-committed end of the changelog partition at the last check.
-    end: i64,
-}
-
-/// A task's restore: one part per changelog, in the order of the task's changelogs.
-#[derive(Debug)]
-pub(crate) struct Restore {
-    /// Unique per restore: a task closed and opened again restores anew, and its changelog
-    /// partitions are assigned again from its own start.
-    id: u64,
-    started: Duration,
-    parts: Vec<Part>,
-    last_check: Option<Duration>,
-    last_wait_log: Duration,
-}
-
-impl Restore {
-    /// Restore `id` of changelogs with these (low, read_committed end) bounds, from their
-    /// starts.
-    pub(crate) fn new(id: u64, now: Duration, bounds: Vec<(i64, i64)>) -> Self {
-        let parts = bounds
-            .into_iter()
-            .map(|(low, end)| Part {
-                low,
-                from: low,
-                end,
-            })
-            .collect();
-        Self {
-            id,
-            started: now,
-            parts,
-            last_check: None,
-            last_wait_log: now,
-        }
-    }
-}
 
 /// Whether a restoring task's changelog partitions are all read to their ends.
 enum AtEnd {

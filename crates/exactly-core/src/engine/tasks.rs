@@ -3,7 +3,6 @@
 
 use super::client::{Isolation, SeekTo, StreamClients, TopicPartition};
 use super::error::Fault;
-use super::restore::Restore;
 use super::Engine;
 use crate::mem_store::MemDedupStore;
 use crate::processor::{Processor, ProcessorFactory};
@@ -36,6 +35,51 @@ pub(crate) struct Slot<P: Processor> {
 impl<P: Processor> Slot<P> {
     pub(crate) fn is_running(&self) -> bool {
         matches!(self.phase, Phase::Running)
+    }
+}
+
+/// The restore of one changelog partition of a task.
+#[derive(Debug)]
+pub(crate) struct Part {
+    /// The partition's low watermark when the restore was planned.
+    pub(crate) low: i64,
+    /// First changelog offset to read, used until the restore consumer has a position.
+    pub(crate) from: i64,
+    /// Read-committed end of the changelog partition at the last check.
+    pub(crate) end: i64,
+}
+
+/// A task's restore: one part per changelog, in the order of the task's changelogs.
+#[derive(Debug)]
+pub(crate) struct Restore {
+    /// Unique per restore: a task closed and opened again restores anew, and its changelog
+    /// partitions are assigned again from its own start.
+    pub(crate) id: u64,
+    pub(crate) started: Duration,
+    pub(crate) parts: Vec<Part>,
+    pub(crate) last_check: Option<Duration>,
+    pub(crate) last_wait_log: Duration,
+}
+
+impl Restore {
+    /// Restore `id` of changelogs with these (low, read_committed end) bounds, from their
+    /// starts.
+    pub(crate) fn new(id: u64, now: Duration, bounds: Vec<(i64, i64)>) -> Self {
+        let parts = bounds
+            .into_iter()
+            .map(|(low, end)| Part {
+                low,
+                from: low,
+                end,
+            })
+            .collect();
+        Self {
+            id,
+            started: now,
+            parts,
+            last_check: None,
+            last_wait_log: now,
+        }
     }
 }
 

@@ -36,6 +36,7 @@ mod process;
 mod restore;
 
 pub use counters::TaskCounters;
+pub use restore::{RestorePlan, WipeReason};
 
 /// Default dedup retention: 7 days.
 pub const DEFAULT_DEDUP_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
@@ -139,66 +140,6 @@ impl TaskState {
             Self::Closed => "closed",
         }
     }
-}
-
-/// Why a store was wiped before a restore.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WipeReason {
-    /// The store reported itself corrupt.
-    Corrupt(String),
-    /// Its checkpoint names another changelog topic or partition.
-    WrongIdentity {
-        /// What the checkpoint says.
-        found: String,
-        /// What this task expects.
-        expected: String,
-    },
-    /// Its checkpoint is beyond the end of the changelog (the changelog was recreated or
-    /// the store belongs to an older cluster).
-    CheckpointBeyondEnd {
-        /// Checkpoint offset.
-        checkpoint: i64,
-        /// Changelog end offset.
-        end: i64,
-    },
-}
-
-impl WipeReason {
-    /// Stable label for metrics.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::Corrupt(_) => "corrupt",
-            Self::WrongIdentity { .. } => "wrong_identity",
-            Self::CheckpointBeyondEnd { .. } => "checkpoint_beyond_end",
-        }
-    }
-}
-
-impl std::fmt::Display for WipeReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Corrupt(why) => write!(f, "store is corrupt ({why})"),
-            Self::WrongIdentity { found, expected } => {
-                write!(
-                    f,
-                    "store was built from changelog {found}, expected {expected}"
-                )
-            }
-            Self::CheckpointBeyondEnd { checkpoint, end } => write!(
-                f,
-                "store checkpoint {checkpoint} is beyond the changelog end {end}"
-            ),
-        }
-    }
-}
-
-/// Where to replay the changelog from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RestorePlan {
-    /// First changelog offset to read.
-    pub from: i64,
-    /// Set when the store was wiped first (logged and counted by the runtime).
-    pub wiped: Option<WipeReason>,
 }
 
 /// One task: a processor, its dedup store, and the uncommitted overlay of staged IDs.

@@ -3,6 +3,66 @@
 use super::*;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+/// Why a store was wiped before a restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WipeReason {
+    /// The store reported itself corrupt.
+    Corrupt(String),
+    /// Its checkpoint names another changelog topic or partition.
+    WrongIdentity {
+        /// What the checkpoint says.
+        found: String,
+        /// What this task expects.
+        expected: String,
+    },
+    /// Its checkpoint is beyond the end of the changelog (the changelog was recreated or
+    /// the store belongs to an older cluster).
+    CheckpointBeyondEnd {
+        /// Checkpoint offset.
+        checkpoint: i64,
+        /// Changelog end offset.
+        end: i64,
+    },
+}
+
+impl WipeReason {
+    /// Stable label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Corrupt(_) => "corrupt",
+            Self::WrongIdentity { .. } => "wrong_identity",
+            Self::CheckpointBeyondEnd { .. } => "checkpoint_beyond_end",
+        }
+    }
+}
+
+impl std::fmt::Display for WipeReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Corrupt(why) => write!(f, "store is corrupt ({why})"),
+            Self::WrongIdentity { found, expected } => {
+                write!(
+                    f,
+                    "store was built from changelog {found}, expected {expected}"
+                )
+            }
+            Self::CheckpointBeyondEnd { checkpoint, end } => write!(
+                f,
+                "store checkpoint {checkpoint} is beyond the changelog end {end}"
+            ),
+        }
+    }
+}
+
+/// Where to replay the changelog from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestorePlan {
+    /// First changelog offset to read.
+    pub from: i64,
+    /// Set when the store was wiped first (logged and counted by the runtime).
+    pub wiped: Option<WipeReason>,
+}
+
 impl<P: Processor, S: DedupStore> Task<P, S> {
     fn expected_identity(&self) -> String {
         format!("{}-{}", self.changelog_topic, self.id.partition)
