@@ -1,7 +1,7 @@
 //! Exactly-once under chaos against a real broker, with the reusable harness of
 //! `exactly_testkit::chaos`: two dedup-forward processes over four partitions, 100k messages
-//! (80k IDs + 20 % resends), 50 seeded disruptions (SIGKILL, also right after a restart while
-//! the tasks restore; SIGSTOP/SIGCONT; graceful SIGTERM restarts). The output, read with
+//! (80k IDs + 20 % resends), 50 seeded disruptions (SIGKILL, also right after a restart, aimed
+//! at the start-up or restore; SIGSTOP/SIGCONT; graceful SIGTERM restarts). The output, read with
 //! isolation.level=read_committed, must hold every ID exactly once. On failure (or with
 //! `EXACTLY_CHAOS_KEEP=1`) the instances' logs and state dirs are kept and their path printed.
 
@@ -51,15 +51,17 @@ fn chaos_with_sigkill_sigstop_and_sigterm_yields_each_id_exactly_once() {
             );
         }
     }
-    let disruptions = report.sigkills + report.pauses + report.terminations;
-    assert!(
-        disruptions >= 50 || std::env::var("EXACTLY_CHAOS_ACTIONS").is_ok(),
-        "only {disruptions} disruptions"
+    // What happened, not what was planned: every SIGKILL killed a running instance, and some
+    // landed while an instance was starting or restoring (read from its log at the kill).
+    assert_eq!(
+        report.kills_landed, report.sigkills,
+        "SIGKILLs that hit a running process"
     );
     assert!(
-        report.sigkills >= 20 || std::env::var("EXACTLY_CHAOS_ACTIONS").is_ok(),
-        "only {} SIGKILLs",
-        report.sigkills
+        report.restore_kills >= 1,
+        "no SIGKILL landed in a start-up or restore ({} SIGKILLs; seed {})",
+        report.sigkills,
+        plan.seed
     );
     assert_eq!(
         v.inputs,

@@ -7,7 +7,7 @@ use exactly_sinks::testing::{require_postgres, unique_name};
 use exactly_testkit::broker::{self, TestMessage};
 use exactly_testkit::chaos::{
     free_port, messages_with_duplicates, metric_sum, scrape_until, wait_caught_up,
-    wait_failpoint_kill, AppProcess,
+    wait_failpoint_kill, wait_for_log, AppProcess,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -323,16 +323,30 @@ fn crashes_before_between_and_after_the_two_commits_book_each_payment_once() {
         broker::produce(&s.bs, &s.input, chunk);
         wait_failpoint_kill(&mut crashing, Duration::from_secs(120));
         drop(crashing);
+        // Booked in the database but not in a committed Kafka transaction: what the sink must
+        // skip when the restart redelivers them.
+        let kafka_ids: std::collections::HashSet<Vec<u8>> =
+            broker::read_committed(&s.bs, &format!("{}-{}-dedup-changelog", s.app, s.input))
+                .into_iter()
+                .filter_map(|r| r.key)
+                .collect();
+        let only_in_database = s
+            .rows_per_id()
+            .keys()
+            .filter(|id| !kafka_ids.contains(id.as_bytes()))
+            .count() as u64;
         let addr = format!("127.0.0.1:{}", free_port());
         let mut app = [s.instance("0", &["--metrics-addr", &addr])];
         app[0].set_log(s.dir.path().join(format!("restart-{point}.log")));
         app[0].start();
         s.wait_caught_up(&mut app);
         let text = scrape_until(&addr, Duration::from_secs(5), |_| true);
-        skipped_after_crash.insert(
-            point,
-            metric_sum(&text, "exactly_sink_duplicates_skipped_total", &[]) as u64,
+        let skipped = metric_sum(&text, "exactly_sink_duplicates_skipped_total", &[]) as u64;
+        assert_eq!(
+            skipped, only_in_database,
+            "{point}: the sink skips exactly the IDs it booked without a Kafka commit"
         );
+        skipped_after_crash.insert(point, skipped);
         stop(&mut app);
     }
     println!("ledger-crash: sink duplicates skipped after the restart, by crash point: {skipped_after_crash:?}");
@@ -341,7 +355,7 @@ fn crashes_before_between_and_after_the_two_commits_book_each_payment_once() {
     assert_eq!(skipped_after_crash["before_send:2"], 0);
     assert!(
         skipped_after_crash["after_send:2"] > 0,
-        "the redelivered batch was skipped by the sink"
+        "a crash between the database and the Kafka commit leaves a batch for the sink to skip"
     );
     assert_eq!(skipped_after_crash["after_commit:2"], 0);
 }
@@ -362,7 +376,7 @@ fn sigkill_chaos_keeps_the_ledger_exact() {
     let mut instances = [s.instance("0", &[]), s.instance("1", &[])];
     instances.iter_mut().for_each(AppProcess::start);
     let started = Instant::now();
-    let mut kills = 0;
+    let (mut kills, mut landed) = (0u32, 0u32);
     for chunk in payments
         .messages
         .chunks(payments.messages.len().div_ceil(kills_wanted))
@@ -376,14 +390,14 @@ fn sigkill_chaos_keeps_the_ledger_exact() {
                 instances[victim].log_tail(30)
             );
         }
-        instances[victim].kill9();
         kills += 1;
+        landed += u32::from(instances[victim].kill9());
         instances[victim].start();
         if rng.gen_bool(0.25) {
-            // Again at once: this lands in start-up, migration or restore.
+            // Again at once: aimed at its start-up, migration or restore.
             std::thread::sleep(Duration::from_millis(rng.gen_range(50..600)));
-            instances[victim].kill9();
             kills += 1;
+            landed += u32::from(instances[victim].kill9());
             instances[victim].start();
         }
     }
@@ -399,8 +413,74 @@ fn sigkill_chaos_keeps_the_ledger_exact() {
         rows,
         payments.balances().len(),
     );
-    assert!(kills >= 20, "only {kills} SIGKILLs");
+    assert_eq!(landed, kills, "every SIGKILL killed a running instance");
     s.assert_exact(&payments);
+}
+
+/// A database connection of the test's own that holds the sink's dedup table locked, so that
+/// the app's next sink transaction waits for the lock inside its transaction, and terminates it
+/// there.
+struct SessionKiller {
+    rt: tokio::runtime::Runtime,
+    client: exactly_sinks::tokio_postgres::Client,
+}
+
+impl SessionKiller {
+    fn new(url: &str) -> Self {
+        use exactly_sinks::tokio_postgres::{connect, NoTls};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let client = rt.block_on(async {
+            let (client, conn) = connect(url, NoTls).await.expect("connect");
+            tokio::spawn(conn);
+            client
+        });
+        Self { rt, client }
+    }
+
+    fn run(&self, sql: &str) {
+        self.rt
+            .block_on(self.client.batch_execute(sql))
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    }
+
+    /// Locks `table` against writes until [`release`](Self::release).
+    fn lock(&self, table: &str) {
+        self.run(&format!("BEGIN; LOCK TABLE {table} IN EXCLUSIVE MODE"));
+    }
+
+    fn release(&self) {
+        self.run("COMMIT");
+    }
+
+    /// Waits (up to `within`) until a session named `application_name` waits for a lock inside
+    /// a transaction, and terminates it; returns how many sessions it terminated.
+    fn kill_waiting(&self, application_name: &str, within: Duration) -> u64 {
+        let sql = format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = '{application_name}' AND xact_start IS NOT NULL \
+             AND wait_event_type = 'Lock'"
+        );
+        let started = Instant::now();
+        while started.elapsed() < within {
+            // pg_stat_activity is a snapshot per transaction, and this one holds the lock.
+            self.run("SELECT pg_stat_clear_snapshot()");
+            let n: i64 = self.rt.block_on(async {
+                self.client
+                    .query_one(sql.as_str(), &[])
+                    .await
+                    .expect("query")
+                    .get(0)
+            });
+            if n > 0 {
+                return n as u64;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        0
+    }
 }
 
 #[test]
@@ -409,25 +489,47 @@ fn terminated_database_connections_while_running_lose_and_double_nothing() {
         return;
     };
     let payments = Payments::new(6_000, 0.2, 23);
-    let mut app = [s.instance("0", &["--commit-interval-ms", "20"])];
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut app = [s.instance(
+        "0",
+        &["--commit-interval-ms", "20", "--metrics-addr", &addr],
+    )];
     app[0].start();
+    wait_for_log(&mut app[0], "ledger tables ready", Duration::from_secs(60));
+    let killer = SessionKiller::new(&s.pg);
+    let session = format!("{}-0", s.app);
+    // The table a sink transaction writes first: it holds no other lock while it waits.
+    let table = format!("{}_applied_ids", s.tables);
+    let chunks = payments.messages.chunks(600).count() as u64;
     let mut terminated = 0u64;
     for chunk in payments.messages.chunks(600) {
+        // The app's next sink transaction blocks on the lock, inside its transaction: cut it
+        // off there (the server rolls it back), then let the retry through.
+        killer.lock(&table);
         broker::produce(&s.bs, &s.input, chunk);
-        // Kill the app's database sessions (application_name `{app}-0`) while it applies
-        // the chunk, from another connection.
-        for _ in 0..3 {
-            let rows = s.query(&format!(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '{}-0'",
-                s.app
-            ));
-            terminated += rows[0][0].parse::<u64>().expect("count");
-            std::thread::sleep(Duration::from_millis(30));
-        }
+        terminated += killer.kill_waiting(&session, Duration::from_secs(30));
+        killer.release();
+        // The retry goes through before the next chunk takes the lock again.
+        s.wait_caught_up(&mut app);
     }
-    s.wait_caught_up(&mut app);
+    let text = scrape_until(&addr, Duration::from_secs(5), |_| true);
     stop(&mut app);
-    println!("ledger-pgkill: {terminated} database sessions terminated");
-    assert!(terminated >= 5, "only {terminated} sessions terminated");
+    let m = |name: &str| metric_sum(&text, name, &[("sink", "ledger")]) as u64;
+    let (retries, failures) = (
+        m("exactly_sink_retries_total"),
+        m("exactly_sink_flush_failures_total"),
+    );
+    println!(
+        "ledger-pgkill: {terminated} sink sessions terminated inside a transaction, {retries} sink retries, {failures} failed flushes"
+    );
+    assert_eq!(
+        terminated, chunks,
+        "one open sink transaction cut off per chunk"
+    );
+    assert_eq!(
+        retries, terminated,
+        "each cut-off transaction was retried once"
+    );
+    assert_eq!(failures, 0, "every flush succeeded after its retry");
     s.assert_exact(&payments);
 }

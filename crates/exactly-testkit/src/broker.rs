@@ -255,7 +255,8 @@ pub fn read_committed(bs: &str, topic: &str) -> Vec<ReadRecord> {
     out
 }
 
-/// The group's committed offsets of a topic (read_committed), by partition.
+/// The group's committed offsets of a topic (read_committed), by partition; a partition with
+/// no committed offset is absent.
 pub fn committed_offsets(bs: &str, group: &str, topic: &str, partitions: i32) -> HashMap<i32, i64> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bs)
@@ -274,6 +275,7 @@ pub fn committed_offsets(bs: &str, group: &str, topic: &str, partitions: i32) ->
         .filter_map(|p| {
             c.find_partition(topic, p)
                 .and_then(|e| e.offset().to_raw())
+                .filter(|o| *o >= 0)
                 .map(|o| (p, o))
         })
         .collect()

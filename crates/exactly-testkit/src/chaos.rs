@@ -22,6 +22,8 @@ pub struct AppProcess {
     pub log: PathBuf,
     /// How many times it was started.
     pub starts: u32,
+    /// Length of the log when the process last started: what it logged since is after it.
+    log_start: u64,
 }
 
 impl AppProcess {
@@ -44,6 +46,7 @@ impl AppProcess {
             child: None,
             log: log_dir.join(format!("instance-{id}.log")),
             starts: 0,
+            log_start: 0,
         }
     }
 
@@ -70,6 +73,7 @@ impl AppProcess {
             .append(true)
             .open(&self.log)
             .unwrap_or_else(|e| panic!("cannot open {}: {e}", self.log.display()));
+        self.log_start = log.metadata().map_or(0, |m| m.len());
         let child = Command::new(&self.program)
             .args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
@@ -96,12 +100,30 @@ impl AppProcess {
         }
     }
 
-    /// SIGKILL and reap.
-    pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+    /// SIGKILL and reap. Returns whether the signal killed a running process (it had not
+    /// exited on its own before).
+    pub fn kill9(&mut self) -> bool {
+        use std::os::unix::process::ExitStatusExt;
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let _ = c.kill();
+        c.wait()
+            .is_ok_and(|status| status.signal() == Some(libc::SIGKILL))
+    }
+
+    /// What the process logged since its last start.
+    pub fn log_since_start(&self) -> String {
+        let text = std::fs::read(&self.log).unwrap_or_default();
+        let from = (self.log_start as usize).min(text.len());
+        String::from_utf8_lossy(&text[from..]).into_owned()
+    }
+
+    /// Whether the process is still starting (no partitions assigned yet) or one of its
+    /// tasks restores (its last restore line is not followed by "task restored; running"),
+    /// going by what it logged since its last start.
+    pub fn starting_or_restoring(&self) -> bool {
+        restoring_in(&self.log_since_start())
     }
 
     /// SIGSTOP: the process freezes (a zombie-to-be); [`AppProcess::resume`] continues it.
@@ -534,9 +556,12 @@ fn as_payments(messages: &mut [TestMessage], accounts: usize) {
 pub struct ChaosReport {
     /// The seed (replay with it).
     pub seed: u64,
-    /// SIGKILLs sent, of which right after a restart (while the tasks restore).
+    /// SIGKILLs sent.
     pub sigkills: u32,
-    /// SIGKILLs that landed during start-up or restore.
+    /// SIGKILLs that killed a running process (it had not exited before).
+    pub kills_landed: u32,
+    /// SIGKILLs that landed while the process was starting or a task of it restored (read
+    /// from its log at the moment of the kill).
     pub restore_kills: u32,
     /// SIGSTOP/SIGCONT pauses.
     pub pauses: u32,
@@ -559,13 +584,14 @@ impl ChaosReport {
     pub fn summary(&self) -> String {
         let v = &self.verification;
         format!(
-            "chaos seed {}: {} inputs, {} unique IDs, {} resent; {} SIGKILLs ({} during start-up/restore), {} SIGSTOP/SIGCONT, \
+            "chaos seed {}: {} inputs, {} unique IDs, {} resent; {} SIGKILLs ({} landed, {} during start-up/restore), {} SIGSTOP/SIGCONT, \
              {} SIGTERM restarts; {} outputs, {} duplicates, {} missing, {} unexpected; {:.1} s",
             self.seed,
             v.inputs,
             v.unique_ids,
             v.inputs.saturating_sub(v.unique_ids),
             self.sigkills,
+            self.kills_landed,
             self.restore_kills,
             self.pauses,
             self.terminations,
@@ -575,6 +601,42 @@ impl ChaosReport {
             v.unexpected.len(),
             self.seconds
         )
+    }
+}
+
+/// See [`AppProcess::starting_or_restoring`].
+fn restoring_in(log: &str) -> bool {
+    if !log.contains("partitions assigned") {
+        return true;
+    }
+    let mut last: HashMap<&str, bool> = HashMap::new();
+    for line in log.lines() {
+        let restoring = if line.contains("restoring dedup store") {
+            true
+        } else if line.contains("task restored; running") {
+            false
+        } else {
+            continue;
+        };
+        if let Some(task) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("task="))
+        {
+            last.insert(task, restoring);
+        }
+    }
+    last.values().any(|r| *r)
+}
+
+/// SIGKILLs `inst` and counts what the kill hit.
+fn kill(inst: &mut AppProcess, report: &mut ChaosReport) {
+    let restoring = inst.starting_or_restoring();
+    report.sigkills += 1;
+    if inst.kill9() {
+        report.kills_landed += 1;
+        if restoring {
+            report.restore_kills += 1;
+        }
     }
 }
 
@@ -640,15 +702,12 @@ pub fn run_observed(
         match rng.gen_range(0..100) {
             0..=64 => {
                 progress(done, &format!("SIGKILL instance {victim}"));
-                inst.kill9();
-                report.sigkills += 1;
+                kill(inst, &mut report);
                 inst.start();
                 if rng.gen_bool(0.3) {
-                    // Again, quickly: this lands in start-up or restore.
+                    // Again, quickly: aimed at its start-up or restore.
                     std::thread::sleep(Duration::from_millis(rng.gen_range(100..800)));
-                    inst.kill9();
-                    report.sigkills += 1;
-                    report.restore_kills += 1;
+                    kill(inst, &mut report);
                     inst.start();
                 }
             }
@@ -716,4 +775,26 @@ pub fn run_observed(
     topics.extend(internal.iter().map(String::as_str));
     broker::delete_topics(bs, &topics);
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::restoring_in;
+
+    #[test]
+    fn a_log_shows_start_up_and_restores_until_every_task_runs() {
+        assert!(restoring_in("INFO stream thread started thread=0\n"));
+        let assigned = "INFO partitions assigned assigned=2 tasks=2\n";
+        let restoring = "INFO restoring dedup store thread=a-0-0 task=in-0 checkpoint=0 from=0 end=9\n\
+                         INFO restoring dedup store thread=a-0-0 task=in-1 checkpoint=0 from=0 end=3\n";
+        let one = "INFO task restored; running thread=a-0-0 task=in-1 committed=Some(3)\n";
+        let other = "INFO task restored; running thread=a-0-0 task=in-0 committed=Some(9)\n";
+        assert!(restoring_in(&format!("{restoring}{assigned}")));
+        assert!(restoring_in(&format!("{restoring}{assigned}{one}")));
+        assert!(!restoring_in(&format!("{restoring}{assigned}{one}{other}")));
+        // A task restoring anew (its store failed) restores again.
+        assert!(restoring_in(&format!(
+            "{restoring}{assigned}{one}{other}INFO restoring dedup store thread=a-0-0 task=in-0 from=9\n"
+        )));
+    }
 }
