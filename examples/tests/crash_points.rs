@@ -16,7 +16,21 @@ const UNIQUE: usize = 5_000;
 /// Produces 6000 messages (5000 IDs); the first instance dies at `point` on its `hit`-th
 /// visit; the restarted one (no failpoint) finishes the stream. Returns the per-ID
 /// comparison of input and output, or `None` if the test is skipped (no broker outside CI).
-fn crash_at(test: &str, point: &str, hit: u32, guarantee: &str) -> Option<Verification> {
+/// What a read_committed reader saw right after the crash.
+#[derive(Debug, Clone, Copy)]
+struct Visible {
+    /// Partitions with a committed offset.
+    offsets: usize,
+    outputs: usize,
+    changelog: usize,
+}
+
+fn crash_at(
+    test: &str,
+    point: &str,
+    hit: u32,
+    guarantee: &str,
+) -> Option<(Verification, bool, Visible)> {
     let s = Setup::new(test, 2)?;
     let messages = messages_with_duplicates(UNIQUE, 1.0 / 6.0, 41);
     let mut app = s.forward(
@@ -36,11 +50,35 @@ fn crash_at(test: &str, point: &str, hit: u32, guarantee: &str) -> Option<Verifi
     broker::produce(&s.bs, &s.input, &messages);
     // The failpoint kills the process: wait for that event.
     wait_failpoint_kill(&mut app, Duration::from_secs(120));
+    // Where the coordinator left the transaction the process died in: committed (its
+    // offsets are in the group's), or still open (the restart's init_transactions aborts it).
+    // A commit that reached the coordinator completes within moments; give it a second.
+    std::thread::sleep(Duration::from_secs(1));
+    let open = [s.output.clone(), s.changelog()]
+        .iter()
+        .any(|t| broker::has_open_transaction(&s.bs, t, 2));
+    let committed = broker::committed_offsets(&s.bs, &s.app, &s.input, 2);
+    let visible = Visible {
+        offsets: committed.len(),
+        outputs: s.output_records().len(),
+        changelog: broker::read_committed(&s.bs, &s.changelog()).len(),
+    };
+    println!(
+        "{point}:{hit}: after the crash the transaction is {}; committed offsets {committed:?}; {visible:?}",
+        if open { "open" } else { "resolved" }
+    );
     app.env("EXACTLY_FAILPOINT", "");
     app.set_log(s.dir.path().join("restart.log"));
     app.start();
-    // The restart restores both tasks before it processes (or finds nothing left to do).
-    wait_for_log(&mut app, "task restored; running", Duration::from_secs(60));
+    // The restart restores both tasks before it processes, and resumes each exactly at the
+    // offset the coordinator's outcome left committed.
+    for p in 0..2 {
+        let resumed = match committed.get(&p) {
+            Some(o) => format!("task={}-{p} committed=Some({o})", s.input),
+            None => format!("task={}-{p} committed=None", s.input),
+        };
+        wait_for_log(&mut app, &resumed, Duration::from_secs(60));
+    }
     s.wait_caught_up(std::slice::from_mut(&mut app));
     stop_all(std::slice::from_mut(&mut app));
     let v = s.verify();
@@ -52,13 +90,15 @@ fn crash_at(test: &str, point: &str, hit: u32, guarantee: &str) -> Option<Verifi
         v.missing.len()
     );
     assert_eq!(v.inputs, messages.len());
-    Some(v)
+    Some((v, open, visible))
 }
 
-fn exactly_once_crash_at(test: &str, point: &str, hit: u32) {
-    if let Some(v) = crash_at(test, point, hit, "exactly-once") {
-        assert_exact(&v, UNIQUE);
-    }
+/// Returns whether the transaction the process died in was left open, and what was visible
+/// after the crash (`None`: skipped).
+fn exactly_once_crash_at(test: &str, point: &str, hit: u32) -> Option<(bool, Visible)> {
+    let (v, open, visible) = crash_at(test, point, hit, "exactly-once")?;
+    assert_exact(&v, UNIQUE);
+    Some((open, visible))
 }
 
 #[test]
@@ -66,19 +106,45 @@ fn sigkill_before_anything_was_sent_reprocesses_the_batch_exactly_once() {
     exactly_once_crash_at("cp-before-send", "before_send", 2);
 }
 
+/// The records handed to the producer may or may not have reached the broker before the kill
+/// (librdkafka batches them); either way nothing of the transaction commits, the restart
+/// resumes from the offsets committed before it, and its init_transactions aborts what the
+/// broker holds of it.
 #[test]
 fn sigkill_after_sends_before_commit_leaves_a_transaction_the_restart_aborts() {
     exactly_once_crash_at("cp-after-send", "after_send", 2);
 }
 
+/// The process dies inside the first transaction's commit, when nothing was committed before:
+/// the coordinator either committed it (offsets, outputs and changelog all visible) or not
+/// (none of them). The test says which; either way the restart resumed from the offsets left
+/// committed (checked in `crash_at`) and the output is exact.
 #[test]
 fn sigkill_during_commit_moves_offsets_outputs_and_changelog_together_or_not_at_all() {
-    exactly_once_crash_at("cp-during-commit", "during_commit", 2);
+    let Some((_, visible)) = exactly_once_crash_at("cp-during-commit", "during_commit", 1) else {
+        return;
+    };
+    let committed = visible.offsets > 0;
+    println!(
+        "during_commit:1: the coordinator {} the transaction",
+        if committed {
+            "committed"
+        } else {
+            "aborted (or never got)"
+        }
+    );
+    assert_eq!(
+        (visible.outputs > 0, visible.changelog > 0),
+        (committed, committed),
+        "offsets, outputs and changelog move together: {visible:?}"
+    );
 }
 
 #[test]
 fn sigkill_after_commit_before_store_apply_restores_the_changelog_tail_first() {
-    exactly_once_crash_at("cp-after-commit", "after_commit", 2);
+    if let Some((open, _)) = exactly_once_crash_at("cp-after-commit", "after_commit", 2) {
+        assert!(!open, "the transaction committed before the kill");
+    }
 }
 
 /// At-least-once mode at the same crash point (outputs and changelog records flushed, IDs not
@@ -87,7 +153,7 @@ fn sigkill_after_commit_before_store_apply_restores_the_changelog_tail_first() {
 /// crash in the middle of a flush, or a failed send: see docs/exactly-once.md.)
 #[test]
 fn at_least_once_sigkill_between_flush_and_store_write_is_covered_by_the_changelog() {
-    if let Some(v) = crash_at("alo-after-flush", "after_commit", 2, "at-least-once") {
+    if let Some((v, _, _)) = crash_at("alo-after-flush", "after_commit", 2, "at-least-once") {
         assert_exact(&v, UNIQUE);
     }
 }

@@ -10,6 +10,29 @@ use exactly_testkit::chaos::{
 };
 use std::time::Duration;
 
+/// A metric of the instance serving `/metrics` at `addr`.
+fn metric(addr: &str, name: &str) -> f64 {
+    let text = http_get(addr, "/metrics")
+        .unwrap_or_else(|| panic!("no metrics at {addr}"))
+        .1;
+    metric_sum(&text, name, &[])
+}
+
+/// Waits (up to `timeout`) until the instances at `addrs` together hold `n` tasks.
+fn wait_tasks(addrs: &[&str], n: f64, timeout: Duration) -> Vec<f64> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let held: Vec<f64> = addrs
+            .iter()
+            .map(|a| metric(a, "exactly_assigned_tasks"))
+            .collect();
+        if held.iter().sum::<f64>() == n || std::time::Instant::now() > deadline {
+            return held;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn a_third_instance_joining_and_leaving_mid_stream_keeps_each_id_exactly_once() {
     let Some(s) = Setup::new("rebalance", 4) else {
@@ -19,12 +42,16 @@ fn a_third_instance_joining_and_leaving_mid_stream_keeps_each_id_exactly_once() 
     let messages = messages_with_duplicates(unique, 0.2, 21);
     let quarters: Vec<_> = messages.chunks(messages.len().div_ceil(4)).collect();
 
-    let mut group: Vec<AppProcess> = (0..2).map(|i| s.forward(&i.to_string(), &[])).collect();
+    let addrs: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let mut group: Vec<AppProcess> = (0..2)
+        .map(|i| s.forward(&i.to_string(), &["--metrics-addr", &addrs[i]]))
+        .collect();
     group.iter_mut().for_each(AppProcess::start);
     broker::produce(&s.bs, &s.input, quarters[0]);
 
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut third = s.forward("2", &["--metrics-addr", &addr]);
+    let mut third = s.forward("2", &["--metrics-addr", &addrs[2]]);
     third.start();
     broker::produce(&s.bs, &s.input, quarters[1]);
     // The joiner gets partitions, restores them and runs.
@@ -46,10 +73,18 @@ fn a_third_instance_joining_and_leaving_mid_stream_keeps_each_id_exactly_once() 
     let mut all = vec![third];
     all.extend(group);
     s.wait_caught_up(&mut all);
-    let text = http_get(&addr, "/metrics")
-        .expect("metrics of the third instance")
-        .1;
-    let consumed_by_third = metric_sum(&text, "exactly_records_consumed_total", &[]);
+    let all_addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let held = wait_tasks(&all_addrs, 4.0, Duration::from_secs(30));
+    assert_eq!(
+        held.iter().sum::<f64>(),
+        4.0,
+        "tasks held by the three: {held:?}"
+    );
+    assert!(
+        held[2] >= 1.0,
+        "the third instance got no partition: {held:?}"
+    );
+    let consumed_by_third = metric(&addrs[2], "exactly_records_consumed_total");
     // It leaves while the last quarter streams in.
     broker::produce(&s.bs, &s.input, quarters[3]);
     let mut third = all.remove(0);
@@ -62,11 +97,18 @@ fn a_third_instance_joining_and_leaving_mid_stream_keeps_each_id_exactly_once() 
         third.log_tail(30)
     );
     s.wait_caught_up(&mut all);
+    // Its partitions moved back: the two hold all four again.
+    let held = wait_tasks(&all_addrs[..2], 4.0, Duration::from_secs(90));
+    assert_eq!(
+        held.iter().sum::<f64>(),
+        4.0,
+        "tasks held by the two left: {held:?}"
+    );
     stop_all(&mut all);
 
     let v = s.verify();
     println!(
-        "rebalance: {} inputs, {} outputs, third instance consumed {consumed_by_third}",
+        "rebalance: {} inputs, {} outputs, third instance consumed {consumed_by_third}, tasks held at the end {held:?}",
         v.inputs, v.outputs
     );
     assert!(

@@ -300,3 +300,20 @@ pub fn end_offsets(bs: &str, topic: &str, partitions: i32) -> HashMap<i32, i64> 
         })
         .collect()
 }
+
+/// Whether a transaction is open on some partition of `topic`: its last stable offset (what a
+/// read_committed consumer can reach) is behind its high watermark.
+pub fn has_open_transaction(bs: &str, topic: &str, partitions: i32) -> bool {
+    let stable: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bs)
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("client");
+    let high = end_offsets(bs, topic, partitions);
+    (0..partitions).any(|p| {
+        let (_, lso) = stable
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .expect("watermarks");
+        lso < high[&p]
+    })
+}
