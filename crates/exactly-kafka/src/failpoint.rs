@@ -1,6 +1,8 @@
 //! Crash points for process-level tests: `EXACTLY_FAILPOINT=<point>:<n>` makes the process
 //! SIGKILL itself the `n`-th time (1-based, counted over all stream threads) it reaches
-//! `point`. Unset (the normal case) it costs one relaxed load per point reached.
+//! `point`; `<point>:<n>:stop` makes it SIGSTOP itself there instead (a zombie frozen at a
+//! known step; SIGCONT continues it). Unset (the normal case) it costs one relaxed load per
+//! point reached.
 //!
 //! | point | where the process dies |
 //! |---|---|
@@ -38,20 +40,37 @@ impl Point {
     }
 }
 
-static ARMED: OnceLock<Option<(Point, u64)>> = OnceLock::new();
+/// What an armed failpoint does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Kill,
+    Stop,
+}
+
+static ARMED: OnceLock<Option<(Point, u64, Action)>> = OnceLock::new();
 static HITS: AtomicU64 = AtomicU64::new(0);
 
-fn armed() -> Option<(Point, u64)> {
+fn armed() -> Option<(Point, u64, Action)> {
     *ARMED.get_or_init(|| {
         let v = std::env::var("EXACTLY_FAILPOINT").ok().filter(|v| !v.is_empty())?;
-        let parsed = v.split_once(':').and_then(|(p, n)| Some((Point::parse(p)?, n.parse::<u64>().ok()?)));
+        let mut parts = v.split(':');
+        let parsed = (|| {
+            let point = Point::parse(parts.next()?)?;
+            let n = parts.next()?.parse::<u64>().ok()?;
+            let action = match parts.next() {
+                None => Action::Kill,
+                Some("stop") => Action::Stop,
+                Some(_) => return None,
+            };
+            parts.next().is_none().then_some((point, n, action))
+        })();
         match parsed {
             Some(a) => {
-                tracing::warn!(failpoint = %v, "EXACTLY_FAILPOINT is set: this process will SIGKILL itself (test hook)");
+                tracing::warn!(failpoint = %v, "EXACTLY_FAILPOINT is set: this process will SIGKILL or SIGSTOP itself (test hook)");
                 Some(a)
             }
             None => {
-                tracing::error!(value = %v, "EXACTLY_FAILPOINT must be <before_send|after_send|during_commit|after_commit>:<n>; ignored");
+                tracing::error!(value = %v, "EXACTLY_FAILPOINT must be <before_send|after_send|during_commit|after_commit>:<n>[:stop]; ignored");
                 None
             }
         }
@@ -60,10 +79,19 @@ fn armed() -> Option<(Point, u64)> {
 
 /// Called when the protocol reaches `point`; kills the process if that is the armed hit.
 pub(crate) fn hit(point: Point) {
-    let Some((armed_point, n)) = armed() else {
+    let Some((armed_point, n, action)) = armed() else {
         return;
     };
     if armed_point != point || HITS.fetch_add(1, Ordering::Relaxed) + 1 != n {
+        return;
+    }
+    if action == Action::Stop {
+        eprintln!("EXACTLY_FAILPOINT: SIGSTOP at {point:?} (hit {n})");
+        // SAFETY: kill(2) on our own pid; the process stops here until SIGCONT.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGSTOP);
+        }
+        eprintln!("EXACTLY_FAILPOINT: continued after SIGSTOP at {point:?}");
         return;
     }
     eprintln!("EXACTLY_FAILPOINT: SIGKILL at {point:?} (hit {n})");

@@ -112,6 +112,19 @@ impl AppProcess {
             .is_ok_and(|status| status.signal() == Some(libc::SIGKILL))
     }
 
+    /// Whether the running process is stopped (SIGSTOP), from `/proc/<pid>/stat`.
+    pub fn is_stopped(&self) -> bool {
+        let Some(pid) = self.pid() else { return false };
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                // `pid (comm) state ...`; comm may hold spaces, so read after the last ')'.
+                let rest = &stat[stat.rfind(')')? + 1..];
+                rest.split_whitespace().next().map(|s| s == "T")
+            })
+            .unwrap_or(false)
+    }
+
     /// What the process logged since its last start.
     pub fn log_since_start(&self) -> String {
         let text = std::fs::read(&self.log).unwrap_or_default();
