@@ -26,18 +26,38 @@ fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
-fn missing(test: &str, what: &str, target: &str, why: &str, how: &str) {
-    if in_ci() {
+fn missing(test: &str, what: &str, target: &str, why: &str, how: &str, ci: bool) {
+    if ci {
         panic!("{test}: no {what} at {target} ({why}) and CI=true: this test must not be skipped; {how}");
     }
     eprintln!("SKIPPED {test}: no {what} at {target} ({why}; {how})");
+    note_skip(test, what);
+}
+
+/// Appends a skipped test to the file `EXACTLY_SKIP_LOG` names (`scripts/test.sh` counts them:
+/// the test runner reports such a test as passed).
+fn note_skip(test: &str, what: &str) {
+    if let Some(path) = std::env::var_os("EXACTLY_SKIP_LOG") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{test}: no {what}");
+        }
+    }
 }
 
 /// The PostgreSQL connection string if the server answers a query. Otherwise: under
 /// `CI=true` panics with how to fix it; elsewhere prints why the test is skipped and returns
 /// `None`.
 pub fn require_postgres(test: &str) -> Option<String> {
-    let url = postgres_url();
+    require_postgres_at(test, &postgres_url(), in_ci())
+}
+
+/// [`require_postgres`] for the server at `url`, as under `CI=true` if `ci`.
+pub fn require_postgres_at(test: &str, url: &str, ci: bool) -> Option<String> {
+    let url = url.to_owned();
     let probe = (|| -> Result<(), String> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -69,6 +89,7 @@ pub fn require_postgres(test: &str) -> Option<String> {
                 &url,
                 &why,
                 "start PostgreSQL or point EXACTLY_TEST_POSTGRES at one",
+                ci,
             );
             None
         }
@@ -77,7 +98,12 @@ pub fn require_postgres(test: &str) -> Option<String> {
 
 /// The Redis URL if the server answers `PING`; otherwise as [`require_postgres`].
 pub fn require_redis(test: &str) -> Option<String> {
-    let url = redis_url();
+    require_redis_at(test, &redis_url(), in_ci())
+}
+
+/// [`require_redis`] for the server at `url`, as under `CI=true` if `ci`.
+pub fn require_redis_at(test: &str, url: &str, ci: bool) -> Option<String> {
+    let url = url.to_owned();
     let probe = (|| -> Result<(), String> {
         let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
         let mut c = client
@@ -97,6 +123,7 @@ pub fn require_redis(test: &str) -> Option<String> {
                 &url,
                 &why,
                 "start redis-server or point EXACTLY_TEST_REDIS at one",
+                ci,
             );
             None
         }

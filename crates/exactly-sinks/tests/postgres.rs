@@ -8,7 +8,7 @@ mod common;
 use common::{payments, Ledger, Payment, Tables};
 use exactly_core::{Context, ProcessError, Record, TaskId};
 use exactly_sinks::postgres::{PgApply, PgBatch, PgHandler, PgSinkProcessor};
-use exactly_sinks::testing::{require_postgres, TcpProxy};
+use exactly_sinks::testing::{require_postgres, require_postgres_at, TcpProxy};
 use exactly_sinks::tokio_postgres::Transaction;
 use exactly_sinks::{SinkError, SinkMetrics};
 use exactly_testkit::{StepOutcome, TestDriver, TestRecord};
@@ -442,21 +442,20 @@ fn migration_is_idempotent_and_safe_when_instances_start_together() {
 
 #[test]
 fn a_missing_postgres_fails_the_test_under_ci_with_a_clear_message() {
-    // Each nextest test is its own process: changing the environment here is contained.
-    std::env::set_var(
-        "EXACTLY_TEST_POSTGRES",
-        "host=127.0.0.1 port=1 user=postgres dbname=test",
-    );
-    std::env::set_var("CI", "true");
-    let panic = std::panic::catch_unwind(|| require_postgres("probe")).expect_err("must panic");
+    let nowhere = "host=127.0.0.1 port=1 user=postgres dbname=test";
+    let panic = std::panic::catch_unwind(|| require_postgres_at("probe", nowhere, true))
+        .expect_err("must panic");
     let msg = panic.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(
         msg.contains("no PostgreSQL at host=127.0.0.1 port=1"),
         "{msg}"
     );
     assert!(msg.contains("CI=true"), "{msg}");
-    std::env::set_var("CI", "false");
-    assert_eq!(require_postgres("probe"), None, "outside CI it skips");
+    assert_eq!(
+        require_postgres_at("probe", nowhere, false),
+        None,
+        "outside CI it skips"
+    );
 }
 
 /// Stages and flushes in one go (test shorthand).

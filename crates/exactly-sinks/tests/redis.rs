@@ -1,7 +1,7 @@
 //! The Redis guard against a real Redis (no mocks). Each test has its own key prefix.
 
 use exactly_sinks::redis_guard::{GuardState, Guarded, RedisGuard, RedisGuardConfig};
-use exactly_sinks::testing::{require_redis, unique_name};
+use exactly_sinks::testing::{require_redis, require_redis_at, unique_name};
 use exactly_sinks::{SinkError, SinkMetrics};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Barrier, Mutex};
@@ -142,14 +142,13 @@ fn concurrent_guards_over_overlapping_ids_run_each_effect_once() {
 
 #[test]
 fn a_missing_redis_fails_the_test_under_ci_with_a_clear_message() {
-    std::env::set_var("EXACTLY_TEST_REDIS", "redis://127.0.0.1:1/");
-    std::env::set_var("CI", "true");
-    let panic = std::panic::catch_unwind(|| require_redis("probe")).expect_err("must panic");
+    let nowhere = "redis://127.0.0.1:1/";
+    let panic = std::panic::catch_unwind(|| require_redis_at("probe", nowhere, true))
+        .expect_err("must panic");
     let msg = panic.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(msg.contains("no Redis at redis://127.0.0.1:1/"), "{msg}");
     assert!(msg.contains("CI=true"), "{msg}");
-    std::env::set_var("CI", "false");
-    assert_eq!(require_redis("probe"), None);
+    assert_eq!(require_redis_at("probe", nowhere, false), None);
 }
 
 /// A processor that "sends a receipt" per record through the guard at flush time.
