@@ -231,6 +231,47 @@ fn a_missing_output_topic_is_refused_before_processing() {
 }
 
 #[test]
+fn a_changelog_without_compaction_is_refused_before_processing() {
+    let log = refused("delete-changelog", |s| {
+        broker::produce(&s.bs, &s.input, &good(0..10));
+        broker::create_topics_with(
+            &s.bs,
+            &[(&s.changelog(), 2, &[("cleanup.policy", "delete")])],
+        );
+    });
+    if let Some(log) = log {
+        assert!(
+            log.contains("has cleanup.policy=delete; it must include `compact`"),
+            "log:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn a_changelog_keeping_ids_shorter_than_the_dedup_retention_is_refused_before_processing() {
+    let log = refused("short-changelog", |s| {
+        broker::produce(&s.bs, &s.input, &good(0..10));
+        broker::create_topics_with(
+            &s.bs,
+            &[(
+                &s.changelog(),
+                2,
+                &[
+                    ("cleanup.policy", "compact,delete"),
+                    ("retention.ms", "60000"),
+                ],
+            )],
+        );
+    });
+    if let Some(log) = log {
+        assert!(
+            log.contains("has retention.ms=60000, shorter than the 604800000 ms"),
+            "log:\n{log}"
+        );
+    }
+}
+
+#[test]
 fn a_changelog_with_the_wrong_partition_count_is_refused_before_processing() {
     let log = refused("bad-changelog", |s| {
         broker::produce(&s.bs, &s.input, &good(0..10));

@@ -124,34 +124,45 @@ struct Running {
     _state: tempfile::TempDir,
 }
 
-/// Starts the runtime: batches of at most 100 records, so the input takes at least 10
-/// transactions. `adjust` changes the config further.
-fn start(cluster: &FaultyCluster, adjust: impl FnOnce(&mut RuntimeConfig)) -> Running {
-    exactly::logging::init();
-    let state = tempfile::tempdir().expect("tempdir");
+/// The test config against the mock: batches of at most 100 records, so the input takes at
+/// least 10 transactions.
+fn mock_config(cluster: &FaultyCluster, state: &tempfile::TempDir) -> RuntimeConfig {
     let mut config = RuntimeConfig::new(APP, cluster.bootstrap());
     config.inputs = vec![INPUT.into()];
     config.outputs = vec![OUTPUT.into()];
     config.state_dir = state.path().into();
     config.max_batch_records = 100;
     config.task.dead_letter_topic = Some(DLQ.into());
-    // The mock has no DescribeConfigs: the changelog's cleanup.policy check waits for its
-    // request timeout (the startup timeout), then goes on with a warning.
+    // The mock has no DescribeConfigs: with `verify_topic_configs` off the changelog config
+    // check waits for its request timeout (the startup timeout), then goes on with a warning
+    // (on, it refuses to start, as on a cluster that cannot describe configs).
     config.startup_timeout = Duration::from_secs(3);
+    config.verify_topic_configs = false;
+    config
+}
+
+/// Starts the runtime on [`mock_config`]; `adjust` changes the config further.
+fn start(cluster: &FaultyCluster, adjust: impl FnOnce(&mut RuntimeConfig)) -> Running {
+    exactly::logging::init();
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut config = mock_config(cluster, &state);
     adjust(&mut config);
     let metrics = Arc::new(Metrics::new(APP, "0").expect("metrics"));
-    let observer = Arc::new(MetricsObserver::new(
-        metrics.clone(),
-        Arc::new(Health::new()),
-        config.threads,
-    ));
-    let handle = exactly_kafka::start(config, |_: &TaskId| Forward::to(OUTPUT), observer)
+    let handle = exactly_kafka::start(config, |_: &TaskId| Forward::to(OUTPUT), observer(&metrics))
         .expect("runtime starts");
     Running {
         handle: Some(handle),
         metrics,
         _state: state,
     }
+}
+
+fn observer(metrics: &Arc<Metrics>) -> Arc<MetricsObserver> {
+    Arc::new(MetricsObserver::new(
+        metrics.clone(),
+        Arc::new(Health::new()),
+        1,
+    ))
 }
 
 impl Running {
@@ -455,4 +466,27 @@ fn a_fatal_end_txn_error_stops_the_runtime_with_a_clear_error() {
     assert_eq!(cluster.pending(EndTxn), 0);
     assert_eq!(run.consumed(), 0, "nothing committed");
     assert_eq!(run.metrics.transactions_committed_total.get(), 0);
+}
+
+#[test]
+fn a_changelog_whose_config_cannot_be_read_is_refused_unless_verification_is_off() {
+    exactly::logging::init();
+    let cluster = FaultyCluster::new();
+    produce_input(&cluster);
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut config = mock_config(&cluster, &state);
+    config.verify_topic_configs = RuntimeConfig::new(APP, cluster.bootstrap()).verify_topic_configs;
+    assert!(config.verify_topic_configs, "on by default");
+    let metrics = Arc::new(Metrics::new(APP, "0").expect("metrics"));
+    let err = exactly_kafka::start(config, |_: &TaskId| Forward::to(OUTPUT), observer(&metrics))
+        .err()
+        .expect("refused: the mock cannot describe the changelog's config");
+    let text = err.to_string();
+    eprintln!("{text}");
+    assert!(
+        text.contains("cannot read the config of changelog topic `")
+            && text.contains("set `verify_topic_configs = false`"),
+        "the error says what is wrong and what to do: {text}"
+    );
+    assert_eq!(metrics.transactions_committed_total.get(), 0);
 }

@@ -55,6 +55,10 @@ pub struct RuntimeConfig {
     pub block_cache_bytes: usize,
     /// RocksDB write buffer budget shared by the instance's stores (bytes).
     pub write_buffer_bytes: usize,
+    /// Check the config of existing internal topics at start (cleanup policy, retention);
+    /// `false` skips it for clusters that cannot describe topic configs (librdkafka's mock
+    /// cluster) — then nobody checks that the changelogs keep what restores need.
+    pub verify_topic_configs: bool,
     /// Where a trusted dedup store's restore starts: its checkpoint (default) or, for brokers
     /// whose read_committed fetches after an aborted transaction skip records, the start.
     pub restore_from: RestoreFrom,
@@ -86,6 +90,7 @@ impl RuntimeConfig {
             block_cache_bytes: 64 << 20,
             write_buffer_bytes: 64 << 20,
             restore_from: RestoreFrom::Checkpoint,
+            verify_topic_configs: true,
             kafka: BTreeMap::new(),
         }
     }

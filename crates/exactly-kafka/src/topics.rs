@@ -157,7 +157,7 @@ pub fn ensure_topics(config: &RuntimeConfig) -> Result<BTreeMap<String, i32>, Ru
                      Delete the changelog (losing its dedup history or state) or restore the input's partition count"
                 )))
             }
-            Some(_) => check_cleanup_policy(&admin, changelog, config)?,
+            Some(_) => check_changelog_config(&admin, changelog, retention.as_deref(), config)?,
             None => {
                 let cleanup = match retention {
                     Some(ms) => Cleanup::CompactDelete(ms.clone()),
@@ -239,32 +239,61 @@ fn wait_for_topics(
     }
 }
 
-/// An existing changelog must be compacted: with `delete` alone, IDs older than the segment
-/// retention would vanish from restores before their dedup retention ends.
-fn check_cleanup_policy(
+/// An existing changelog must be compacted (with `delete` alone, entries older than the
+/// segment retention would vanish from restores however long they should live), and one with
+/// a retention (`compact,delete`) must keep its records at least `retention_ms` (the dedup
+/// retention or the store's TTL): otherwise a restore forgets IDs that are still within their
+/// dedup retention and their resends are processed again.
+fn check_changelog_config(
     admin: &AdminClient<DefaultClientContext>,
     topic: &str,
+    retention_ms: Option<&str>,
     config: &RuntimeConfig,
 ) -> Result<(), RuntimeError> {
     let opts = AdminOptions::new().request_timeout(Some(config.startup_timeout));
     let res = futures_executor::block_on(
         admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &opts),
     );
-    let policy = match res {
+    let resource = match res {
         Ok(mut v) => match v.pop() {
-            Some(Ok(resource)) => resource.get("cleanup.policy").and_then(|e| e.value.clone()),
-            _ => None,
+            Some(Ok(resource)) => Ok(resource),
+            Some(Err(code)) => Err(code.to_string()),
+            None => Err("no answer".to_owned()),
         },
-        Err(e) => {
-            tracing::warn!(topic, error = %e, "could not describe the changelog's config; not checking cleanup.policy");
+        Err(e) => Err(e.to_string()),
+    };
+    let resource = match resource {
+        Ok(r) => r,
+        Err(why) if config.verify_topic_configs => {
+            return Err(RuntimeError::Topic(format!(
+                "cannot read the config of changelog topic `{topic}` ({why}); exactly checks that it is compacted and keeps its records for the dedup retention. \
+                 Grant the app DescribeConfigs on its internal topics, or check the topic yourself and set `verify_topic_configs = false`"
+            )))
+        }
+        Err(why) => {
+            tracing::warn!(topic, error = %why, "verify_topic_configs is off: not checking the changelog's config");
             return Ok(());
         }
     };
-    match policy {
-        Some(p) if p.split(',').any(|x| x.trim() == "compact") => Ok(()),
-        Some(p) => Err(RuntimeError::Topic(format!(
-            "changelog topic `{topic}` has cleanup.policy={p}; it must include `compact` (set cleanup.policy=compact,delete)"
-        ))),
-        None => Ok(()),
+    let value = |key: &str| resource.get(key).and_then(|e| e.value.clone());
+    let policy = value("cleanup.policy").unwrap_or_else(|| "delete".to_owned());
+    if !policy.split(',').any(|x| x.trim() == "compact") {
+        return Err(RuntimeError::Topic(format!(
+            "changelog topic `{topic}` has cleanup.policy={policy}; it must include `compact` (set cleanup.policy=compact,delete)"
+        )));
     }
+    let deletes = policy.split(',').any(|x| x.trim() == "delete");
+    if let (true, Some(want), Some(have)) = (deletes, retention_ms, value("retention.ms")) {
+        let (want, have): (i64, i64) = (
+            want.parse().unwrap_or(i64::MAX),
+            have.parse().unwrap_or(i64::MAX),
+        );
+        if have >= 0 && have < want {
+            return Err(RuntimeError::Topic(format!(
+                "changelog topic `{topic}` has retention.ms={have}, shorter than the {want} ms its entries must live (the dedup retention, or the store's TTL): \
+                 restores would forget IDs still within their retention. Raise its retention.ms to at least {want}"
+            )));
+        }
+    }
+    Ok(())
 }

@@ -72,11 +72,25 @@ fn admin(bs: &str) -> AdminClient<DefaultClientContext> {
         .expect("admin client")
 }
 
+/// A topic to create: name, partition count, topic configs.
+pub type TopicSpec<'a> = (&'a str, i32, &'a [(&'a str, &'a str)]);
+
 /// Creates topics (panics on failure: this is test set-up).
 pub fn create_topics(bs: &str, topics: &[(&str, i32)]) {
+    let plain: Vec<TopicSpec<'_>> = topics.iter().map(|(t, n)| (*t, *n, &[][..])).collect();
+    create_topics_with(bs, &plain);
+}
+
+/// [`create_topics`] with topic configs (`cleanup.policy`, `retention.ms`, ...).
+pub fn create_topics_with(bs: &str, topics: &[TopicSpec<'_>]) {
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|(t, n)| NewTopic::new(t, *n, TopicReplication::Fixed(1)))
+        .map(|(t, n, configs)| {
+            configs.iter().fold(
+                NewTopic::new(t, *n, TopicReplication::Fixed(1)),
+                |topic, (k, v)| topic.set(k, v),
+            )
+        })
         .collect();
     let res = futures_executor::block_on(admin(bs).create_topics(&new, &AdminOptions::new()))
         .expect("create_topics request");
@@ -90,7 +104,7 @@ pub fn create_topics(bs: &str, topics: &[(&str, i32)]) {
         .create()
         .expect("client");
     let deadline = Instant::now() + Duration::from_secs(30);
-    for (t, n) in topics {
+    for (t, n, _) in topics {
         loop {
             let md = consumer.fetch_metadata(Some(t), Duration::from_secs(5));
             if md.is_ok_and(|m| {
@@ -327,4 +341,24 @@ pub fn has_open_transaction(bs: &str, topic: &str, partitions: i32) -> bool {
             .expect("watermarks");
         lso < high[&p]
     })
+}
+
+/// The config of `topic` as the broker describes it (`cleanup.policy`, `retention.ms`, ...).
+pub fn topic_config(bs: &str, topic: &str) -> HashMap<String, String> {
+    use rdkafka::admin::ResourceSpecifier;
+    let res = futures_executor::block_on(admin(bs).describe_configs(
+        &[ResourceSpecifier::Topic(topic)],
+        &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))),
+    ))
+    .expect("describe_configs");
+    let resource = res
+        .into_iter()
+        .next()
+        .expect("one resource")
+        .unwrap_or_else(|e| panic!("describing {topic}: {e}"));
+    resource
+        .entries
+        .into_iter()
+        .filter_map(|e| e.value.map(|v| (e.name, v)))
+        .collect()
 }

@@ -29,6 +29,10 @@ pub struct RunArgs {
     /// Input records in one transaction at most (default: the runtime's, 10000).
     #[arg(long)]
     pub max_batch_records: Option<usize>,
+    /// How long message IDs are remembered, in milliseconds (default 7 days); also the dedup
+    /// changelog's `retention.ms`.
+    #[arg(long)]
+    pub dedup_retention_ms: Option<u64>,
     /// Serve /metrics, /health and /ready on this address (e.g. 0.0.0.0:9100).
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
@@ -103,6 +107,11 @@ impl RunArgs {
         };
         if let Some(n) = self.max_batch_records {
             app.config_mut().max_batch_records = n;
+        }
+        if let Some(ms) = self.dedup_retention_ms {
+            app.config_mut().task.dedup_retention_ms = i64::try_from(ms).map_err(|_| {
+                RuntimeError::Config(format!("--dedup-retention-ms {ms} is too large"))
+            })?;
         }
         for kv in &self.kafka {
             let (k, v) = kv.split_once('=').ok_or_else(|| {

@@ -79,6 +79,8 @@ pub struct FileConfig {
     pub static_membership: Option<bool>,
     /// Where a trusted dedup store's restore starts: `checkpoint` (default) or `start`.
     pub restore_from: Option<String>,
+    /// Check existing internal topics' configs at start (default true).
+    pub verify_topic_configs: Option<bool>,
     /// Address to serve `/metrics`, `/health` and `/ready` on (default: no server).
     pub metrics_addr: Option<String>,
     /// `transaction.timeout.ms` of the producers (default 10000).
@@ -406,6 +408,7 @@ const KEYS: &[KeySpec] = &[
     key("guarantee", Kind::Str, "set it to \"exactly_once\" or \"at_least_once\""),
     key("static_membership", Kind::Bool, BOOL),
     key("restore_from", Kind::Str, "set it to \"checkpoint\" or \"start\""),
+    key("verify_topic_configs", Kind::Bool, BOOL),
     key("metrics_addr", Kind::Str, "set it to an IP address and port, e.g. \"0.0.0.0:9100\""),
     key("transaction_timeout_ms", Kind::Int, POSITIVE),
     key("startup_timeout_ms", Kind::Int, POSITIVE),
@@ -797,6 +800,9 @@ impl Checker<'_> {
         if let Some(on) = file.static_membership {
             runtime.static_membership = on;
         }
+        if let Some(on) = file.verify_topic_configs {
+            runtime.verify_topic_configs = on;
+        }
         if let Some(from) = &file.restore_from {
             runtime.restore_from = self.choice(
                 "restore_from",
@@ -1103,6 +1109,7 @@ pub fn redacted(config: &RuntimeConfig) -> String {
         format!("max_batch_records = {}", config.max_batch_records),
         format!("guarantee = {}", string(guarantee)),
         format!("static_membership = {}", config.static_membership),
+        format!("verify_topic_configs = {}", config.verify_topic_configs),
         format!(
             "restore_from = {}",
             string(match config.restore_from {
