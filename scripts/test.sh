@@ -36,8 +36,9 @@ LOG_DIR="$REPO_ROOT/target/test-logs"
 mkdir -p "$LOG_DIR"
 # Tests that find no broker, PostgreSQL or Redis skip outside CI (under CI=true they fail) and
 # are reported as passed by the runner; they append a line here, counted in the closing line.
-export EXACTLY_SKIP_LOG="$LOG_DIR/skipped-for-missing-service.txt"
-rm -f "$EXACTLY_SKIP_LOG"
+# Not an `EXACTLY_*` name: those configure the apps, and their loader refuses unknown keys.
+export TEST_SKIP_LOG="$LOG_DIR/skipped-for-missing-service.txt"
+rm -f "$TEST_SKIP_LOG"
 
 # run_logged NAME CMD...: runs CMD with its output shown and kept in $LOG_DIR/NAME.log; returns
 # its exit code (not tee's).
@@ -79,11 +80,11 @@ if [[ -z "$summary" && $nextest_rc != 0 ]]; then
 	echo "nextest printed no summary: the build failed or no test ran (see $LOG_DIR/nextest.log)"
 fi
 missing_service=0
-if [[ -f "$EXACTLY_SKIP_LOG" ]]; then
-	missing_service=$(wc -l <"$EXACTLY_SKIP_LOG")
+if [[ -f "$TEST_SKIP_LOG" ]]; then
+	missing_service=$(wc -l <"$TEST_SKIP_LOG")
 fi
 if ((missing_service > 0)); then
-	echo "$missing_service of the tests reported passed skipped for a missing service (listed in $EXACTLY_SKIP_LOG)"
+	echo "$missing_service of the tests reported passed skipped for a missing service (listed in $TEST_SKIP_LOG)"
 fi
 echo "total: $passed passed, $failed failed, $skipped skipped, $missing_service skipped for a missing service"
 ((nextest_rc == 0 && doc_rc == 0))

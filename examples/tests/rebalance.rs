@@ -18,6 +18,14 @@ fn metric(addr: &str, name: &str) -> f64 {
     metric_sum(&text, name, &[])
 }
 
+/// The last lines of each member's log, for a failure message.
+fn tails(members: &[&AppProcess]) -> String {
+    members
+        .iter()
+        .map(|m| format!("member {} log tail:\n{}\n", m.id, m.log_tail(40)))
+        .collect()
+}
+
 /// Waits (up to `timeout`) until the instances at `addrs` together hold `n` tasks.
 fn wait_tasks(addrs: &[&str], n: f64, timeout: Duration) -> Vec<f64> {
     let deadline = std::time::Instant::now() + timeout;
@@ -64,9 +72,7 @@ fn a_third_instance_joining_and_leaving_mid_stream_keeps_each_id_exactly_once() 
     }));
     if let Err(panic) = joined {
         // The group's side of a join that never completed (seen once under load).
-        for member in &group {
-            eprintln!("member {} log tail:\n{}", member.id, member.log_tail(40));
-        }
+        eprintln!("{}", tails(&group.iter().collect::<Vec<_>>()));
         std::panic::resume_unwind(panic);
     }
     broker::produce(&s.bs, &s.input, quarters[2]);
@@ -78,7 +84,8 @@ fn a_third_instance_joining_and_leaving_mid_stream_keeps_each_id_exactly_once() 
     assert_eq!(
         held.iter().sum::<f64>(),
         4.0,
-        "tasks held by the three: {held:?}"
+        "tasks held by the three: {held:?}\n{}",
+        tails(&all.iter().collect::<Vec<_>>())
     );
     assert!(
         held[2] >= 1.0,
@@ -93,8 +100,8 @@ fn a_third_instance_joining_and_leaving_mid_stream_keeps_each_id_exactly_once() 
         .expect("third was running");
     assert!(
         status.success(),
-        "third instance exited with {status}; log tail:\n{}",
-        third.log_tail(30)
+        "third instance exited with {status}\n{}",
+        tails(&[&third, &all[0], &all[1]])
     );
     s.wait_caught_up(&mut all);
     // Its partitions moved back: the two hold all four again.
@@ -102,7 +109,8 @@ fn a_third_instance_joining_and_leaving_mid_stream_keeps_each_id_exactly_once() 
     assert_eq!(
         held.iter().sum::<f64>(),
         4.0,
-        "tasks held by the two left: {held:?}"
+        "tasks held by the two left: {held:?}\n{}",
+        tails(&[&third, &all[0], &all[1]])
     );
     stop_all(&mut all);
 

@@ -26,24 +26,39 @@ fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
-fn missing(test: &str, what: &str, target: &str, why: &str, how: &str, ci: bool) {
-    if ci {
-        panic!("{test}: no {what} at {target} ({why}) and CI=true: this test must not be skipped; {how}");
-    }
-    eprintln!("SKIPPED {test}: no {what} at {target} ({why}; {how})");
-    note_skip(test, what);
+/// Where a probe that finds no service skips (outside CI) and who counts the skips.
+#[derive(Clone, Debug, Default)]
+pub struct Probe {
+    /// Panic instead of skipping (`CI=true`).
+    pub ci: bool,
+    /// The file a skip is appended to (`scripts/test.sh` counts its lines: the test runner
+    /// reports a skipped test as passed).
+    pub skip_log: Option<std::path::PathBuf>,
 }
 
-/// Appends a skipped test to the file `EXACTLY_SKIP_LOG` names (`scripts/test.sh` counts them:
-/// the test runner reports such a test as passed).
-fn note_skip(test: &str, what: &str) {
-    if let Some(path) = std::env::var_os("EXACTLY_SKIP_LOG") {
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let _ = writeln!(f, "{test}: no {what}");
+impl Probe {
+    /// From the environment: `CI` and `TEST_SKIP_LOG` (outside the `EXACTLY_*` namespace,
+    /// which is the apps' configuration).
+    pub fn from_env() -> Self {
+        Probe {
+            ci: in_ci(),
+            skip_log: std::env::var_os("TEST_SKIP_LOG").map(Into::into),
+        }
+    }
+
+    fn missing(&self, test: &str, what: &str, target: &str, why: &str, how: &str) {
+        if self.ci {
+            panic!("{test}: no {what} at {target} ({why}) and CI=true: this test must not be skipped; {how}");
+        }
+        eprintln!("SKIPPED {test}: no {what} at {target} ({why}; {how})");
+        if let Some(path) = &self.skip_log {
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                let _ = writeln!(f, "{test}: no {what}");
+            }
         }
     }
 }
@@ -52,13 +67,13 @@ fn note_skip(test: &str, what: &str) {
 /// `CI=true` panics with how to fix it; elsewhere prints why the test is skipped and returns
 /// `None`.
 pub fn require_postgres(test: &str) -> Option<String> {
-    require_postgres_at(test, &postgres_url(), in_ci())
+    require_postgres_at(test, &postgres_url(), &Probe::from_env())
 }
 
-/// [`require_postgres`] for the server at `url`, as under `CI=true` if `ci`.
-pub fn require_postgres_at(test: &str, url: &str, ci: bool) -> Option<String> {
+/// [`require_postgres`] for the server at `url`, failing or skipping as `probe` says.
+pub fn require_postgres_at(test: &str, url: &str, probe: &Probe) -> Option<String> {
     let url = url.to_owned();
-    let probe = (|| -> Result<(), String> {
+    let answer = (|| -> Result<(), String> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -80,16 +95,15 @@ pub fn require_postgres_at(test: &str, url: &str, ci: bool) -> Option<String> {
             Ok(())
         })
     })();
-    match probe {
+    match answer {
         Ok(()) => Some(url),
         Err(why) => {
-            missing(
+            probe.missing(
                 test,
                 "PostgreSQL",
                 &url,
                 &why,
                 "start PostgreSQL or point EXACTLY_TEST_POSTGRES at one",
-                ci,
             );
             None
         }
@@ -98,13 +112,13 @@ pub fn require_postgres_at(test: &str, url: &str, ci: bool) -> Option<String> {
 
 /// The Redis URL if the server answers `PING`; otherwise as [`require_postgres`].
 pub fn require_redis(test: &str) -> Option<String> {
-    require_redis_at(test, &redis_url(), in_ci())
+    require_redis_at(test, &redis_url(), &Probe::from_env())
 }
 
-/// [`require_redis`] for the server at `url`, as under `CI=true` if `ci`.
-pub fn require_redis_at(test: &str, url: &str, ci: bool) -> Option<String> {
+/// [`require_redis`] for the server at `url`, failing or skipping as `probe` says.
+pub fn require_redis_at(test: &str, url: &str, probe: &Probe) -> Option<String> {
     let url = url.to_owned();
-    let probe = (|| -> Result<(), String> {
+    let answer = (|| -> Result<(), String> {
         let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
         let mut c = client
             .get_connection_with_timeout(Duration::from_secs(5))
@@ -114,16 +128,15 @@ pub fn require_redis_at(test: &str, url: &str, ci: bool) -> Option<String> {
             .map_err(|e| e.to_string())?;
         Ok(())
     })();
-    match probe {
+    match answer {
         Ok(()) => Some(url),
         Err(why) => {
-            missing(
+            probe.missing(
                 test,
                 "Redis",
                 &url,
                 &why,
                 "start redis-server or point EXACTLY_TEST_REDIS at one",
-                ci,
             );
             None
         }

@@ -8,7 +8,7 @@ mod common;
 use common::{payments, Ledger, Payment, Tables};
 use exactly_core::{Context, ProcessError, Record, TaskId};
 use exactly_sinks::postgres::{PgApply, PgBatch, PgHandler, PgSinkProcessor};
-use exactly_sinks::testing::{require_postgres, require_postgres_at, TcpProxy};
+use exactly_sinks::testing::{require_postgres, require_postgres_at, Probe, TcpProxy};
 use exactly_sinks::tokio_postgres::Transaction;
 use exactly_sinks::{SinkError, SinkMetrics};
 use exactly_testkit::{StepOutcome, TestDriver, TestRecord};
@@ -443,7 +443,13 @@ fn migration_is_idempotent_and_safe_when_instances_start_together() {
 #[test]
 fn a_missing_postgres_fails_the_test_under_ci_with_a_clear_message() {
     let nowhere = "host=127.0.0.1 port=1 user=postgres dbname=test";
-    let panic = std::panic::catch_unwind(|| require_postgres_at("probe", nowhere, true))
+    let dir = tempfile::tempdir().unwrap();
+    let skip_log = dir.path().join("skipped.txt");
+    let ci = Probe {
+        ci: true,
+        skip_log: Some(skip_log.clone()),
+    };
+    let panic = std::panic::catch_unwind(|| require_postgres_at("probe", nowhere, &ci))
         .expect_err("must panic");
     let msg = panic.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(
@@ -451,10 +457,17 @@ fn a_missing_postgres_fails_the_test_under_ci_with_a_clear_message() {
         "{msg}"
     );
     assert!(msg.contains("CI=true"), "{msg}");
+    assert!(!skip_log.exists(), "a failure under CI is not a skip");
+    let local = Probe { ci: false, ..ci };
     assert_eq!(
-        require_postgres_at("probe", nowhere, false),
+        require_postgres_at("probe", nowhere, &local),
         None,
         "outside CI it skips"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&skip_log).unwrap(),
+        "probe: no PostgreSQL\n",
+        "the skip is counted once"
     );
 }
 

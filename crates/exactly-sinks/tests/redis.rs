@@ -1,7 +1,7 @@
 //! The Redis guard against a real Redis (no mocks). Each test has its own key prefix.
 
 use exactly_sinks::redis_guard::{GuardState, Guarded, RedisGuard, RedisGuardConfig};
-use exactly_sinks::testing::{require_redis, require_redis_at, unique_name};
+use exactly_sinks::testing::{require_redis, require_redis_at, unique_name, Probe};
 use exactly_sinks::{SinkError, SinkMetrics};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Barrier, Mutex};
@@ -143,12 +143,25 @@ fn concurrent_guards_over_overlapping_ids_run_each_effect_once() {
 #[test]
 fn a_missing_redis_fails_the_test_under_ci_with_a_clear_message() {
     let nowhere = "redis://127.0.0.1:1/";
-    let panic = std::panic::catch_unwind(|| require_redis_at("probe", nowhere, true))
+    let dir = tempfile::tempdir().unwrap();
+    let skip_log = dir.path().join("skipped.txt");
+    let ci = Probe {
+        ci: true,
+        skip_log: Some(skip_log.clone()),
+    };
+    let panic = std::panic::catch_unwind(|| require_redis_at("probe", nowhere, &ci))
         .expect_err("must panic");
     let msg = panic.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(msg.contains("no Redis at redis://127.0.0.1:1/"), "{msg}");
     assert!(msg.contains("CI=true"), "{msg}");
-    assert_eq!(require_redis_at("probe", nowhere, false), None);
+    assert!(!skip_log.exists(), "a failure under CI is not a skip");
+    let local = Probe { ci: false, ..ci };
+    assert_eq!(require_redis_at("probe", nowhere, &local), None);
+    assert_eq!(
+        std::fs::read_to_string(&skip_log).unwrap(),
+        "probe: no Redis\n",
+        "the skip is counted once"
+    );
 }
 
 /// A processor that "sends a receipt" per record through the guard at flush time.

@@ -31,7 +31,8 @@ pub fn require_broker(test: &str) -> Option<String> {
     }
     eprintln!("SKIPPED {test}: no Kafka broker at {bs} ({how})");
     // The test runner reports the test as passed; `scripts/test.sh` counts these.
-    if let Some(path) = std::env::var_os("EXACTLY_SKIP_LOG") {
+    // `TEST_SKIP_LOG`, not `EXACTLY_*`: that namespace configures the apps under test.
+    if let Some(path) = std::env::var_os("TEST_SKIP_LOG") {
         use std::io::Write;
         if let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)

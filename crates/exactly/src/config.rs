@@ -329,6 +329,8 @@ fn is_test_hook(var: &str) -> bool {
             "EXACTLY_SCHEDULES",
             "EXACTLY_SEED",
             "EXACTLY_TRACE",
+            "EXACTLY_TEST_",
+            "EXACTLY_BENCH_",
         ]
         .iter()
         .any(|prefix| var.starts_with(prefix))

@@ -261,6 +261,13 @@ fn test_hook_and_unrelated_variables_are_ignored() {
             ("EXACTLY_SCHEDULES", "10"),
             ("EXACTLY_SEED", "42"),
             ("EXACTLY_TRACE", "1"),
+            (
+                "EXACTLY_TEST_POSTGRES",
+                "host=127.0.0.1 user=postgres dbname=test",
+            ),
+            ("EXACTLY_TEST_REDIS", "redis://127.0.0.1:6379/"),
+            ("EXACTLY_BENCH_LARGE", "1"),
+            ("TEST_SKIP_LOG", "/tmp/skipped.txt"),
             ("PATH", "/usr/bin"),
             ("THREADS", "9"),
         ],
