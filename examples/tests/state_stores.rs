@@ -107,6 +107,8 @@ fn stateful_chaos_with_sigkill_keeps_outputs_and_state_equal_to_a_sequential_run
         seed: env_or("EXACTLY_CHAOS_SEED", u64::from(rand::random::<u32>())),
         accounts: 200,
         state_stores: vec!["totals".into()],
+        extra_args: Vec::new(),
+        staggered_start: false,
     };
     println!(
         "state chaos seed {} (replay with EXACTLY_CHAOS_SEED={})",

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 pub use exactly_core::engine::{DedupScope, Guarantee, RestoreFrom};
 
-/// Everything a runtime needs to run an app.
-#[derive(Debug, Clone)]
+/// Everything a runtime needs to run an app. Its `Debug` shows secret `kafka` values
+/// ([`is_secret_property`]) as `<redacted>`.
+#[derive(Clone)]
 pub struct RuntimeConfig {
     /// Application id: the consumer group id and the prefix of internal topics.
     pub app_id: String,
@@ -66,6 +67,71 @@ pub struct RuntimeConfig {
     pub kafka: BTreeMap<String, String>,
 }
 
+impl std::fmt::Debug for RuntimeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured, so a new field cannot be left out of the debug output unnoticed.
+        let Self {
+            app_id,
+            instance_id,
+            bootstrap,
+            inputs,
+            outputs,
+            state_dir,
+            threads,
+            commit_interval,
+            max_batch_records,
+            guarantee,
+            static_membership,
+            task,
+            dedup_scope,
+            create_dead_letter_topic,
+            replication_factor,
+            transaction_timeout,
+            startup_timeout,
+            block_cache_bytes,
+            write_buffer_bytes,
+            verify_topic_configs,
+            restore_from,
+            kafka,
+        } = self;
+        let kafka: BTreeMap<&str, &str> = kafka
+            .iter()
+            .map(|(k, v)| {
+                let shown = if is_secret_property(k) {
+                    "<redacted>"
+                } else {
+                    v
+                };
+                (k.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("RuntimeConfig")
+            .field("app_id", app_id)
+            .field("instance_id", instance_id)
+            .field("bootstrap", bootstrap)
+            .field("inputs", inputs)
+            .field("outputs", outputs)
+            .field("state_dir", state_dir)
+            .field("threads", threads)
+            .field("commit_interval", commit_interval)
+            .field("max_batch_records", max_batch_records)
+            .field("guarantee", guarantee)
+            .field("static_membership", static_membership)
+            .field("task", task)
+            .field("dedup_scope", dedup_scope)
+            .field("create_dead_letter_topic", create_dead_letter_topic)
+            .field("replication_factor", replication_factor)
+            .field("transaction_timeout", transaction_timeout)
+            .field("startup_timeout", startup_timeout)
+            .field("block_cache_bytes", block_cache_bytes)
+            .field("write_buffer_bytes", write_buffer_bytes)
+            .field("verify_topic_configs", verify_topic_configs)
+            .field("restore_from", restore_from)
+            .field("kafka", &kafka)
+            .finish()
+    }
+}
+
 impl RuntimeConfig {
     /// A config with defaults for everything but the names.
     pub fn new(app_id: impl Into<String>, bootstrap: impl Into<String>) -> Self {
@@ -93,6 +159,27 @@ impl RuntimeConfig {
             verify_topic_configs: true,
             kafka: BTreeMap::new(),
         }
+    }
+
+    /// The `client.id` of one of the runtime's clients: `{name}`, prefixed with the
+    /// `kafka.client.id` the user set (`{client.id}-{name}`), so broker quotas and logs keyed
+    /// on the user's id still match, while each client stays distinguishable.
+    pub fn client_id(&self, name: &str) -> String {
+        match self.kafka.get("client.id") {
+            Some(prefix) => format!("{prefix}-{name}"),
+            None => name.to_owned(),
+        }
+    }
+
+    /// The librdkafka config every client starts from (the runtime's, and the CLI's
+    /// `verify` and `topics`): `bootstrap.servers` and the `[kafka]` table (TLS, SASL, ...).
+    pub fn client_config(&self) -> rdkafka::config::ClientConfig {
+        let mut c = rdkafka::config::ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap);
+        for (k, v) in &self.kafka {
+            c.set(k, v);
+        }
+        c
     }
 
     /// `transactional.id` of a stream thread: `{app}-{instance}-{thread}`.
@@ -156,4 +243,41 @@ pub fn is_secret_property(name: &str) -> bool {
         || n.ends_with(".key")
         || n.contains("token")
         || n.contains("credentials")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RuntimeConfig;
+
+    #[test]
+    fn debug_output_redacts_secret_kafka_values_and_shows_the_rest() {
+        let mut c = RuntimeConfig::new("app", "broker:9092");
+        for (k, v) in [
+            ("sasl.password", "hunter2-sasl"),
+            ("ssl.key.password", "hunter2-key"),
+            ("sasl.oauthbearer.client.secret", "hunter2-oauth"),
+            ("security.protocol", "sasl_ssl"),
+        ] {
+            c.kafka.insert(k.into(), v.into());
+        }
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert_eq!(shown.matches("<redacted>").count(), 3, "{shown}");
+        assert!(
+            shown.contains(r#""security.protocol": "sasl_ssl""#),
+            "{shown}"
+        );
+        assert!(shown.contains(r#"bootstrap: "broker:9092""#), "{shown}");
+    }
+
+    #[test]
+    fn client_ids_carry_the_users_client_id_as_a_prefix() {
+        let mut c = RuntimeConfig::new("app", "broker:9092");
+        assert_eq!(c.client_id("app-0-0-consumer"), "app-0-0-consumer");
+        c.kafka.insert("client.id".into(), "billing".into());
+        assert_eq!(c.client_id("app-0-0-consumer"), "billing-app-0-0-consumer");
+        let base = c.client_config();
+        assert_eq!(base.get("bootstrap.servers"), Some("broker:9092"));
+        assert_eq!(base.get("client.id"), Some("billing"));
+    }
 }

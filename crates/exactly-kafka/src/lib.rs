@@ -41,6 +41,7 @@ pub mod observe {
     pub use exactly_core::observe::{NoopObserver, RuntimeObserver};
 }
 
+pub use clients::serve_events;
 pub use config::{
     changelog_topic, default_dead_letter_topic, repartition_topic, DedupScope, Guarantee,
     RestoreFrom, RuntimeConfig,

@@ -53,11 +53,11 @@ fn partition_counts(
 }
 
 fn admin_config(config: &RuntimeConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.bootstrap);
-    for (k, v) in &config.kafka {
-        c.set(k, v);
-    }
+    let mut c = config.client_config();
+    c.set(
+        "client.id",
+        config.client_id(&format!("{}-{}-admin", config.app_id, config.instance_id)),
+    );
     c
 }
 
@@ -74,7 +74,18 @@ pub fn ensure_topics(config: &RuntimeConfig) -> Result<BTreeMap<String, i32>, Ru
             during: "creating an admin client",
             source: e,
         })?;
+    let checked = check_and_create(config, &client, &admin);
+    // librdkafka hands a client's logs over only when its queue is polled: serve them
+    // (connection errors explain a failed check) before the client is dropped.
+    crate::clients::serve_events(&client);
+    checked
+}
 
+fn check_and_create(
+    config: &RuntimeConfig,
+    client: &BaseConsumer,
+    admin: &AdminClient<DefaultClientContext>,
+) -> Result<BTreeMap<String, i32>, RuntimeError> {
     let mut all: Vec<String> = config.inputs.clone();
     all.extend(config.outputs.iter().cloned());
     // (input, changelog, retention.ms): the dedup changelog keeps IDs for the dedup
@@ -107,7 +118,7 @@ pub fn ensure_topics(config: &RuntimeConfig) -> Result<BTreeMap<String, i32>, Ru
     all.extend(repartition.iter().map(|(_, r)| r.clone()));
     let dlq = config.task.dead_letter_topic.clone();
     all.extend(dlq.iter().cloned());
-    let counts = partition_counts(&client, &all, config)?;
+    let counts = partition_counts(client, &all, config)?;
 
     let mut inputs = BTreeMap::new();
     for input in &config.inputs {
@@ -157,7 +168,7 @@ pub fn ensure_topics(config: &RuntimeConfig) -> Result<BTreeMap<String, i32>, Ru
                      Delete the changelog (losing its dedup history or state) or restore the input's partition count"
                 )))
             }
-            Some(_) => check_changelog_config(&admin, changelog, retention.as_deref(), config)?,
+            Some(_) => check_changelog_config(admin, changelog, retention.as_deref(), config)?,
             None => {
                 let cleanup = match retention {
                     Some(ms) => Cleanup::CompactDelete(ms.clone()),
@@ -213,7 +224,7 @@ pub fn ensure_topics(config: &RuntimeConfig) -> Result<BTreeMap<String, i32>, Ru
                 }
             }
         }
-        wait_for_topics(&client, &to_create, config)?;
+        wait_for_topics(client, &to_create, config)?;
     }
     Ok(inputs)
 }
@@ -296,4 +307,22 @@ fn check_changelog_config(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::admin_config;
+    use crate::RuntimeConfig;
+
+    #[test]
+    fn the_admin_clients_get_the_kafka_table_and_a_prefixed_client_id() {
+        let mut c = RuntimeConfig::new("shop", "broker:9092");
+        c.kafka
+            .insert("security.protocol".into(), "sasl_ssl".into());
+        c.kafka.insert("client.id".into(), "billing".into());
+        let admin = admin_config(&c);
+        assert_eq!(admin.get("bootstrap.servers"), Some("broker:9092"));
+        assert_eq!(admin.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(admin.get("client.id"), Some("billing-shop-0-admin"));
+    }
 }

@@ -151,6 +151,38 @@ pub fn produce_to(bs: &str, topic: &str, partition: Option<i32>, messages: &[Tes
         .set("queue.buffering.max.messages", "2000000")
         .create()
         .expect("producer");
+    send_all(&producer, topic, partition, messages);
+    producer.flush(Duration::from_secs(60)).expect("flush");
+}
+
+/// Produces `messages` to `topic` in one Kafka transaction, then commits it (`commit`) or
+/// aborts it: an aborted transaction's records stay in the log, marked aborted, and a
+/// read_committed reader skips them.
+pub fn produce_in_transaction(bs: &str, topic: &str, messages: &[TestMessage], commit: bool) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bs)
+        .set("transactional.id", unique_name("test-txn"))
+        .set("linger.ms", "5")
+        .create()
+        .expect("transactional producer");
+    let t = Duration::from_secs(30);
+    producer.init_transactions(t).expect("init_transactions");
+    producer.begin_transaction().expect("begin_transaction");
+    send_all(&producer, topic, None, messages);
+    producer.flush(t).expect("flush");
+    if commit {
+        producer.commit_transaction(t).expect("commit_transaction");
+    } else {
+        producer.abort_transaction(t).expect("abort_transaction");
+    }
+}
+
+fn send_all(
+    producer: &BaseProducer,
+    topic: &str,
+    partition: Option<i32>,
+    messages: &[TestMessage],
+) {
     for m in messages {
         let mut headers = OwnedHeaders::new();
         if let Some(id) = &m.id {
@@ -159,7 +191,6 @@ pub fn produce_to(bs: &str, topic: &str, partition: Option<i32>, messages: &[Tes
                 value: Some(id.as_bytes()),
             });
         }
-        // Timestamp for end-to-end latency measurements.
         let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
             .payload(m.value.as_slice())
             .headers(headers);
@@ -180,7 +211,6 @@ pub fn produce_to(bs: &str, topic: &str, partition: Option<i32>, messages: &[Tes
         }
         producer.poll(Duration::ZERO);
     }
-    producer.flush(Duration::from_secs(60)).expect("flush");
 }
 
 /// A record read back from a topic.
@@ -212,17 +242,30 @@ impl ReadRecord {
 /// Reads every record of `topic` a read_committed consumer sees, up to the current end
 /// (last stable offset) of each partition.
 pub fn read_committed(bs: &str, topic: &str) -> Vec<ReadRecord> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bs)
+    let mut base = ClientConfig::new();
+    base.set("bootstrap.servers", bs);
+    read_committed_with(&base, topic, Duration::from_secs(120)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`read_committed`] with the clients' base config `base` (bootstrap, TLS, SASL, ...): an
+/// error says what failed, e.g. when the end is not reached within `timeout` (a transaction
+/// still open holds a read_committed reader before it).
+pub fn read_committed_with(
+    base: &ClientConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<ReadRecord>, String> {
+    let consumer: BaseConsumer = base
+        .clone()
         .set("group.id", unique_name("reader"))
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
         .set("receive.message.max.bytes", "1000000000")
         .create()
-        .expect("reader");
+        .map_err(|e| format!("creating a reader of {topic}: {e}"))?;
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
+        .map_err(|e| format!("reading the metadata of {topic}: {e}"))?;
     let partitions = md
         .topics()
         .first()
@@ -232,16 +275,18 @@ pub fn read_committed(bs: &str, topic: &str) -> Vec<ReadRecord> {
     for p in 0..partitions {
         let (_, end) = consumer
             .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .expect("watermarks");
+            .map_err(|e| format!("reading the end offset of {topic}[{p}]: {e}"))?;
         ends.insert(p, end);
         tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .expect("tpl");
+            .map_err(|e| format!("{e}"))?;
     }
-    consumer.assign(&tpl).expect("assign");
+    consumer
+        .assign(&tpl)
+        .map_err(|e| format!("assigning {topic}: {e}"))?;
     let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + timeout;
     loop {
-        let pos = consumer.position().expect("position");
+        let pos = consumer.position().map_err(|e| format!("position: {e}"))?;
         let done = (0..partitions).all(|p| {
             let end = ends[&p];
             end == 0
@@ -253,10 +298,12 @@ pub fn read_committed(bs: &str, topic: &str) -> Vec<ReadRecord> {
         if done {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "reading {topic} did not reach its end offsets {ends:?}"
-        );
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "reading {topic} did not reach its end offsets {ends:?} within {timeout:?} \
+                 (a transaction still open holds read_committed readers back)"
+            ));
+        }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 let mut headers = HashMap::new();
@@ -278,7 +325,7 @@ pub fn read_committed(bs: &str, topic: &str) -> Vec<ReadRecord> {
             None => {}
         }
     }
-    out
+    Ok(out)
 }
 
 /// The group's committed offsets of a topic (read_committed), by partition; a partition with

@@ -199,6 +199,11 @@ impl AppProcess {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
+    /// The whole log (stderr of every start).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The last `n` lines of the log (for failure messages).
     pub fn log_tail(&self, n: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -462,24 +467,32 @@ pub fn metric_sum(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 
 /// Waits until the process's log contains `needle` (an event the app logs), or panics after
 /// `timeout` (or if the process exits first).
 pub fn wait_for_log(process: &mut AppProcess, needle: &str, timeout: Duration) {
+    wait_for_log_count(process, needle, 1, timeout);
+}
+
+/// Waits until `count` lines of the process's log contain `needle`, or panics after
+/// `timeout` (or if the process exits first).
+pub fn wait_for_log_count(process: &mut AppProcess, needle: &str, count: usize, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
-        if std::fs::read_to_string(&process.log)
+        let seen = std::fs::read_to_string(&process.log)
             .unwrap_or_default()
-            .contains(needle)
-        {
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count();
+        if seen >= count {
             return;
         }
         if let Some(status) = process.exited() {
             panic!(
-                "instance {} exited ({status}) before logging `{needle}`; log tail:\n{}",
+                "instance {} exited ({status}) before logging `{needle}` {count} times ({seen}); log tail:\n{}",
                 process.id,
                 process.log_tail(30)
             );
         }
         assert!(
             Instant::now() < deadline,
-            "instance {} did not log `{needle}` within {timeout:?}; log tail:\n{}",
+            "instance {} did not log `{needle}` {count} times within {timeout:?} ({seen}); log tail:\n{}",
             process.id,
             process.log_tail(30)
         );
@@ -544,6 +557,13 @@ pub struct ChaosPlan {
     /// State stores of the app whose changelogs the report should hold (read_committed)
     /// before the run deletes its topics.
     pub state_stores: Vec<String>,
+    /// More options for every instance, after the standard ones (e.g. `--threads 2`,
+    /// `--guarantee at-least-once`).
+    pub extra_args: Vec<String>,
+    /// Start instance 0 alone and wait until it runs a task for every partition, then each
+    /// other one until it runs a task: their joining moves partitions off instance 0's stream
+    /// threads (a rebalance that revokes partitions) before the schedule starts.
+    pub staggered_start: bool,
 }
 
 /// The amount of payment `m{i}` in a run with [`ChaosPlan::accounts`] set.
@@ -682,17 +702,33 @@ pub fn run_observed(
     let prefix: Vec<&str> = plan.prefix_args.iter().map(String::as_str).collect();
     let mut instances: Vec<AppProcess> = (0..plan.instances)
         .map(|i| {
-            let args = instance_args(
+            let mut args = instance_args(
                 bs,
                 &input,
                 &output,
                 &app,
                 &work_dir.join(format!("state-{i}")),
             );
+            args.extend(plan.extra_args.iter().cloned());
             AppProcess::new(&plan.program, &prefix, &i.to_string(), args, work_dir)
         })
         .collect();
-    instances.iter_mut().for_each(AppProcess::start);
+    if plan.staggered_start {
+        instances[0].start();
+        wait_for_log_count(
+            &mut instances[0],
+            "task restored; running",
+            plan.partitions as usize,
+            Duration::from_secs(60),
+        );
+        for inst in &mut instances[1..] {
+            inst.start();
+            // It runs a task only once instance 0 has revoked that partition.
+            wait_for_log(inst, "task restored; running", Duration::from_secs(60));
+        }
+    } else {
+        instances.iter_mut().for_each(AppProcess::start);
+    }
     let started = Instant::now();
     let mut report = ChaosReport {
         seed: plan.seed,

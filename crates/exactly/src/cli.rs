@@ -2,7 +2,7 @@
 //! `#[command(flatten)] run: exactly::cli::RunArgs`, then `run.app(app_id)`.
 
 use crate::App;
-use exactly_kafka::{DedupScope, Guarantee, RestoreFrom, RuntimeError};
+use exactly_kafka::{DedupScope, Guarantee, RestoreFrom, RuntimeConfig, RuntimeError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -51,6 +51,10 @@ pub struct RunArgs {
     /// read_committed fetches after an aborted transaction skip records; its scripts set it).
     #[arg(long, value_enum, env = "EXACTLY_RESTORE_FROM", default_value_t = RestoreFromArg::Checkpoint)]
     pub restore_from: RestoreFromArg,
+    /// Static group membership (`group.instance.id` per stream thread): a restarted instance
+    /// gets its partitions back without a rebalance. `false`: every join and leave rebalances.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub static_membership: bool,
     /// librdkafka property for every client, `key=value` (repeatable).
     #[arg(long = "kafka", value_name = "KEY=VALUE")]
     pub kafka: Vec<String>,
@@ -101,6 +105,7 @@ impl RunArgs {
                 DedupScopeArg::Global => DedupScope::Global,
             });
         app.config_mut().startup_timeout = Duration::from_millis(self.startup_timeout_ms);
+        app.config_mut().static_membership = self.static_membership;
         app.config_mut().restore_from = match self.restore_from {
             RestoreFromArg::Checkpoint => RestoreFrom::Checkpoint,
             RestoreFromArg::Start => RestoreFrom::Start,
@@ -114,14 +119,84 @@ impl RunArgs {
             })?;
         }
         for kv in &self.kafka {
-            let (k, v) = kv.split_once('=').ok_or_else(|| {
-                RuntimeError::Config(format!("--kafka expects KEY=VALUE, got `{kv}`"))
-            })?;
-            app = app.kafka(k.trim(), v.trim());
+            let (k, v) = kafka_property(kv)?;
+            app = app.kafka(k, v);
         }
         if let Some(addr) = self.metrics_addr {
             app = app.metrics_addr(addr);
         }
         Ok(app)
+    }
+}
+
+/// A `--kafka KEY=VALUE` argument.
+fn kafka_property(kv: &str) -> Result<(&str, &str), RuntimeError> {
+    let (k, v) = kv
+        .split_once('=')
+        .ok_or_else(|| RuntimeError::Config(format!("--kafka expects KEY=VALUE, got `{kv}`")))?;
+    Ok((k.trim(), v.trim()))
+}
+
+/// How an operations tool (`exactly verify`, `exactly topics`, or an app's own) reaches the
+/// cluster, the way the app does: the app's config file (its `bootstrap` and `[kafka]` table:
+/// TLS, SASL, ...), then `--bootstrap` and `--kafka` on top.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// The app's config file (TOML, with its EXACTLY_* environment overrides): the tool
+    /// connects with its `bootstrap` and `[kafka]` settings and reads its app id and topics.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Kafka bootstrap servers (overrides the config file's; default `KAFKA_BOOTSTRAP`, else
+    /// 127.0.0.1:29092).
+    #[arg(long)]
+    pub bootstrap: Option<String>,
+    /// librdkafka property for every client, `key=value` (repeatable; overrides the config
+    /// file's `[kafka]` table).
+    #[arg(long = "kafka", value_name = "KEY=VALUE")]
+    pub kafka: Vec<String>,
+}
+
+impl ClusterArgs {
+    /// The app's runtime config: loaded from `--config` (whose app id `app_id` replaces, if
+    /// given), or the defaults for `app_id`; then `--bootstrap` and `--kafka` applied.
+    pub fn runtime_config(&self, app_id: Option<&str>) -> Result<RuntimeConfig, RuntimeError> {
+        let mut config = match (&self.config, app_id) {
+            (Some(path), _) => {
+                let mut c = crate::config::load(Some(path))
+                    .map_err(|e| RuntimeError::Config(e.to_string()))?
+                    .runtime;
+                if let Some(id) = app_id {
+                    c.app_id = id.to_owned();
+                }
+                c
+            }
+            (None, Some(id)) => RuntimeConfig::new(
+                id,
+                std::env::var("KAFKA_BOOTSTRAP")
+                    .unwrap_or_else(|_| crate::config::DEFAULT_BOOTSTRAP.to_owned()),
+            ),
+            (None, None) => {
+                return Err(RuntimeError::Config(
+                    "no app given: pass --app-id, or --config with the app's config file".into(),
+                ))
+            }
+        };
+        if let Some(bs) = &self.bootstrap {
+            config.bootstrap = bs.clone();
+        }
+        for kv in &self.kafka {
+            let (k, v) = kafka_property(kv)?;
+            config.kafka.insert(k.to_owned(), v.to_owned());
+        }
+        Ok(config)
+    }
+
+    /// The librdkafka config of a tool's own clients, named `tool` (prefixed with the
+    /// `kafka.client.id` if one is set).
+    pub fn client_config(&self, tool: &str) -> Result<rdkafka::config::ClientConfig, RuntimeError> {
+        let config = self.runtime_config(Some(tool))?;
+        let mut c = config.client_config();
+        c.set("client.id", config.client_id(tool));
+        Ok(c)
     }
 }

@@ -39,7 +39,7 @@ pub const ENV_PREFIX: &str = "EXACTLY_";
 
 /// Bootstrap servers when neither the config nor `KAFKA_BOOTSTRAP` names any (the local
 /// test broker, as in `App::new`).
-const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:29092";
+pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:29092";
 
 /// How [`load_from`] names the file in error messages ([`load`] uses its path).
 const UNNAMED_FILE: &str = "the config file";
@@ -321,7 +321,7 @@ fn process_env() -> Result<Vec<(String, String)>, ConfigError> {
     Ok(vars)
 }
 
-/// `EXACTLY_*` variables of the test harnesses, which are not config keys.
+/// `EXACTLY_*` variables of the test harnesses and benchmarks, which are not config keys.
 fn is_test_hook(var: &str) -> bool {
     var == "EXACTLY_FAILPOINT"
         || [

@@ -210,3 +210,211 @@ fn check_rejects_a_wrong_type_an_unknown_key_and_a_missing_key_with_a_clear_mess
     assert_eq!(ok.status.code(), Some(0), "{t}");
     assert!(t.contains("<redacted>") && !t.contains("hunter2"), "{t}");
 }
+
+#[test]
+fn verify_counts_only_committed_records_and_reports_unexpected_ids() {
+    let Some(bs) = broker::require_broker("verify-aborted") else {
+        return;
+    };
+    let (input, output) = (broker::unique_name("vain"), broker::unique_name("vaout"));
+    broker::create_topics(&bs, &[(&input, 2), (&output, 2)]);
+    let ids: Vec<String> = (0..50).map(|i| format!("id-{i}")).collect();
+    broker::produce(&bs, &input, &ids.iter().map(|i| msg(i)).collect::<Vec<_>>());
+    // Committed: every input ID once, and one ID that is in no input (stray-1). Aborted, so
+    // invisible to a read_committed reader: a second copy of id-3 and another stranger.
+    let mut committed: Vec<TestMessage> = ids.iter().map(|i| msg(i)).collect();
+    committed.push(msg("stray-1"));
+    broker::produce_in_transaction(&bs, &output, &[msg("id-3"), msg("ghost-1")], false);
+    broker::produce_in_transaction(&bs, &output, &committed, true);
+    broker::produce_in_transaction(&bs, &output, &[msg("id-4"), msg("ghost-2")], false);
+
+    let o = run(
+        &[
+            "verify",
+            "--bootstrap",
+            &bs,
+            "--input",
+            &input,
+            "--output",
+            &output,
+        ],
+        &[],
+    );
+    broker::delete_topics(&bs, &[&input, &output]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("| output records       |         51 |"), "{t}");
+    assert!(t.contains("unexpected: stray-1 is in"), "{t}");
+    assert!(!t.contains("ghost") && !t.contains("duplicate:"), "{t}");
+    assert!(
+        t.contains("FAILED: 0 duplicates, 0 missing, 1 unexpected"),
+        "{t}"
+    );
+}
+
+/// The `client.id` lines of librdkafka's configuration dumps (`debug=conf`): one dump per
+/// client created, each naming the client.
+fn client_ids_in_conf_dumps(log: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|l| {
+            l.split_once("  client.id = ")
+                .map(|(_, id)| id.trim().to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn verify_and_topics_connect_with_the_config_files_kafka_table_and_never_log_its_secrets() {
+    let Some(bs) = broker::require_broker("cli-kafka-table") else {
+        return;
+    };
+    let (input, output, app) = (
+        broker::unique_name("kin"),
+        broker::unique_name("kout"),
+        broker::unique_name("kapp"),
+    );
+    broker::create_topics(&bs, &[(&input, 2), (&output, 2)]);
+    let ids: Vec<String> = (0..20).map(|i| format!("id-{i}")).collect();
+    let records: Vec<TestMessage> = ids.iter().map(|i| msg(i)).collect();
+    broker::produce(&bs, &input, &records);
+    broker::produce(&bs, &output, &records);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("app.toml");
+    // Secured-cluster settings the tools must pass on; `debug = "conf"` makes librdkafka dump
+    // each client's configuration (secrets redacted by librdkafka) when it is created.
+    std::fs::write(
+        &config,
+        format!(
+            "app_id = \"{app}\"\nbootstrap = \"{bs}\"\ninputs = [\"{input}\"]\noutputs = [\"{output}\"]\n\
+             [kafka]\n\"client.id\" = \"probe-cli\"\n\"debug\" = \"conf\"\n\
+             \"sasl.password\" = \"hunter2-sasl\"\n\"ssl.key.password\" = \"hunter2-key\"\n"
+        ),
+    )
+    .expect("write config");
+    let config = config.display().to_string();
+    let debug = [("RUST_LOG", "debug")];
+    // The bootstrap comes from the file: the environment's must not be what connects.
+    let no_env_bootstrap = ("KAFKA_BOOTSTRAP", "127.0.0.1:1");
+
+    let verify = run(
+        &[
+            "verify", "--config", &config, "--input", &input, "--output", &output,
+        ],
+        &[debug[0], no_env_bootstrap],
+    );
+    let topics = run(
+        &["topics", "--config", &config, "--create"],
+        &[debug[0], no_env_bootstrap],
+    );
+    let overridden = run(
+        &[
+            "verify",
+            "--config",
+            &config,
+            "--kafka",
+            "client.id=probe-flag",
+            "--input",
+            &input,
+            "--output",
+            &output,
+        ],
+        &[debug[0], no_env_bootstrap],
+    );
+    let changelog = format!("{app}-{input}-dedup-changelog");
+    let dlq = format!("{app}-dlq");
+    broker::delete_topics(&bs, &[&input, &output, &changelog, &dlq]);
+
+    let t = text(&verify);
+    assert_eq!(verify.status.code(), Some(0), "{t}");
+    // A metadata client and one reader per topic.
+    assert_eq!(
+        client_ids_in_conf_dumps(&t),
+        vec!["probe-cli-exactly-verify"; 3],
+        "{t}"
+    );
+    let t = text(&topics);
+    assert_eq!(topics.status.code(), Some(0), "{t}");
+    // `--create`: the runtime's topic check, then the listing's. Each uses a metadata client
+    // and an admin client made from the same config; rust-rdkafka never serves an admin
+    // client's log queue, so only the metadata clients' dumps can show.
+    let admin = format!("probe-cli-{app}-0-admin");
+    assert_eq!(
+        client_ids_in_conf_dumps(&t),
+        vec![admin.as_str(), "probe-cli-exactly-topics"],
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!(
+            "| {changelog:<50} |          2 | compact,delete   |"
+        )),
+        "{t}"
+    );
+    assert!(t.contains(&format!("| {dlq:<50} |")), "{t}");
+    let t = text(&overridden);
+    assert_eq!(overridden.status.code(), Some(0), "{t}");
+    assert_eq!(
+        client_ids_in_conf_dumps(&t),
+        vec!["probe-flag-exactly-verify"; 3],
+        "{t}"
+    );
+    for o in [&verify, &topics, &overridden] {
+        assert!(
+            !text(o).contains("hunter2"),
+            "a secret reached the log:\n{}",
+            text(o)
+        );
+    }
+}
+
+/// The figure before `label` in a chaos summary ("…, 12 duplicates, 0 missing, …").
+fn summary_count(text: &str, label: &str) -> u64 {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("chaos seed "))
+        .unwrap_or_else(|| panic!("no summary line:\n{text}"));
+    let before = &line[..line.find(&format!(" {label},")).expect(label)];
+    before
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count before `{label}` in {line}"))
+}
+
+#[test]
+fn chaos_exits_zero_when_every_id_is_output_once_and_one_when_the_app_duplicates() {
+    let Some(bs) = broker::require_broker("cli-chaos") else {
+        return;
+    };
+    let env = [("KAFKA_BOOTSTRAP", bs.as_str())];
+    let common = ["chaos", "--kills", "4", "--unique", "2000", "--seed", "7"];
+    let clean = run(&common, &env);
+    // A deliberately broken app: it forgets each ID 1 ms after it saw it, so resends that
+    // arrive later are forwarded again. (Losses take the same path to the exit code:
+    // `Verification::is_exact`, whose missing-ID case `verify` is tested with above.)
+    let mut args = common.to_vec();
+    args.extend(["--app-arg=--dedup-retention-ms", "--app-arg=1"]);
+    let broken = run(&args, &env);
+
+    let t = text(&clean);
+    assert_eq!(clean.status.code(), Some(0), "{t}");
+    assert!(t.contains("exactly once: 0 duplicates, 0 missing"), "{t}");
+    assert_eq!(summary_count(&t, "duplicates"), 0, "{t}");
+    let t = text(&broken);
+    if let Some(kept) = t
+        .split("logs kept in ")
+        .nth(1)
+        .and_then(|r| r.lines().next())
+    {
+        let _ = std::fs::remove_dir_all(kept.trim());
+    }
+    eprintln!("{t}");
+    assert_eq!(broken.status.code(), Some(1), "{t}");
+    assert!(t.contains("NOT exactly once; logs kept in "), "{t}");
+    // 2000 IDs with a 20 % share of resends: 500 resends, each forwarded at most once more.
+    let duplicates = summary_count(&t, "duplicates");
+    assert!(
+        (1..=500).contains(&duplicates),
+        "{duplicates} duplicates: {t}"
+    );
+    assert_eq!(summary_count(&t, "missing"), 0, "{t}");
+}

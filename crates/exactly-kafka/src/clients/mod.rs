@@ -20,7 +20,7 @@ use exactly_core::{Output, RecordKind};
 use member::{is_missing_topic, offset_of, tpl_of, LogContext, MemberContext};
 use producer::{ProducerMaker, REQUEST_TIMEOUT};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -28,15 +28,42 @@ use restore::RestoreReader;
 use std::cell::RefCell;
 use std::time::Duration;
 
-/// The base config of every client: bootstrap and the `[kafka]` table.
-pub(crate) fn client_config(config: &RuntimeConfig) -> ClientConfig {
+/// Serves the events waiting in `consumer`'s queue: its logs (librdkafka hands a client's
+/// logs to the app only when its queue is polled, and keeps them until then), error events
+/// (logged at debug) and, for a consumer with nothing assigned, stale records (dropped).
+/// Call it for clients nothing else polls, and before dropping a short-lived one.
+pub fn serve_events<C: ConsumerContext>(consumer: &BaseConsumer<C>) {
+    // One event per poll; events arriving meanwhile wait for the next call.
+    for _ in 0..pending_events(consumer.client()) {
+        if let Some(Err(e)) = consumer.poll(Duration::ZERO) {
+            tracing::debug!(error = %e, "client error event");
+        }
+    }
+}
+
+/// How many events wait in the main queue of `client` (or the queue it is forwarded to).
+fn pending_events<C: rdkafka::ClientContext>(client: &rdkafka::client::Client<C>) -> usize {
+    // SAFETY: the handle is valid while `client` lives; the queue reference taken here is
+    // released before returning.
+    unsafe {
+        let queue = rdkafka::bindings::rd_kafka_queue_get_main(client.native_ptr());
+        let n = rdkafka::bindings::rd_kafka_queue_length(queue);
+        rdkafka::bindings::rd_kafka_queue_destroy(queue);
+        n
+    }
+}
+
+/// The base config of a stream thread's clients: [`RuntimeConfig::client_config`] (bootstrap
+/// and the `[kafka]` table) and a client id `{txn_id}-{role}` ([`RuntimeConfig::client_id`]).
+fn client_config(config: &RuntimeConfig, txn_id: &str, role: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.bootstrap);
-    // The test broker ignores fetch.max.bytes; a high receive limit keeps big fetches legal.
+    // The test broker ignores fetch.max.bytes; a high receive limit keeps big fetches legal
+    // (the `[kafka]` table may still set it).
     c.set("receive.message.max.bytes", "1000000000");
-    for (k, v) in &config.kafka {
+    for (k, v) in config.client_config().config_map() {
         c.set(k, v);
     }
+    c.set("client.id", config.client_id(&format!("{txn_id}-{role}")));
     c
 }
 
@@ -100,17 +127,29 @@ fn created(during: &'static str) -> impl FnOnce(KafkaError) -> RuntimeError {
 }
 
 impl KafkaClients {
+    /// Serves the queues of the clients nothing else polls now (the watermark client, the
+    /// restore consumer between restores, the producer of a thread with nothing to send):
+    /// librdkafka hands their logs and events to the app only when their queue is polled, and
+    /// keeps them until then. The producer's delivery reports go to its tracker as in a flush.
+    fn serve_idle_clients(&self) {
+        serve_events(&self.watermarks);
+        self.restore.serve_idle();
+        let producer = self.producer.borrow();
+        for _ in 0..pending_events(producer.client()) {
+            producer.poll(Duration::ZERO);
+        }
+    }
+
     /// Creates the clients of stream thread `txn_id`: the producer first (its
     /// `init_transactions` fences a predecessor and aborts its open transaction, crash point
     /// "after sends, before commit"), then the consumer, which subscribes.
     pub(crate) fn new(config: &RuntimeConfig, txn_id: &str) -> Result<Self, RuntimeError> {
         let exactly_once = config.guarantee == Guarantee::ExactlyOnce;
-        let mut pc = client_config(config);
+        let mut pc = client_config(config, txn_id, "producer");
         pc.set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .set("batch.num.messages", "10000")
-            .set("queue.buffering.max.messages", "1000000")
-            .set("client.id", format!("{txn_id}-producer"));
+            .set("queue.buffering.max.messages", "1000000");
         if exactly_once {
             pc.set("transactional.id", txn_id).set(
                 "transaction.timeout.ms",
@@ -124,29 +163,26 @@ impl KafkaClients {
             init_timeout: config.startup_timeout,
         };
         let producer = maker.make().map_err(created("creating the producer"))?;
-        let mut rc = client_config(config);
+        let mut rc = client_config(config, txn_id, "restore");
         rc.set("group.id", format!("{}-restore", config.app_id))
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("client.id", format!("{txn_id}-restore"));
+            .set("auto.offset.reset", "earliest");
         let restore = rc
             .create_with_context(LogContext)
             .map_err(created("creating the restore consumer"))?;
-        let mut wc = client_config(config);
-        wc.set("isolation.level", "read_uncommitted")
-            .set("client.id", format!("{txn_id}-watermarks"));
+        let mut wc = client_config(config, txn_id, "watermarks");
+        wc.set("isolation.level", "read_uncommitted");
         let watermarks = wc
             .create_with_context(LogContext)
             .map_err(created("creating the watermark client"))?;
-        let mut cc = client_config(config);
+        let mut cc = client_config(config, txn_id, "consumer");
         cc.set("group.id", &config.app_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("isolation.level", "read_committed")
-            .set("auto.offset.reset", "earliest")
-            .set("client.id", format!("{txn_id}-consumer"));
+            .set("auto.offset.reset", "earliest");
         if !config.kafka.contains_key("partition.assignment.strategy") {
             cc.set("partition.assignment.strategy", "cooperative-sticky");
         }
@@ -202,6 +238,7 @@ impl StreamClients for KafkaClients {
     type ChangelogRecords<'a> = KafkaBatch<'a>;
 
     fn poll(&self, max: usize, timeout: Duration) -> Result<Polled<KafkaBatch<'_>>, ClientError> {
+        self.serve_idle_clients();
         let context = self.consumer.context();
         let mut messages = Vec::new();
         let mut wait = timeout;

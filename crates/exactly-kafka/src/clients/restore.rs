@@ -114,6 +114,15 @@ impl RestoreReader {
         Ok(KafkaBatch { messages })
     }
 
+    /// Serves the consumer's queue while it restores nothing (its logs and error events would
+    /// otherwise pile up in it until the next restore); a stale record is dropped.
+    pub(crate) fn serve_idle(&self) {
+        let s = self.state.borrow();
+        if s.assigned.is_empty() && s.waiting.is_empty() {
+            super::serve_events(&self.consumer);
+        }
+    }
+
     /// The position in an assigned partition, once the consumer has one.
     pub(crate) fn position(&self, tp: &TopicPartition) -> Option<i64> {
         if !self.state.borrow().assigned.contains(tp) {

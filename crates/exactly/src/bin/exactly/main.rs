@@ -66,6 +66,10 @@ struct ChaosArgs {
     /// Seed of the schedule (default: random; printed, so a run can be replayed).
     #[arg(long)]
     seed: Option<u64>,
+    /// An option for every instance (repeatable; `exactly forward`'s options, e.g.
+    /// `--app-arg=--threads --app-arg=2` or `--app-arg=--guarantee --app-arg=at-least-once`).
+    #[arg(long = "app-arg", value_name = "ARG", allow_hyphen_values = true)]
+    app_args: Vec<String>,
 }
 
 /// A dedup-forward instance.
@@ -140,6 +144,8 @@ fn run_chaos(a: ChaosArgs) -> anyhow::Result<ExitCode> {
         seed: a.seed.unwrap_or_else(rand::random),
         accounts: 0,
         state_stores: Vec::new(),
+        extra_args: a.app_args.clone(),
+        staggered_start: false,
     };
     println!(
         "chaos: seed {} (replay with --seed {}), {} instances, {} partitions",

@@ -1,7 +1,9 @@
 //! Operations subcommands: `verify`, `inspect`, `topics`.
 
+use exactly::cli::ClusterArgs;
 use exactly_core::DedupStore;
-use exactly_kafka::{changelog_topic, default_dead_letter_topic, RuntimeConfig};
+use exactly_kafka::config::{all_changelogs, repartition_topic};
+use exactly_kafka::{changelog_topic, default_dead_letter_topic, DedupScope};
 use exactly_state::{task_dir, RocksDedupStore, SharedRocksResources, StoreIdentity};
 use exactly_testkit::broker;
 use exactly_testkit::chaos::Verification;
@@ -22,9 +24,8 @@ pub struct VerifyArgs {
     /// Output topic.
     #[arg(long)]
     output: String,
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:29092")]
-    bootstrap: String,
+    #[command(flatten)]
+    cluster: ClusterArgs,
     /// How many offending IDs to list.
     #[arg(long, default_value_t = 20)]
     show: usize,
@@ -33,7 +34,8 @@ pub struct VerifyArgs {
 /// Reads both topics with isolation.level=read_committed and compares them per message ID
 /// (header `message-id`). Exit code 1 on any duplicate, missing or unexpected ID.
 pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let partitions = existing_topics(&a.bootstrap, &[&a.input, &a.output])?;
+    let base = a.cluster.client_config("exactly-verify")?;
+    let partitions = existing_topics(&base, &[&a.input, &a.output])?;
     println!(
         "reading {} ({} partitions) and {} ({} partitions), read_committed",
         a.input, partitions[0], a.output, partitions[1]
@@ -41,9 +43,12 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.enable_steady_tick(Duration::from_millis(100));
     spinner.set_message(format!("reading {}", a.input));
-    let inputs = broker::read_committed(&a.bootstrap, &a.input);
+    let read = |topic: &str| {
+        broker::read_committed_with(&base, topic, READ_TIMEOUT).map_err(anyhow::Error::msg)
+    };
+    let inputs = read(&a.input)?;
     spinner.set_message(format!("reading {}", a.output));
-    let outputs = broker::read_committed(&a.bootstrap, &a.output);
+    let outputs = read(&a.output)?;
     spinner.finish_and_clear();
     let v = Verification::compare(&inputs, &outputs);
     println!("| {:<20} | {:>10} |", "verify", "count");
@@ -83,12 +88,27 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::FAILURE)
 }
 
+/// How long `verify` reads a topic at most before it reports it could not reach the end.
+const READ_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The cluster's metadata, or an error saying how to reach it.
+fn metadata(base: &ClientConfig) -> anyhow::Result<rdkafka::metadata::Metadata> {
+    let client: BaseConsumer = base.create()?;
+    let bs = base.get("bootstrap.servers").unwrap_or_default();
+    let md = client.fetch_metadata(None, Duration::from_secs(10));
+    exactly_kafka::serve_events(&client);
+    md.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach Kafka at {bs}: {e}; start it (scripts/broker.sh up), or pass --bootstrap, \
+             or --config with the app's config file (its [kafka] table: TLS, SASL), or --kafka KEY=VALUE"
+        )
+    })
+}
+
 /// Partition counts of `topics`, or an error naming the first missing one.
-fn existing_topics(bs: &str, topics: &[&str]) -> anyhow::Result<Vec<usize>> {
-    let client: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bs).create()?;
-    let md = client
-        .fetch_metadata(None, Duration::from_secs(10))
-        .map_err(|e| anyhow::anyhow!("cannot reach Kafka at {bs}: {e}; start it (scripts/broker.sh up) or set --bootstrap"))?;
+fn existing_topics(base: &ClientConfig, topics: &[&str]) -> anyhow::Result<Vec<usize>> {
+    let md = metadata(base)?;
+    let bs = base.get("bootstrap.servers").unwrap_or_default();
     topics
         .iter()
         .map(|t| {
@@ -213,49 +233,55 @@ fn subdirs(dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
 /// Options of `exactly topics`.
 #[derive(clap::Args, Debug)]
 pub struct TopicsArgs {
-    /// Application id.
+    /// Application id (default: the config file's).
     #[arg(long)]
-    app_id: String,
-    /// Input topics of the app (repeatable).
-    #[arg(long = "input", required = true)]
+    app_id: Option<String>,
+    /// Input topics of the app (repeatable; default: the config file's).
+    #[arg(long = "input")]
     inputs: Vec<String>,
     /// Create missing internal topics (changelogs, dead-letter topic) and check existing ones.
     #[arg(long)]
     create: bool,
-    /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:29092")]
-    bootstrap: String,
+    #[command(flatten)]
+    cluster: ClusterArgs,
 }
 
 /// Describes (and with `--create` creates) an app's internal topics.
 pub fn topics(a: TopicsArgs) -> anyhow::Result<ExitCode> {
-    if a.create {
-        let mut config = RuntimeConfig::new(a.app_id.clone(), a.bootstrap.clone());
+    let mut config = a.cluster.runtime_config(a.app_id.as_deref())?;
+    if !a.inputs.is_empty() {
         config.inputs = a.inputs.clone();
-        config.task.dead_letter_topic = Some(default_dead_letter_topic(&a.app_id));
+    }
+    anyhow::ensure!(
+        !config.inputs.is_empty(),
+        "no input topics: pass --input (repeatable), or --config with the app's config file"
+    );
+    if a.cluster.config.is_none() {
+        // Without the app's config, assume the default dead-letter topic.
+        config.task.dead_letter_topic = Some(default_dead_letter_topic(&config.app_id));
+    }
+    if a.create {
         exactly_kafka::topics::ensure_topics(&config)?;
     }
-    let mut internal: Vec<String> = a
-        .inputs
-        .iter()
-        .map(|i| changelog_topic(&a.app_id, i))
-        .collect();
-    internal.push(default_dead_letter_topic(&a.app_id));
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &a.bootstrap)
-        .create()?;
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &a.bootstrap)
-        .create()?;
-    let md = client
-        .fetch_metadata(None, Duration::from_secs(10))
-        .map_err(|e| anyhow::anyhow!("cannot reach Kafka at {}: {e}", a.bootstrap))?;
+    let mut internal = all_changelogs(&config);
+    if config.dedup_scope == DedupScope::Global {
+        internal.extend(
+            config
+                .inputs
+                .iter()
+                .map(|i| repartition_topic(&config.app_id, i)),
+        );
+    }
+    internal.extend(config.task.dead_letter_topic.clone());
+    let base = a.cluster.client_config("exactly-topics")?;
+    let admin: AdminClient<DefaultClientContext> = base.create()?;
+    let md = metadata(&base)?;
     println!(
         "| {:<50} | {:>10} | {:<16} | {:>14} |",
         "topic", "partitions", "cleanup.policy", "retention.ms"
     );
     let mut missing = 0;
-    for t in a.inputs.iter().chain(internal.iter()) {
+    for t in config.inputs.iter().chain(internal.iter()) {
         let partitions = md
             .topics()
             .iter()
