@@ -560,10 +560,6 @@ pub struct ChaosPlan {
     /// More options for every instance, after the standard ones (e.g. `--threads 2`,
     /// `--guarantee at-least-once`).
     pub extra_args: Vec<String>,
-    /// Start instance 0 alone and wait until it runs a task for every partition, then each
-    /// other one until it runs a task: their joining moves partitions off instance 0's stream
-    /// threads (a rebalance that revokes partitions) before the schedule starts.
-    pub staggered_start: bool,
 }
 
 /// The amount of payment `m{i}` in a run with [`ChaosPlan::accounts`] set.
@@ -713,22 +709,7 @@ pub fn run_observed(
             AppProcess::new(&plan.program, &prefix, &i.to_string(), args, work_dir)
         })
         .collect();
-    if plan.staggered_start {
-        instances[0].start();
-        wait_for_log_count(
-            &mut instances[0],
-            "task restored; running",
-            plan.partitions as usize,
-            Duration::from_secs(60),
-        );
-        for inst in &mut instances[1..] {
-            inst.start();
-            // It runs a task only once instance 0 has revoked that partition.
-            wait_for_log(inst, "task restored; running", Duration::from_secs(60));
-        }
-    } else {
-        instances.iter_mut().for_each(AppProcess::start);
-    }
+    instances.iter_mut().for_each(AppProcess::start);
     let started = Instant::now();
     let mut report = ChaosReport {
         seed: plan.seed,

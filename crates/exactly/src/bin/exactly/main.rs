@@ -145,7 +145,6 @@ fn run_chaos(a: ChaosArgs) -> anyhow::Result<ExitCode> {
         accounts: 0,
         state_stores: Vec::new(),
         extra_args: a.app_args.clone(),
-        staggered_start: false,
     };
     println!(
         "chaos: seed {} (replay with --seed {}), {} instances, {} partitions",
