@@ -172,13 +172,15 @@ impl RuntimeConfig {
     }
 
     /// The librdkafka config every client starts from (the runtime's, and the CLI's
-    /// `verify` and `topics`): `bootstrap.servers` and the `[kafka]` table (TLS, SASL, ...).
-    pub fn client_config(&self) -> rdkafka::config::ClientConfig {
+    /// `verify` and `topics`): `bootstrap.servers`, the `[kafka]` table (TLS, SASL, ...) and
+    /// the client id [`client_id`](Self::client_id)`(name)`.
+    pub fn client_config(&self, name: &str) -> rdkafka::config::ClientConfig {
         let mut c = rdkafka::config::ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap);
         for (k, v) in &self.kafka {
             c.set(k, v);
         }
+        c.set("client.id", self.client_id(name));
         c
     }
 
@@ -276,8 +278,8 @@ mod tests {
         assert_eq!(c.client_id("app-0-0-consumer"), "app-0-0-consumer");
         c.kafka.insert("client.id".into(), "billing".into());
         assert_eq!(c.client_id("app-0-0-consumer"), "billing-app-0-0-consumer");
-        let base = c.client_config();
+        let base = c.client_config("app-0-admin");
         assert_eq!(base.get("bootstrap.servers"), Some("broker:9092"));
-        assert_eq!(base.get("client.id"), Some("billing"));
+        assert_eq!(base.get("client.id"), Some("billing-app-0-admin"));
     }
 }

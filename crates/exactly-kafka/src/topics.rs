@@ -53,12 +53,7 @@ fn partition_counts(
 }
 
 fn admin_config(config: &RuntimeConfig) -> ClientConfig {
-    let mut c = config.client_config();
-    c.set(
-        "client.id",
-        config.client_id(&format!("{}-{}-admin", config.app_id, config.instance_id)),
-    );
-    c
+    config.client_config(&format!("{}-{}-admin", config.app_id, config.instance_id))
 }
 
 /// Checks inputs and outputs, creates missing internal topics (changelogs, DLQ) and refuses

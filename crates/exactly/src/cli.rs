@@ -194,9 +194,6 @@ impl ClusterArgs {
     /// The librdkafka config of a tool's own clients, named `tool` (prefixed with the
     /// `kafka.client.id` if one is set).
     pub fn client_config(&self, tool: &str) -> Result<rdkafka::config::ClientConfig, RuntimeError> {
-        let config = self.runtime_config(Some(tool))?;
-        let mut c = config.client_config();
-        c.set("client.id", config.client_id(tool));
-        Ok(c)
+        Ok(self.runtime_config(Some(tool))?.client_config(tool))
     }
 }

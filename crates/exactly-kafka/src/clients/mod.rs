@@ -56,14 +56,12 @@ fn pending_events<C: rdkafka::ClientContext>(client: &rdkafka::client::Client<C>
 /// The base config of a stream thread's clients: [`RuntimeConfig::client_config`] (bootstrap
 /// and the `[kafka]` table) and a client id `{txn_id}-{role}` ([`RuntimeConfig::client_id`]).
 fn client_config(config: &RuntimeConfig, txn_id: &str, role: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
+    let mut c = config.client_config(&format!("{txn_id}-{role}"));
     // The test broker ignores fetch.max.bytes; a high receive limit keeps big fetches legal
-    // (the `[kafka]` table may still set it).
-    c.set("receive.message.max.bytes", "1000000000");
-    for (k, v) in config.client_config().config_map() {
-        c.set(k, v);
+    // (unless the `[kafka]` table sets it).
+    if !config.kafka.contains_key("receive.message.max.bytes") {
+        c.set("receive.message.max.bytes", "1000000000");
     }
-    c.set("client.id", config.client_id(&format!("{txn_id}-{role}")));
     c
 }
 

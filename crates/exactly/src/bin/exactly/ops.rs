@@ -273,7 +273,7 @@ pub fn topics(a: TopicsArgs) -> anyhow::Result<ExitCode> {
         );
     }
     internal.extend(config.task.dead_letter_topic.clone());
-    let base = a.cluster.client_config("exactly-topics")?;
+    let base = config.client_config("exactly-topics");
     let admin: AdminClient<DefaultClientContext> = base.create()?;
     let md = metadata(&base)?;
     println!(
