@@ -467,32 +467,21 @@ pub fn metric_sum(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 
 /// Waits until the process's log contains `needle` (an event the app logs), or panics after
 /// `timeout` (or if the process exits first).
 pub fn wait_for_log(process: &mut AppProcess, needle: &str, timeout: Duration) {
-    wait_for_log_count(process, needle, 1, timeout);
-}
-
-/// Waits until `count` lines of the process's log contain `needle`, or panics after
-/// `timeout` (or if the process exits first).
-pub fn wait_for_log_count(process: &mut AppProcess, needle: &str, count: usize, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
-        let seen = std::fs::read_to_string(&process.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(needle))
-            .count();
-        if seen >= count {
+        if process.log().contains(needle) {
             return;
         }
         if let Some(status) = process.exited() {
             panic!(
-                "instance {} exited ({status}) before logging `{needle}` {count} times ({seen}); log tail:\n{}",
+                "instance {} exited ({status}) before logging `{needle}`; log tail:\n{}",
                 process.id,
                 process.log_tail(30)
             );
         }
         assert!(
             Instant::now() < deadline,
-            "instance {} did not log `{needle}` {count} times within {timeout:?} ({seen}); log tail:\n{}",
+            "instance {} did not log `{needle}` within {timeout:?}; log tail:\n{}",
             process.id,
             process.log_tail(30)
         );

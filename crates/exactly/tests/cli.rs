@@ -17,6 +17,22 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("run exactly")
 }
 
+/// `exactly verify --bootstrap bs --input input --output output`.
+fn verify(bs: &str, input: &str, output: &str) -> Output {
+    run(
+        &[
+            "verify",
+            "--bootstrap",
+            bs,
+            "--input",
+            input,
+            "--output",
+            output,
+        ],
+        &[],
+    )
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -56,42 +72,9 @@ fn verify_reports_a_duplicated_and_a_missing_record_and_exits_non_zero() {
     broker::produce(&bs, &output, &out);
     broker::produce(&bs, &clean, &ids.iter().map(|i| msg(i)).collect::<Vec<_>>());
 
-    let bad = run(
-        &[
-            "verify",
-            "--bootstrap",
-            &bs,
-            "--input",
-            &input,
-            "--output",
-            &output,
-        ],
-        &[],
-    );
-    let good = run(
-        &[
-            "verify",
-            "--bootstrap",
-            &bs,
-            "--input",
-            &input,
-            "--output",
-            &clean,
-        ],
-        &[],
-    );
-    let missing_topic = run(
-        &[
-            "verify",
-            "--bootstrap",
-            &bs,
-            "--input",
-            &input,
-            "--output",
-            "no-such-topic-x",
-        ],
-        &[],
-    );
+    let bad = verify(&bs, &input, &output);
+    let good = verify(&bs, &input, &clean);
+    let missing_topic = verify(&bs, &input, "no-such-topic-x");
     broker::delete_topics(&bs, &[&input, &output, &clean]);
 
     let t = text(&bad);
@@ -228,18 +211,7 @@ fn verify_counts_only_committed_records_and_reports_unexpected_ids() {
     broker::produce_in_transaction(&bs, &output, &committed, true);
     broker::produce_in_transaction(&bs, &output, &[msg("id-4"), msg("ghost-2")], false);
 
-    let o = run(
-        &[
-            "verify",
-            "--bootstrap",
-            &bs,
-            "--input",
-            &input,
-            "--output",
-            &output,
-        ],
-        &[],
-    );
+    let o = verify(&bs, &input, &output);
     broker::delete_topics(&bs, &[&input, &output]);
     let t = text(&o);
     assert_eq!(o.status.code(), Some(1), "{t}");
