@@ -6,7 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -162,10 +162,12 @@ pub fn unique_name(prefix: &str) -> String {
 /// A TCP proxy on 127.0.0.1 in front of a server, that a test can [`cut`](Self::cut) (every
 /// open connection is shut down, new ones are closed at once) and [`restore`](Self::restore).
 /// Point a sink at [`addr`](Self::addr) to drop its connections at a moment of the test's
-/// choosing.
+/// choosing. With [`linger`](Self::linger), a connection the server closed stays open on the
+/// client's side for a while, as a terminated PostgreSQL backend's does while it exits.
 pub struct TcpProxy {
     addr: SocketAddr,
     up: Arc<AtomicBool>,
+    linger_ms: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
     accepted: Arc<AtomicU32>,
@@ -184,7 +186,9 @@ impl TcpProxy {
         let stop = Arc::new(AtomicBool::new(false));
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let accepted = Arc::new(AtomicU32::new(0));
+        let linger_ms = Arc::new(AtomicU64::new(0));
         let (u, s, o, a) = (up.clone(), stop.clone(), open.clone(), accepted.clone());
+        let l = linger_ms.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 if s.load(Ordering::SeqCst) {
@@ -207,13 +211,14 @@ impl TcpProxy {
                     }
                 }
                 drop(guard);
-                pump(&client, &server);
-                pump(&server, &client);
+                pump(&client, &server, &l);
+                pump(&server, &client, &l);
             }
         });
         Ok(Self {
             addr,
             up,
+            linger_ms,
             stop,
             open,
             accepted,
@@ -223,6 +228,14 @@ impl TcpProxy {
     /// The proxy's address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// From now on, a connection that ends (the server closed it, or a write to it failed) is
+    /// shut down on both sides only `delay` later; until then the client sees it open and
+    /// what it sends goes nowhere. [`cut`](Self::cut) still shuts connections down at once.
+    pub fn linger(&self, delay: Duration) {
+        self.linger_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// Connections accepted and forwarded so far.
@@ -255,11 +268,13 @@ impl Drop for TcpProxy {
     }
 }
 
-/// Copies `from` to `to` on a thread until either side closes.
-fn pump(from: &TcpStream, to: &TcpStream) {
+/// Copies `from` to `to` on a thread until either side closes, then waits the proxy's
+/// linger time before shutting both down.
+fn pump(from: &TcpStream, to: &TcpStream, linger_ms: &Arc<AtomicU64>) {
     let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
         return;
     };
+    let linger_ms = linger_ms.clone();
     std::thread::spawn(move || {
         let mut buf = [0u8; 16 * 1024];
         loop {
@@ -272,6 +287,7 @@ fn pump(from: &TcpStream, to: &TcpStream) {
                 }
             }
         }
+        std::thread::sleep(Duration::from_millis(linger_ms.load(Ordering::SeqCst)));
         let _ = to.shutdown(Shutdown::Both);
         let _ = from.shutdown(Shutdown::Both);
     });

@@ -257,6 +257,27 @@ fn database_down_longer_than_the_retries_aborts_the_kafka_transaction_and_nothin
     assert_eq!(counter(&metrics, "skipped"), 0);
 }
 
+/// A `Ledger::fail_next` hook that terminates (`pg_terminate_backend`) every session named
+/// `app_name`, from a connection of its own, and adds how many it terminated to `killed`.
+fn terminate_sessions(
+    url: &str,
+    app_name: &str,
+    killed: &Arc<std::sync::atomic::AtomicU32>,
+) -> Box<dyn FnOnce() -> Option<SinkError> + Send> {
+    let (url, killed) = (url.to_owned(), killed.clone());
+    let sql = format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '{app_name}'"
+    );
+    Box::new(move || {
+        let rows = common::query(&url, &sql);
+        killed.fetch_add(
+            rows[0][0].parse::<u32>().expect("count"),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        None
+    })
+}
+
 #[test]
 fn backends_terminated_mid_transaction_are_retried_and_every_payment_is_booked_once() {
     let Some(url) = require_postgres("pg_terminate") else {
@@ -273,18 +294,7 @@ fn backends_terminated_mid_transaction_are_retried_and_every_payment_is_booked_o
     for (i, chunk) in all.chunks(30).enumerate() {
         // In the middle of each batch's transaction, another connection terminates the
         // sink's backends (pg_terminate_backend): the server rolls the transaction back.
-        let (url, app_name, killed) = (url.clone(), app_name.clone(), killed.clone());
-        ledger.fail_next = Some(Box::new(move || {
-            let rows = common::query(
-                &url,
-                &format!("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '{app_name}'"),
-            );
-            killed.fetch_add(
-                rows[0][0].parse::<u32>().expect("count"),
-                std::sync::atomic::Ordering::SeqCst,
-            );
-            None
-        }));
+        ledger.fail_next = Some(terminate_sessions(&url, &app_name, &killed));
         // The batch plus a redelivery of the previous batch's first 10 payments.
         let mut offered: Vec<Payment> = chunk.to_vec();
         if i > 0 {
@@ -307,6 +317,43 @@ fn backends_terminated_mid_transaction_are_retried_and_every_payment_is_booked_o
     );
     assert_eq!(counter(&metrics, "retries"), 10);
     assert_eq!(counter(&metrics, "failures"), 0);
+    t.assert_exact(&all);
+}
+
+#[test]
+fn a_terminated_backend_whose_socket_is_still_open_is_not_reused_by_the_retry() {
+    let Some(url) = require_postgres("pg_terminate_linger") else {
+        return;
+    };
+    // A terminated backend sends its FATAL error, then exits, and only then does its socket
+    // close; the proxy holds that moment open for 2 s, longer than the retry's backoff.
+    let proxy = TcpProxy::start("127.0.0.1:5432").expect("proxy");
+    proxy.linger(std::time::Duration::from_secs(2));
+    let t = Tables::new(&url, "pg_terminate_linger");
+    let app_name = exactly_sinks::testing::unique_name("pglinger");
+    let metrics = SinkMetrics::unregistered();
+    let mut config = t.config("app").application_name(&app_name);
+    config.url = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=test",
+        proxy.addr().port()
+    );
+    let sink = t.sink_with(config, metrics.clone());
+    let all = payments(40, 3);
+    let mut ledger = t.ledger();
+    let killed = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    ledger.fail_next = Some(terminate_sessions(&url, &app_name, &killed));
+    let mut batch = PgBatch::new(sink, "payments");
+    stage(&mut batch, &all);
+    let report = batch
+        .flush(&mut ledger)
+        .expect("flush survives the termination");
+    assert_eq!(killed.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        report.attempts, 2,
+        "the retry ran on a new connection, not on the terminated one"
+    );
+    assert_eq!(counter(&metrics, "retries"), 1);
+    assert_eq!(report.applied_effects, 40);
     t.assert_exact(&all);
 }
 

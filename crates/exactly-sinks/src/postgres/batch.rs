@@ -1,7 +1,7 @@
 //! [`PgBatch`]: one task's buffered effects, flushed in one database transaction together
 //! with their message IDs.
 
-use super::{pool_error, PgSink};
+use super::{on_connection, PgSink};
 use crate::error::SinkError;
 use exactly_core::Context;
 use std::collections::HashSet;
@@ -201,33 +201,35 @@ async fn flush_once<E, A: PgApply<Effect = E>>(
     let offsets: Vec<i64> = order.iter().map(|i| staged[*i].offset).collect();
 
     let inner = &sink.inner;
-    let mut client = inner.pool.get().await.map_err(pool_error)?;
-    let txn = client.transaction().await?;
-    let insert = txn.prepare_cached(&inner.sql.insert_ids).await?;
-    let rows = txn
-        .query(
-            &insert,
-            &[&inner.config.consumer, &topic, &ids, &partitions, &offsets],
-        )
-        .await?;
-    let mut new_ids: HashSet<Vec<u8>> = HashSet::with_capacity(rows.len());
-    for row in &rows {
-        new_ids.insert(row.try_get::<_, Vec<u8>>(0)?);
-    }
-    let effects: Vec<&E> = staged
-        .iter()
-        .filter(|s| new_ids.contains(&s.id))
-        .map(|s| &s.effect)
-        .collect();
-    if !effects.is_empty() {
-        apply.apply(&txn, &effects).await?;
-    }
-    txn.commit().await?;
-    Ok(FlushReport {
-        ids: ids.len(),
-        new_ids: new_ids.len(),
-        skipped_ids: ids.len() - new_ids.len(),
-        applied_effects: effects.len(),
-        attempts: 0,
+    on_connection(&inner.pool, async |client| {
+        let txn = client.transaction().await?;
+        let insert = txn.prepare_cached(&inner.sql.insert_ids).await?;
+        let rows = txn
+            .query(
+                &insert,
+                &[&inner.config.consumer, &topic, &ids, &partitions, &offsets],
+            )
+            .await?;
+        let mut new_ids: HashSet<Vec<u8>> = HashSet::with_capacity(rows.len());
+        for row in &rows {
+            new_ids.insert(row.try_get::<_, Vec<u8>>(0)?);
+        }
+        let effects: Vec<&E> = staged
+            .iter()
+            .filter(|s| new_ids.contains(&s.id))
+            .map(|s| &s.effect)
+            .collect();
+        if !effects.is_empty() {
+            apply.apply(&txn, &effects).await?;
+        }
+        txn.commit().await?;
+        Ok(FlushReport {
+            ids: ids.len(),
+            new_ids: new_ids.len(),
+            skipped_ids: ids.len() - new_ids.len(),
+            applied_effects: effects.len(),
+            attempts: 0,
+        })
     })
+    .await
 }

@@ -256,6 +256,7 @@ impl PgSink {
             NoTls,
             ManagerConfig {
                 // `Fast` reuses a connection unless the client saw it close; a connection
+                // whose statement failed is never reused (`on_connection`), and an idle one
                 // killed on the server side fails its next statement, which is retried on a
                 // fresh one.
                 recycling_method: RecyclingMethod::Fast,
@@ -321,8 +322,7 @@ impl PgSink {
     /// starting together do not race on the catalog.
     pub fn run_migration(&self, statements: &[&str]) -> Result<(), SinkError> {
         let pool = self.inner.pool.clone();
-        self.block_on(async move {
-            let mut client = pool.get().await.map_err(pool_error)?;
+        self.block_on(on_connection(&pool, async |client| {
             let txn = client.transaction().await?;
             txn.execute(
                 "SELECT pg_advisory_xact_lock(hashtext('exactly-sinks migration'))",
@@ -334,7 +334,7 @@ impl PgSink {
             }
             txn.commit().await?;
             Ok(())
-        })
+        }))
     }
 
     /// Deletes this consumer's message IDs older than the TTL, at most `batch` rows per
@@ -401,23 +401,42 @@ struct Expiry {
 
 impl Expiry {
     async fn run(&self) -> Result<u64, SinkError> {
-        let client = self.pool.get().await.map_err(pool_error)?;
-        let stmt = client.prepare_cached(&self.sql).await?;
-        let mut total = 0;
-        loop {
-            let n = client
-                .execute(&stmt, &[&self.consumer, &self.ttl_secs, &self.batch])
-                .await?;
-            total += n;
-            self.counter.inc_by(n);
-            if n < self.batch as u64 {
-                return Ok(total);
+        on_connection(&self.pool, async |client| {
+            let stmt = client.prepare_cached(&self.sql).await?;
+            let mut total = 0;
+            loop {
+                let n = client
+                    .execute(&stmt, &[&self.consumer, &self.ttl_secs, &self.batch])
+                    .await?;
+                total += n;
+                self.counter.inc_by(n);
+                if n < self.batch as u64 {
+                    return Ok(total);
+                }
             }
-        }
+        })
+        .await
     }
 }
 
-pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> SinkError {
+/// Runs `work` on a pooled connection. A connection whose work failed is closed instead of
+/// going back to the pool: a terminated backend sends its error before its socket closes
+/// (it exits first), so the client may not see the connection closed yet, and the pool's
+/// `Fast` recycling would hand the dead connection to the retry, which then fails a second
+/// time. The retry gets a live pooled connection or a new one.
+pub(crate) async fn on_connection<T>(
+    pool: &Pool,
+    work: impl AsyncFnOnce(&mut deadpool_postgres::Client) -> Result<T, SinkError>,
+) -> Result<T, SinkError> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let result = work(&mut client).await;
+    if result.is_err() {
+        drop(deadpool_postgres::Client::take(client));
+    }
+    result
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> SinkError {
     match e {
         deadpool_postgres::PoolError::Backend(e) => SinkError::Postgres(e),
         other => SinkError::Pool(other.to_string()),
