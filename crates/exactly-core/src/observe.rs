@@ -19,8 +19,12 @@ pub trait RuntimeObserver: Send + Sync + 'static {
     fn rebalance(&self) {}
     /// The producer was fenced.
     fn fenced(&self) {}
-    /// A stream thread received an assignment (possibly empty) from the group.
-    fn assigned(&self, thread: usize) {}
+    /// A stream thread became ready (`true`: it has its assignment from the group, possibly
+    /// empty, and every assigned partition's task is restored and running) or stopped being
+    /// ready (`false`: a task restores or waits to open, the thread lost its partitions,
+    /// checks for a fence, stopped or shuts down). Called when the value changes, at the end
+    /// of a turn of the thread's loop; a thread starts not ready.
+    fn ready(&self, thread: usize, ready: bool) {}
     /// Number of tasks of a stream thread.
     fn tasks(&self, thread: usize, tasks: usize) {}
     /// A store was wiped before restore (`corrupt`, `wrong_identity`, `checkpoint_beyond_end`).

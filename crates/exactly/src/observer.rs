@@ -10,7 +10,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 /// Counts what the runtime reports into an app-owned [`Metrics`] registry and keeps
-/// [`Health`] ready while every stream thread has its assignment and no task is restoring.
+/// [`Health`] ready while every stream thread reports itself ready (its assignment received,
+/// every assigned partition's task restored and running).
 pub struct MetricsObserver {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
@@ -21,7 +22,7 @@ pub struct MetricsObserver {
 #[derive(Default)]
 struct State {
     tasks_by_thread: HashMap<usize, usize>,
-    assigned_threads: BTreeSet<usize>,
+    ready_threads: BTreeSet<usize>,
     restoring: BTreeSet<(String, i32)>,
     /// State store series reported per task, removed with the task's other series.
     state_stores: BTreeSet<(String, i32, String)>,
@@ -47,8 +48,7 @@ impl MetricsObserver {
         self.metrics
             .assigned_tasks
             .set(s.tasks_by_thread.values().sum::<usize>() as i64);
-        self.health
-            .set_ready(s.assigned_threads.len() >= self.threads && s.restoring.is_empty());
+        self.health.set_ready(s.ready_threads.len() >= self.threads);
     }
 }
 
@@ -127,9 +127,13 @@ impl RuntimeObserver for MetricsObserver {
         self.metrics.transaction_aborted(AbortReason::Fenced).inc();
     }
 
-    fn assigned(&self, thread: usize) {
+    fn ready(&self, thread: usize, ready: bool) {
         let mut s = self.state();
-        s.assigned_threads.insert(thread);
+        if ready {
+            s.ready_threads.insert(thread);
+        } else {
+            s.ready_threads.remove(&thread);
+        }
         self.update_readiness(&s);
     }
 

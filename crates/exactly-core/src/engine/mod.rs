@@ -115,6 +115,11 @@ pub struct Engine<F: ProcessorFactory> {
     tasks: BTreeMap<TopicPartition, Slot<F::Processor>>,
     /// What the group assigned to this member.
     assignment: BTreeSet<TopicPartition>,
+    /// Whether the group has given this member an assignment (possibly empty) since it
+    /// started or last lost its partitions.
+    joined: bool,
+    /// The readiness last reported to the observer.
+    reported_ready: bool,
     txn: Txn,
     mode: Mode,
     /// Changelog partitions in the restore consumer's assignment, with the restore they serve.
@@ -155,6 +160,8 @@ impl<F: ProcessorFactory> Engine<F> {
             env,
             tasks: BTreeMap::new(),
             assignment: BTreeSet::new(),
+            joined: false,
+            reported_ready: false,
             txn: Txn::Idle,
             mode: Mode::Processing,
             restore_assigned: BTreeMap::new(),
@@ -202,8 +209,7 @@ impl<F: ProcessorFactory> Engine<F> {
             self.poll(clients)?;
             if let Mode::FenceCheck { .. } = self.mode {
                 // The producer was fenced in this turn: no task may open until the check ends.
-                self.progress.restoring = self.restoring();
-                return Ok(std::mem::take(&mut self.progress));
+                return Ok(self.end_turn());
             }
             // 4. Restores (of assigned partitions without a task, too).
             if let Err(fault) = self
@@ -221,8 +227,30 @@ impl<F: ProcessorFactory> Engine<F> {
             // 6. Housekeeping.
             self.housekeeping(clients);
         }
+        Ok(self.end_turn())
+    }
+
+    /// Reports the thread's readiness if it changed in this turn, and returns the turn's
+    /// progress. Readiness is judged once the turn is done, never between the events of one
+    /// (an assignment arrives before its tasks open and register as restoring).
+    fn end_turn(&mut self) -> Progress {
         self.progress.restoring = self.restoring();
-        Ok(std::mem::take(&mut self.progress))
+        self.report_ready(self.is_ready());
+        std::mem::take(&mut self.progress)
+    }
+
+    fn report_ready(&mut self, ready: bool) {
+        if ready != self.reported_ready {
+            self.reported_ready = ready;
+            self.env.observer.ready(self.cfg.thread, ready);
+        }
+    }
+
+    /// Whether the thread serves its whole assignment: the group has assigned it partitions
+    /// (possibly none), every one of them has a running task (restored, not waiting to open
+    /// again), and it is not checking for a newer process with its instance id.
+    pub fn is_ready(&self) -> bool {
+        self.joined && self.mode == Mode::Processing && self.restoring() == 0
     }
 
     /// Steps 1-3: polls, hands the records to their tasks, handles the rebalance event.
@@ -326,6 +354,7 @@ impl<F: ProcessorFactory> Engine<F> {
     /// Ends the thread's work: commits the open transaction (aborts it if that fails) and
     /// closes the tasks; their stores keep their files.
     pub fn shutdown<C: StreamClients>(&mut self, clients: &C) -> Result<(), EngineError> {
+        self.report_ready(false);
         let ended = self.end_transaction(clients, "shutdown");
         self.close_all();
         ended
@@ -334,6 +363,7 @@ impl<F: ProcessorFactory> Engine<F> {
     /// After an error: aborts the open transaction if it can and closes the tasks without
     /// applying anything.
     pub fn stop<C: StreamClients>(&mut self, clients: &C) {
+        self.report_ready(false);
         if self.txn.is_open() && self.cfg.exactly_once() {
             if let Err(e) = clients.abort_transaction() {
                 tracing::warn!(thread = self.cfg.thread, error = %e, "abort after a fatal error failed; the coordinator aborts the transaction when it times out, or the restart does");

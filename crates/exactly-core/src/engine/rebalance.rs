@@ -35,7 +35,7 @@ impl<F: ProcessorFactory> Engine<F> {
         clients: &C,
         partitions: Vec<TopicPartition>,
     ) -> Result<(), EngineError> {
-        self.env.observer.assigned(self.cfg.thread);
+        self.joined = true;
         clients
             .complete_assign(&partitions)
             .map_err(|e| self.client_stop(e))?;
@@ -89,6 +89,8 @@ impl<F: ProcessorFactory> Engine<F> {
             lost = partitions.len(),
             "partitions lost (this member left the group): aborting the open transaction"
         );
+        // Not ready until the group assigns this member partitions again.
+        self.joined = false;
         if let Err(fault) = self.abort(clients, ABORT_LOST) {
             self.recover(clients, fault)?;
         }

@@ -43,6 +43,8 @@ struct Counts {
     rebalances: u64,
     restores: u64,
     wipes: u64,
+    ready_turns: u64,
+    unready_turns: u64,
 }
 
 impl Counts {
@@ -59,6 +61,8 @@ impl Counts {
         self.rebalances += o.rebalances;
         self.restores += o.restores;
         self.wipes += o.wipes;
+        self.ready_turns += o.ready_turns;
+        self.unready_turns += o.unready_turns;
     }
 }
 
@@ -139,6 +143,8 @@ fn run_schedule(seed: u64) -> Result<Counts, String> {
         rebalances: get(&t.rebalances),
         restores: get(&t.restores),
         wipes: get(&t.wipes),
+        ready_turns: get(&t.ready_turns),
+        unready_turns: get(&t.unready_turns),
     })
 }
 
@@ -345,7 +351,7 @@ fn every_message_id_is_processed_exactly_once_in_seeded_simulations_of_a_cluster
         failed[0]
     );
     println!(
-        "simulation: {} schedules ({label}) in {:.1} s: {} inputs, {} unique IDs; {} SIGKILLs, {} freezes mid-turn, {} zombie threads fenced, {} producer fences, {} rebalances, {} restores, {} store wipes; {} commits, {} aborts; 0 duplicates, 0 losses",
+        "simulation: {} schedules ({label}) in {:.1} s: {} inputs, {} unique IDs; {} SIGKILLs, {} freezes mid-turn, {} zombie threads fenced, {} producer fences, {} rebalances, {} restores, {} store wipes; {} commits, {} aborts; {} turns ended ready, {} not ready (ready only with every task running); 0 duplicates, 0 losses",
         seeds.len(),
         started.elapsed().as_secs_f64(),
         total.inputs,
@@ -358,7 +364,9 @@ fn every_message_id_is_processed_exactly_once_in_seeded_simulations_of_a_cluster
         total.restores,
         total.wipes,
         total.commits,
-        total.aborts
+        total.aborts,
+        total.ready_turns,
+        total.unready_turns
     );
     if seeds.len() >= 1_000 {
         // A run of this size that shows none of these did not test what it claims.
@@ -370,6 +378,8 @@ fn every_message_id_is_processed_exactly_once_in_seeded_simulations_of_a_cluster
             ("rebalances", total.rebalances),
             ("store wipes", total.wipes),
             ("aborts", total.aborts),
+            ("turns that ended ready", total.ready_turns),
+            ("turns that ended not ready", total.unready_turns),
         ];
         for (what, n) in shown {
             assert!(

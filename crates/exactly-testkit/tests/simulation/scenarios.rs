@@ -140,6 +140,50 @@ fn a_transaction_timed_out_by_the_coordinator_is_recovered_not_taken_for_a_zombi
     assert!(g.is_running(0), "the instance runs on");
 }
 
+/// `/ready` through a fence: a thread whose transaction the coordinator timed out drops its
+/// tasks and checks for a newer process with its instance id. It keeps its assignment all
+/// along, so "assigned and nothing restoring" held while no task ran; it is not ready until
+/// its tasks are restored and run again.
+#[test]
+fn a_thread_is_not_ready_while_it_checks_for_a_fence_and_until_its_tasks_restored_again() {
+    let w = world(AppKind::Fanout, 2, 1);
+    open_transaction(&w, 0, 12);
+    assert!(
+        lock_world(&w).reported_ready(0, 0),
+        "ready with both tasks running"
+    );
+    lock_world(&w).advance(6_000);
+    let mut turns = 0;
+    while lock_world(&w).tally.fences.load(Ordering::Relaxed) == 0 {
+        turns += 1;
+        assert!(turns < 100, "the timed-out transaction was never fenced");
+        step(&w, Who::Instance(0, 0), None);
+    }
+    {
+        let g = lock_world(&w);
+        assert!(
+            g.tasks(0, 0).is_empty(),
+            "the fenced thread dropped its tasks"
+        );
+        assert!(!g.reported_ready(0, 0), "not ready during the fence check");
+    }
+    let mut unready_turns = 0;
+    while !lock_world(&w).reported_ready(0, 0) {
+        unready_turns += 1;
+        assert!(unready_turns < 500, "never ready again");
+        lock_world(&w).advance(10);
+        step(&w, Who::Instance(0, 0), None);
+    }
+    let running: Vec<(i32, bool)> = lock_world(&w).tasks(0, 0);
+    assert_eq!(
+        running,
+        vec![(0, true), (1, true)],
+        "ready once both run again"
+    );
+    assert!(lock_world(&w).failures.is_empty());
+    finish(&w);
+}
+
 /// A real zombie: the process is paused with a transaction open and a replacement with the
 /// same instance id takes over (new producer epoch, the member replaced). When the zombie
 /// wakes it finds its member fenced and stops without writing anything.

@@ -27,6 +27,8 @@ const TXN_TIMEOUT_MS: i64 = 5_000;
 struct Thread {
     clients: SimClients,
     engine: Engine<Factory>,
+    /// The readiness its engine last reported.
+    ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What the engines of a schedule reported, as the metrics would count it.
@@ -38,6 +40,40 @@ pub struct Tally {
     pub rebalances: AtomicU64,
     pub restores: AtomicU64,
     pub wipes: AtomicU64,
+    /// Turns that ended with the thread reporting itself ready, and not ready.
+    pub ready_turns: AtomicU64,
+    pub unready_turns: AtomicU64,
+}
+
+/// One thread's observer: counts into the world's [`Tally`] and keeps the thread's readiness
+/// (what `/ready` answers from).
+struct ThreadObserver {
+    tally: Arc<Tally>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RuntimeObserver for ThreadObserver {
+    fn committed(&self, s: f64, n: usize, d: &std::collections::HashMap<String, u64>) {
+        self.tally.committed(s, n, d);
+    }
+    fn aborted(&self, reason: &'static str) {
+        self.tally.aborted(reason);
+    }
+    fn fenced(&self) {
+        self.tally.fenced();
+    }
+    fn rebalance(&self) {
+        self.tally.rebalance();
+    }
+    fn restore_done(&self, topic: &str, partition: i32, seconds: f64) {
+        self.tally.restore_done(topic, partition, seconds);
+    }
+    fn store_wiped(&self, topic: &str, partition: i32, reason: &'static str) {
+        self.tally.store_wiped(topic, partition, reason);
+    }
+    fn ready(&self, _: usize, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
 }
 
 impl RuntimeObserver for Tally {
@@ -201,6 +237,28 @@ impl World {
         }
     }
 
+    /// After a turn: a thread that reports itself ready (what `/ready` answers from) runs a
+    /// restored task for every partition it holds, and it reports what its engine's state says.
+    fn check_readiness(&mut self, who: Who, thread: &Thread) {
+        let reported = thread.ready.load(Ordering::Relaxed);
+        let restoring = thread.engine.restoring();
+        let tasks = thread.engine.tasks();
+        let not_running = tasks.iter().filter(|(_, running)| !running).count();
+        if reported != thread.engine.is_ready() || (reported && (restoring > 0 || not_running > 0))
+        {
+            self.failures.push(format!(
+                "{who:?} reported ready={reported} with {restoring} assigned partitions not running, {not_running} of {} tasks restoring",
+                tasks.len()
+            ));
+        }
+        let turns = if reported {
+            &self.tally.ready_turns
+        } else {
+            &self.tally.unready_turns
+        };
+        turns.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn note(&mut self, what: String) {
         self.trace
             .push(format!("{:>6} ms {what}", self.clock.now_ms() % 10_000_000));
@@ -278,15 +336,20 @@ impl World {
                     protocol: self.setup.protocol,
                 },
             );
+            let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let env = EngineEnv {
                 factory: self.factory.clone(),
                 stores: Arc::new(SimStores::new(disk.clone(), process.clone())),
-                observer: self.tally.clone(),
+                observer: Arc::new(ThreadObserver {
+                    tally: self.tally.clone(),
+                    ready: ready.clone(),
+                }),
                 clock: self.clock.clone(),
             };
             threads.push(Some(Thread {
                 clients,
                 engine: Engine::new(Arc::new(cfg), env),
+                ready,
             }));
         }
         let start = inst.starts;
@@ -415,6 +478,15 @@ impl World {
     }
 
     /// Whether thread `t` of instance `i`'s current process has an open transaction.
+    /// The readiness thread `t` of instance `i` last reported (what `/ready` answers from).
+    pub fn reported_ready(&self, i: usize, t: usize) -> bool {
+        self.instances[i]
+            .run
+            .as_ref()
+            .and_then(|r| r.threads[t].as_ref())
+            .is_some_and(|th| th.ready.load(Ordering::Relaxed))
+    }
+
     pub fn transaction_open(&self, i: usize, t: usize) -> bool {
         self.instances[i]
             .run
@@ -714,6 +786,7 @@ pub fn step(world: &Shared, who: Who, freeze: Option<(u64, Freeze)>) {
     let mut w = lock_world(world);
     match result {
         Ok(_) => {
+            w.check_readiness(who, &thread);
             if let Some(run) = w.run_of(&process) {
                 run.threads[t] = Some(thread);
             }
