@@ -174,3 +174,76 @@ fn at_least_once_without_crashes_outputs_each_id_once() {
     assert_eq!(v.inputs, messages.len());
     assert_exact(&v, UNIQUE);
 }
+
+/// A panic outside the processor (the engine, a store, a sink: here a failpoint panics the
+/// stream thread after its third transaction's sends) stops the whole instance, not just the
+/// thread: with two stream threads, the other one used to run on while the panicked thread's
+/// partitions stalled. The panicked thread aborts its open transaction (none is left open
+/// for the coordinator to time out), what is visible is consistent (one output per committed
+/// input offset), and the restart finishes the stream exactly once.
+#[test]
+fn a_panic_outside_the_processor_stops_the_instance_and_commits_nothing_of_its_transaction() {
+    let Some(s) = Setup::new("cp-panic", 4) else {
+        return;
+    };
+    let messages = messages_with_duplicates(UNIQUE, 0.0, 47);
+    let mut app = s.forward(
+        "0",
+        &[
+            "--threads",
+            "2",
+            "--commit-interval-ms",
+            "50",
+            "--max-batch-records",
+            "500",
+        ],
+    );
+    app.env("EXACTLY_FAILPOINT", "after_send:3:panic");
+    app.start();
+    broker::produce(&s.bs, &s.input, &messages);
+    let status = app.wait_exit(Duration::from_secs(60));
+    let log = app.log();
+    assert!(
+        !status.success(),
+        "the instance exits with an error: {status}"
+    );
+    assert!(
+        log.contains("stream thread panicked outside the processor: aborting the open transaction and stopping the instance"),
+        "the log says what happened; tail:\n{}",
+        app.log_tail(30)
+    );
+    assert!(
+        log.contains("EXACTLY_FAILPOINT: panic at AfterSend (hit 3)"),
+        "the panic came from the failpoint"
+    );
+    assert!(
+        !log.contains("abort after a fatal error failed")
+            && !log.contains("aborting after the panic panicked"),
+        "the abort went through"
+    );
+    let open = [s.output.clone(), s.changelog()]
+        .iter()
+        .any(|t| broker::has_open_transaction(&s.bs, t, 4));
+    assert!(!open, "the panicked thread aborted its transaction");
+    let committed = broker::committed_offsets(&s.bs, &s.app, &s.input, 4);
+    let offsets: i64 = committed.values().sum();
+    let outputs = s.output_records().len();
+    println!("cp-panic: after the panic {offsets} input offsets committed, {outputs} outputs visible ({status})");
+    assert_eq!(
+        outputs as i64, offsets,
+        "one output per committed input (unique IDs): nothing of the aborted transaction is visible"
+    );
+    assert!(
+        (offsets as usize) < messages.len(),
+        "the instance stopped before the end"
+    );
+
+    app.env("EXACTLY_FAILPOINT", "");
+    app.set_log(s.dir.path().join("restart.log"));
+    app.start();
+    s.wait_caught_up(std::slice::from_mut(&mut app));
+    stop_all(std::slice::from_mut(&mut app));
+    let v = s.verify();
+    assert_eq!(v.inputs, messages.len());
+    assert_exact(&v, UNIQUE);
+}

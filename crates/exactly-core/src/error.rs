@@ -181,3 +181,14 @@ impl TaskError {
         )
     }
 }
+
+/// The text of a panic's payload (the `&str` or `String` that `panic!` was given), or a
+/// placeholder for any other payload. Pass the payload itself (`panic.as_ref()`), not the
+/// `Box` holding it.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
+}

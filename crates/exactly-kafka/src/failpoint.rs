@@ -1,7 +1,8 @@
 //! Crash points for process-level tests: `EXACTLY_FAILPOINT=<point>:<n>` makes the process
 //! SIGKILL itself the `n`-th time (1-based, counted over all stream threads) it reaches
 //! `point`; `<point>:<n>:stop` makes it SIGSTOP itself there instead (a zombie frozen at a
-//! known step; SIGCONT continues it). Unset (the normal case) it costs one relaxed load per
+//! known step; SIGCONT continues it), and `<point>:<n>:panic` panics the stream thread there
+//! (a bug outside the processor, in the engine, a store or a sink). Unset (the normal case) it costs one relaxed load per
 //! point reached.
 //!
 //! | point | where the process dies |
@@ -45,6 +46,7 @@ impl Point {
 enum Action {
     Kill,
     Stop,
+    Panic,
 }
 
 static ARMED: OnceLock<Option<(Point, u64, Action)>> = OnceLock::new();
@@ -60,17 +62,18 @@ fn armed() -> Option<(Point, u64, Action)> {
             let action = match parts.next() {
                 None => Action::Kill,
                 Some("stop") => Action::Stop,
+                Some("panic") => Action::Panic,
                 Some(_) => return None,
             };
             parts.next().is_none().then_some((point, n, action))
         })();
         match parsed {
             Some(a) => {
-                tracing::warn!(failpoint = %v, "EXACTLY_FAILPOINT is set: this process will SIGKILL or SIGSTOP itself (test hook)");
+                tracing::warn!(failpoint = %v, "EXACTLY_FAILPOINT is set: this process will SIGKILL, SIGSTOP or panic itself (test hook)");
                 Some(a)
             }
             None => {
-                tracing::error!(value = %v, "EXACTLY_FAILPOINT must be <before_send|after_send|during_commit|after_commit>:<n>[:stop]; ignored");
+                tracing::error!(value = %v, "EXACTLY_FAILPOINT must be <before_send|after_send|during_commit|after_commit>:<n>[:stop|:panic]; ignored");
                 None
             }
         }
@@ -84,6 +87,9 @@ pub(crate) fn hit(point: Point) {
     };
     if armed_point != point || HITS.fetch_add(1, Ordering::Relaxed) + 1 != n {
         return;
+    }
+    if action == Action::Panic {
+        panic!("EXACTLY_FAILPOINT: panic at {point:?} (hit {n})");
     }
     if action == Action::Stop {
         eprintln!("EXACTLY_FAILPOINT: SIGSTOP at {point:?} (hit {n})");

@@ -40,14 +40,10 @@ impl RuntimeHandle {
         for (i, t) in self.threads.into_iter().enumerate() {
             let r = match t.join() {
                 Ok(r) => r,
-                Err(panic) => {
-                    let msg = panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                        .unwrap_or_default();
-                    Err(RuntimeError::ThreadPanic(i, msg))
-                }
+                Err(panic) => Err(RuntimeError::ThreadPanic(
+                    i,
+                    exactly_core::panic_message(panic.as_ref()),
+                )),
             };
             if result.is_ok() {
                 result = r;
@@ -129,7 +125,17 @@ pub fn start<F: ProcessorFactory>(
         let handle = std::thread::Builder::new()
             .name(format!("exactly-stream-{i}"))
             .spawn(move || {
-                let result = thread::run(i, shared);
+                // A panic while the thread sets up or leaves (its turns catch their own) stops
+                // the instance like an error: the thread's partitions must move.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    thread::run(i, shared)
+                }))
+                .unwrap_or_else(|panic| {
+                    Err(RuntimeError::ThreadPanic(
+                        i,
+                        exactly_core::panic_message(panic.as_ref()),
+                    ))
+                });
                 if let Err(e) = &result {
                     tracing::error!(thread = i, error = %e, "stream thread failed; stopping the instance");
                     first.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e.to_string());

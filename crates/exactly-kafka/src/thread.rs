@@ -6,9 +6,12 @@ use crate::config::RuntimeConfig;
 use crate::error::RuntimeError;
 use crate::stores::RocksStores;
 use exactly_core::engine::EngineConfig;
-use exactly_core::{Engine, EngineEnv, ProcessorFactory, RuntimeObserver, SystemClock};
+use exactly_core::{
+    panic_message, Engine, EngineEnv, ProcessorFactory, RuntimeObserver, SystemClock,
+};
 use exactly_state::SharedRocksResources;
 use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,11 +79,26 @@ pub(crate) fn run<F: ProcessorFactory>(
             }
             break Ok(());
         }
-        if let Err(e) = engine.run_once(&clients) {
-            if !e.is_terminated() {
-                engine.stop(&clients);
+        match catch_unwind(AssertUnwindSafe(|| engine.run_once(&clients))) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                if !e.is_terminated() {
+                    engine.stop(&clients);
+                }
+                break Err(RuntimeError::Engine(e));
             }
-            break Err(RuntimeError::Engine(e));
+            Err(panic) => {
+                // A bug outside the processor (whose panics the engine turns into task
+                // errors): the turn's state cannot be trusted, so nothing of the open
+                // transaction may commit. Abort it, drop the tasks unapplied, and stop the
+                // instance; the restart restores from the changelogs.
+                let message = panic_message(panic.as_ref());
+                tracing::error!(thread, panic = %message, "stream thread panicked outside the processor: aborting the open transaction and stopping the instance (a bug: please report it with this log)");
+                if catch_unwind(AssertUnwindSafe(|| engine.stop(&clients))).is_err() {
+                    tracing::error!(thread, "aborting after the panic panicked too; the coordinator aborts the open transaction when it times out, or the restart does");
+                }
+                break Err(RuntimeError::ThreadPanic(thread, message));
+            }
         }
     };
     // Leaving the group lets the others take over at once instead of after a session timeout.

@@ -20,7 +20,7 @@
 
 use crate::changelog::{decode_entry, encode_entry_into};
 use crate::clock::Clock;
-use crate::error::{ErrorPolicy, ProcessError, RetryPolicy, TaskError};
+use crate::error::{panic_message, ErrorPolicy, ProcessError, RetryPolicy, TaskError};
 use crate::id::{IdPolicy, InvalidId, InvalidIdPolicy};
 use crate::processor::{Context, FlushContext, InitContext, Processor};
 use crate::record::{Output, Record, RecordKind, TaskId};
@@ -441,7 +441,7 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
             Ok(Err(e)) => (e.kind(), e.to_string()),
             Err(panic) => (
                 "panic",
-                format!("flush panicked: {}", panic_message(&panic)),
+                format!("flush panicked: {}", panic_message(panic.as_ref())),
             ),
         };
         // Not counted as processor errors: the abort is counted by the runtime, and a sink
@@ -469,7 +469,7 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         self.pending_offset = None;
         if let (TaskState::Running, Some(processor)) = (self.state, self.processor.as_mut()) {
             if let Err(panic) = catch_unwind(AssertUnwindSafe(|| processor.abort())) {
-                tracing::error!(task = %self.id, "processor abort panicked: {}", panic_message(&panic));
+                tracing::error!(task = %self.id, "processor abort panicked: {}", panic_message(panic.as_ref()));
             }
         }
         self.committed_offset
@@ -538,20 +538,10 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
     pub fn close(mut self) -> S {
         if let (TaskState::Running, Some(processor)) = (self.state, self.processor.as_mut()) {
             if let Err(panic) = catch_unwind(AssertUnwindSafe(|| processor.close())) {
-                tracing::error!(task = %self.id, "processor close panicked: {}", panic_message(&panic));
+                tracing::error!(task = %self.id, "processor close panicked: {}", panic_message(panic.as_ref()));
             }
         }
         self.state = TaskState::Closed;
         self.store
-    }
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
     }
 }

@@ -274,7 +274,7 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
                     self.count_error("panic");
                     (
                         "panic",
-                        format!("processor panicked: {}", panic_message(&panic)),
+                        format!("processor panicked: {}", panic_message(panic.as_ref())),
                     )
                 }
             };

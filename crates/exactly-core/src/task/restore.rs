@@ -263,7 +263,7 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
             Err(panic) => Err(TaskError::Processor {
                 task: self.id.to_string(),
                 offset: committed_offset.unwrap_or(0),
-                reason: format!("init panicked: {}", panic_message(&panic)),
+                reason: format!("init panicked: {}", panic_message(panic.as_ref())),
             }),
         }
     }
