@@ -4,21 +4,12 @@
 //! 200 while a task still restores would take two instances' partitions down at once.
 
 mod common;
-use common::{assert_exact, stop_all, Setup};
-use exactly_testkit::broker::{self, TestMessage};
+use common::{assert_exact, numbered, stop_all, Setup};
+use exactly_testkit::broker;
 use exactly_testkit::chaos::{free_port, http_get, metric_sum};
 use std::time::{Duration, Instant};
 
 const PARTITIONS: i32 = 4;
-
-fn batch(ids: std::ops::Range<usize>) -> Vec<TestMessage> {
-    ids.map(|i| TestMessage {
-        key: Some(format!("k{i}").into_bytes()),
-        value: format!("v{i}").into_bytes(),
-        id: Some(format!("m{i}")),
-    })
-    .collect()
-}
 
 /// Polls `/ready` as fast as it answers until the first 200, then reads `/metrics` at once.
 /// Returns how many answers came before (503 or nothing listening) and the exposition.
@@ -47,7 +38,7 @@ fn ready_answers_200_only_once_every_task_is_restored_and_running_across_restart
     let Some(s) = Setup::new("ready", PARTITIONS) else {
         return;
     };
-    let messages = batch(0..40_000);
+    let messages = numbered(0..40_000);
     let mut app = [s.forward("0", &[])];
     app[0].start();
     broker::produce(&s.bs, &s.input, &messages);

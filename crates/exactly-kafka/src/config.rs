@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use exactly_core::engine::{DedupScope, Guarantee, RestoreFrom};
+pub use exactly_core::engine::{DedupScope, Guarantee, OffsetReset, RestoreFrom};
 
 /// Everything a runtime needs to run an app. Its `Debug` shows secret `kafka` values
 /// ([`is_secret_property`]) as `<redacted>`.
@@ -63,6 +63,9 @@ pub struct RuntimeConfig {
     /// Where a trusted dedup store's restore starts: its checkpoint (default) or, for brokers
     /// whose read_committed fetches after an aborted transaction skip records, the start.
     pub restore_from: RestoreFrom,
+    /// Where a task starts whose committed input offset is gone although its restored store
+    /// holds committed IDs: refuse (default), the input's start, or its end.
+    pub offset_reset: OffsetReset,
     /// librdkafka properties passed to every client (secrets allowed; never logged).
     pub kafka: BTreeMap<String, String>,
 }
@@ -92,6 +95,7 @@ impl std::fmt::Debug for RuntimeConfig {
             write_buffer_bytes,
             verify_topic_configs,
             restore_from,
+            offset_reset,
             kafka,
         } = self;
         let kafka: BTreeMap<&str, &str> = kafka
@@ -127,6 +131,7 @@ impl std::fmt::Debug for RuntimeConfig {
             .field("write_buffer_bytes", write_buffer_bytes)
             .field("verify_topic_configs", verify_topic_configs)
             .field("restore_from", restore_from)
+            .field("offset_reset", offset_reset)
             .field("kafka", &kafka)
             .finish()
     }
@@ -156,6 +161,7 @@ impl RuntimeConfig {
             block_cache_bytes: 64 << 20,
             write_buffer_bytes: 64 << 20,
             restore_from: RestoreFrom::Checkpoint,
+            offset_reset: OffsetReset::Fail,
             verify_topic_configs: true,
             kafka: BTreeMap::new(),
         }

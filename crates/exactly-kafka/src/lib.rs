@@ -44,7 +44,7 @@ pub mod observe {
 pub use clients::serve_events;
 pub use config::{
     changelog_topic, default_dead_letter_topic, repartition_topic, DedupScope, Guarantee,
-    RestoreFrom, RuntimeConfig,
+    OffsetReset, RestoreFrom, RuntimeConfig,
 };
 pub use error::RuntimeError;
 pub use observe::{NoopObserver, RuntimeObserver};

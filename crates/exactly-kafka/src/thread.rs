@@ -51,6 +51,7 @@ fn engine_config(
     // intervals and a second for the join make sure one happened.
     e.fence_check = Duration::from_millis(2 * heartbeat_ms + 1_000);
     e.restore_from = config.restore_from;
+    e.offset_reset = config.offset_reset;
     e.task = Arc::new(config.task.clone());
     e
 }

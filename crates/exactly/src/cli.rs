@@ -2,7 +2,7 @@
 //! `#[command(flatten)] run: exactly::cli::RunArgs`, then `run.app(app_id)`.
 
 use crate::App;
-use exactly_kafka::{DedupScope, Guarantee, RestoreFrom, RuntimeConfig, RuntimeError};
+use exactly_kafka::{DedupScope, Guarantee, OffsetReset, RestoreFrom, RuntimeConfig, RuntimeError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -51,6 +51,11 @@ pub struct RunArgs {
     /// read_committed fetches after an aborted transaction skip records; its scripts set it).
     #[arg(long, value_enum, env = "EXACTLY_RESTORE_FROM", default_value_t = RestoreFromArg::Checkpoint)]
     pub restore_from: RestoreFromArg,
+    /// Where a task starts whose committed input offset is gone (expired after
+    /// `offsets.retention.minutes`, or deleted) although its restored store holds committed
+    /// IDs: refuse to start (default), reprocess from the input's start, or skip to its end.
+    #[arg(long, value_enum, env = "EXACTLY_OFFSET_RESET", default_value_t = OffsetResetArg::Fail)]
+    pub offset_reset: OffsetResetArg,
     /// Static group membership (`group.instance.id` per stream thread): a restarted instance
     /// gets its partitions back without a rebalance. `false`: every join and leave rebalances.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
@@ -87,6 +92,17 @@ pub enum RestoreFromArg {
     Start,
 }
 
+/// `--offset-reset` values.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetResetArg {
+    /// Refuse to start the task, with an error that says what to choose.
+    Fail,
+    /// Reprocess the input from its start.
+    Earliest,
+    /// Skip to the input's end.
+    Latest,
+}
+
 impl RunArgs {
     /// An [`App`] named `app_id` configured from these options.
     pub fn app(&self, app_id: impl Into<String>) -> Result<App, RuntimeError> {
@@ -109,6 +125,11 @@ impl RunArgs {
         app.config_mut().restore_from = match self.restore_from {
             RestoreFromArg::Checkpoint => RestoreFrom::Checkpoint,
             RestoreFromArg::Start => RestoreFrom::Start,
+        };
+        app.config_mut().offset_reset = match self.offset_reset {
+            OffsetResetArg::Fail => OffsetReset::Fail,
+            OffsetResetArg::Earliest => OffsetReset::Earliest,
+            OffsetResetArg::Latest => OffsetReset::Latest,
         };
         if let Some(n) = self.max_batch_records {
             app.config_mut().max_batch_records = n;

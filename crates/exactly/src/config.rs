@@ -25,7 +25,9 @@
 
 use exactly_core::{ErrorPolicy, IdPolicy, IdSource, InvalidIdPolicy, RetryPolicy, TaskConfig};
 use exactly_kafka::config::is_secret_property;
-use exactly_kafka::{default_dead_letter_topic, DedupScope, Guarantee, RestoreFrom, RuntimeConfig};
+use exactly_kafka::{
+    default_dead_letter_topic, DedupScope, Guarantee, OffsetReset, RestoreFrom, RuntimeConfig,
+};
 use serde::de::{self, Deserializer, Unexpected, Visitor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -79,6 +81,9 @@ pub struct FileConfig {
     pub static_membership: Option<bool>,
     /// Where a trusted dedup store's restore starts: `checkpoint` (default) or `start`.
     pub restore_from: Option<String>,
+    /// Where a task whose committed offset is gone (but whose store holds committed IDs)
+    /// starts: `fail` (default), `earliest` or `latest`.
+    pub offset_reset: Option<String>,
     /// Check existing internal topics' configs at start (default true).
     pub verify_topic_configs: Option<bool>,
     /// Address to serve `/metrics`, `/health` and `/ready` on (default: no server).
@@ -410,6 +415,7 @@ const KEYS: &[KeySpec] = &[
     key("guarantee", Kind::Str, "set it to \"exactly_once\" or \"at_least_once\""),
     key("static_membership", Kind::Bool, BOOL),
     key("restore_from", Kind::Str, "set it to \"checkpoint\" or \"start\""),
+    key("offset_reset", Kind::Str, "set it to \"fail\", \"earliest\" or \"latest\""),
     key("verify_topic_configs", Kind::Bool, BOOL),
     key("metrics_addr", Kind::Str, "set it to an IP address and port, e.g. \"0.0.0.0:9100\""),
     key("transaction_timeout_ms", Kind::Int, POSITIVE),
@@ -815,6 +821,17 @@ impl Checker<'_> {
                 ],
             )?;
         }
+        if let Some(reset) = &file.offset_reset {
+            runtime.offset_reset = self.choice(
+                "offset_reset",
+                reset,
+                &[
+                    ("fail", OffsetReset::Fail),
+                    ("earliest", OffsetReset::Earliest),
+                    ("latest", OffsetReset::Latest),
+                ],
+            )?;
+        }
         if let Some(scope) = &file.dedup.scope {
             runtime.dedup_scope = self.choice(
                 "dedup.scope",
@@ -1117,6 +1134,14 @@ pub fn redacted(config: &RuntimeConfig) -> String {
             string(match config.restore_from {
                 RestoreFrom::Checkpoint => "checkpoint",
                 RestoreFrom::Start => "start",
+            })
+        ),
+        format!(
+            "offset_reset = {}",
+            string(match config.offset_reset {
+                OffsetReset::Fail => "fail",
+                OffsetReset::Earliest => "earliest",
+                OffsetReset::Latest => "latest",
             })
         ),
         format!(

@@ -58,7 +58,7 @@ create = false
 "#;
 
 const ALL_KEYS: &str = "app_id, instance_id, bootstrap, inputs, outputs, state_dir, threads, \
-commit_interval_ms, max_batch_records, guarantee, static_membership, restore_from, verify_topic_configs, metrics_addr, transaction_timeout_ms, \
+commit_interval_ms, max_batch_records, guarantee, static_membership, restore_from, offset_reset, verify_topic_configs, metrics_addr, transaction_timeout_ms, \
 startup_timeout_ms, replication_factor, block_cache_bytes, write_buffer_bytes, ids.source, \
 ids.max_len, ids.on_invalid, errors.on_error, errors.retry_max_attempts, \
 errors.retry_initial_backoff_ms, errors.retry_max_backoff_ms, dedup.retention_ms, dedup.scope, \
@@ -593,6 +593,7 @@ guarantee = "exactly_once"
 static_membership = true
 verify_topic_configs = true
 restore_from = "checkpoint"
+offset_reset = "fail"
 transaction_timeout_ms = 10000
 startup_timeout_ms = 30000
 replication_factor = 1

@@ -1,7 +1,7 @@
 //! Shared set-up of the process-level tests: topics, app instances, verification.
 #![allow(dead_code)]
 
-use exactly_testkit::broker::{self, ReadRecord};
+use exactly_testkit::broker::{self, ReadRecord, TestMessage};
 use exactly_testkit::chaos::{instance_args, wait_caught_up, AppProcess, Verification};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -134,4 +134,14 @@ pub fn assert_exact(v: &Verification, unique: usize) {
     );
     assert_eq!(v.unique_ids, unique, "unique input IDs");
     assert_eq!(v.outputs, unique, "output records");
+}
+
+/// Messages with IDs `m{i}`, keys `k{i}` and values `v{i}` for `i` in `ids`.
+pub fn numbered(ids: std::ops::Range<usize>) -> Vec<TestMessage> {
+    ids.map(|i| TestMessage {
+        key: Some(format!("k{i}").into_bytes()),
+        value: format!("v{i}").into_bytes(),
+        id: Some(format!("m{i}")),
+    })
+    .collect()
 }

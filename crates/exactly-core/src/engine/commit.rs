@@ -320,6 +320,7 @@ impl<F: ProcessorFactory> Engine<F> {
         let cause = match &fault {
             Fault::Task { error, .. } => error.to_string(),
             Fault::Client(e) | Fault::OutcomeUnknown(e) => e.to_string(),
+            Fault::MissingOffset { task, .. } => format!("no committed offset for {task}"),
         };
         let result = self.recover_from(clients, fault);
         if let Some(label) = &mut self.progress.aborted {
@@ -337,6 +338,20 @@ impl<F: ProcessorFactory> Engine<F> {
     ) -> Result<(), EngineError> {
         let thread = self.cfg.thread;
         match fault {
+            Fault::MissingOffset {
+                task,
+                changelog,
+                ids,
+            } => {
+                let error = EngineError::MissingOffset {
+                    task,
+                    changelog,
+                    ids,
+                };
+                tracing::error!(thread, %error, "stopping");
+                self.abort_or_stop(clients, "error")?;
+                Err(error)
+            }
             Fault::OutcomeUnknown(e) => {
                 tracing::error!(thread, error = %e, "commit still unresolved after retrying; stopping the thread");
                 Err(EngineError::CommitOutcomeUnknown {

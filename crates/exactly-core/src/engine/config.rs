@@ -43,6 +43,24 @@ pub enum RestoreFrom {
     Start,
 }
 
+/// Where a task starts when its input partition has no committed offset although its dedup
+/// changelog holds records, i.e. it processed input before and the group's offsets are gone
+/// (expired after `offsets.retention.minutes`, or deleted). A partition without committed
+/// offset and with an empty changelog (never processed) always starts at the beginning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OffsetReset {
+    /// Refuse to start the task: the thread stops with an error that says what happened and
+    /// how to choose (default).
+    #[default]
+    Fail,
+    /// Reprocess the input from its start: IDs still within the dedup retention are dropped,
+    /// older ones are processed again.
+    Earliest,
+    /// Skip to the input's end (its last stable offset): records not yet processed are
+    /// skipped.
+    Latest,
+}
+
 /// Settings of one stream thread's engine.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -79,6 +97,10 @@ pub struct EngineConfig {
     /// Where a trusted dedup store's restore starts (state stores are always replayed from
     /// the start of their changelogs).
     pub restore_from: RestoreFrom,
+    /// Where a task whose committed offset is gone starts (exactly-once mode; in at-least-once
+    /// mode the changelog can run ahead of the offsets, so such a task starts at the
+    /// beginning).
+    pub offset_reset: OffsetReset,
     /// Task settings.
     pub task: Arc<TaskConfig>,
 }
@@ -102,6 +124,7 @@ impl EngineConfig {
             txn_retry_limit: Duration::from_secs(60),
             expiry_interval: Duration::from_secs(60),
             restore_from: RestoreFrom::Checkpoint,
+            offset_reset: OffsetReset::Fail,
             task: Arc::new(TaskConfig::default()),
         }
     }

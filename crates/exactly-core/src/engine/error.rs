@@ -35,6 +35,17 @@ pub enum EngineError {
         /// The last error.
         source: ClientError,
     },
+    /// A task's committed input offset is gone although its restored dedup store holds
+    /// committed IDs (with [`OffsetReset::Fail`](super::OffsetReset::Fail)).
+    #[error("task {task} has no committed input offset, but its dedup store, restored from {changelog}, holds {ids} committed message IDs: it processed input before and the group's offsets are gone (expired after the broker's offsets.retention.minutes, or deleted). Refusing to guess where to resume. Set `offset_reset = \"earliest\"` to reprocess the input from its start (IDs still within the dedup retention are dropped, older ones processed again) or `\"latest\"` to skip to its end (what was not processed is skipped), then restart")]
+    MissingOffset {
+        /// The task's input partition.
+        task: TopicPartition,
+        /// Its dedup changelog topic.
+        changelog: String,
+        /// Message IDs its restored store holds.
+        ids: u64,
+    },
     /// The process is being killed (the simulation's SIGKILL).
     #[error("the process is being terminated")]
     Terminated,
@@ -69,6 +80,12 @@ pub(crate) enum Fault {
     Client(ClientError),
     /// A commit stayed retriable past the retry limit.
     OutcomeUnknown(ClientError),
+    /// A task's committed offset is gone and the policy says to stop.
+    MissingOffset {
+        task: TopicPartition,
+        changelog: String,
+        ids: u64,
+    },
 }
 
 impl From<ClientError> for Fault {

@@ -36,7 +36,7 @@ pub use client::{
 };
 pub use config::{
     changelog_topic, default_dead_letter_topic, repartition_topic, subscribed_topics, task_topics,
-    transactional_id, DedupScope, EngineConfig, Guarantee, RestoreFrom,
+    transactional_id, DedupScope, EngineConfig, Guarantee, OffsetReset, RestoreFrom,
 };
 pub use error::{EngineError, FenceCause};
 pub use stores::StoreFactory;

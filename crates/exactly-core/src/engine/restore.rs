@@ -242,7 +242,46 @@ impl<F: ProcessorFactory> Engine<F> {
                 return Ok(());
             }
         }
+        let offset = match offset {
+            Some(o) => Some(o),
+            None => self.start_without_offset(clients, tp)?,
+        };
         self.finish_restore(clients, tp, offset)
+    }
+
+    /// Where a restored task without a committed offset starts (`None`: at the beginning).
+    /// A task whose restored dedup store holds no ID never committed anything (or only what
+    /// the retention expired since): the beginning. One whose store holds IDs committed input
+    /// before, in the transactions that committed its offsets, so its offsets are gone:
+    /// [`OffsetReset`](super::OffsetReset). (Changelog offsets do not tell: an aborted first
+    /// transaction leaves records and a marker in an otherwise empty changelog.)
+    fn start_without_offset<C: StreamClients>(
+        &self,
+        clients: &C,
+        tp: &TopicPartition,
+    ) -> Result<Option<i64>, Fault> {
+        let slot = &self.tasks[tp];
+        let ids = slot.task.store_stats().entries;
+        let changelog = slot.changelogs.first().cloned().unwrap_or_default();
+        if ids == 0 || !self.cfg.exactly_once() {
+            return Ok(None);
+        }
+        match self.cfg.offset_reset {
+            super::OffsetReset::Fail => Err(Fault::MissingOffset {
+                task: tp.clone(),
+                changelog,
+                ids,
+            }),
+            super::OffsetReset::Earliest => {
+                tracing::warn!(task = %tp, changelog, ids, "no committed offset although the restored store holds committed IDs: reprocessing the input from its start (offset_reset = earliest)");
+                Ok(None)
+            }
+            super::OffsetReset::Latest => {
+                let (_, end) = clients.watermarks(tp, Isolation::ReadCommitted)?;
+                tracing::warn!(task = %tp, changelog, ids, end, "no committed offset although the restored store holds committed IDs: skipping to the input's end (offset_reset = latest)");
+                Ok(Some(end))
+            }
+        }
     }
 
     fn finish_restore<C: StreamClients>(

@@ -474,6 +474,16 @@ impl SimCluster {
             .collect())
     }
 
+    /// Deletes the group's committed offsets of `topic`: what the broker does once they are
+    /// older than `offsets.retention.minutes` with the group empty, or an operator's
+    /// `kafka-consumer-groups --delete-offsets`. Returns how many it deleted.
+    pub fn delete_committed_offsets(&mut self, group: &str, topic: &str) -> usize {
+        let g = self.group_mut(group);
+        let before = g.committed.len();
+        g.committed.retain(|(t, _), _| t != topic);
+        before - g.committed.len()
+    }
+
     /// The group's committed offset for a partition.
     pub fn committed_offset(&self, group: &str, topic: &str, partition: i32) -> Option<i64> {
         self.groups

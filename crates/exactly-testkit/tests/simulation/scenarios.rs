@@ -184,6 +184,53 @@ fn a_thread_is_not_ready_while_it_checks_for_a_fence_and_until_its_tasks_restore
     finish(&w);
 }
 
+/// The group's committed offsets expire (`offsets.retention.minutes` with every instance
+/// down) while the tasks' changelogs keep their IDs. By default the restarted instance
+/// refuses to start rather than reprocess the whole input retention from its start; with
+/// `offset_reset = earliest` it reprocesses it and the restored stores drop every ID.
+#[test]
+fn a_task_whose_committed_offset_expired_refuses_to_start_unless_offset_reset_says_where() {
+    let w = world(AppKind::Fanout, 2, 1);
+    lock_world(&w).start(0);
+    run_until_tasks(&w, 0, &[0, 1]);
+    lock_world(&w).produce(30);
+    finish(&w);
+    let outputs = lock_world(&w).outputs().len();
+    lock_world(&w).shutdown(0);
+    assert_eq!(lock_world(&w).delete_committed_offsets(), 2);
+
+    lock_world(&w).start(0);
+    for _ in 0..200 {
+        if !lock_world(&w).is_running(0) {
+            break;
+        }
+        lock_world(&w).advance(10);
+        step(&w, Who::Instance(0, 0), None);
+    }
+    {
+        let mut g = lock_world(&w);
+        assert!(!g.is_running(0), "the instance stopped");
+        assert_eq!(g.failures.len(), 1, "{:?}", g.failures);
+        assert!(
+            g.failures[0].contains("has no committed input offset")
+                && g.failures[0].contains("offset_reset"),
+            "the error says what happened and what to set: {}",
+            g.failures[0]
+        );
+        assert_eq!(g.outputs().len(), outputs, "nothing was processed again");
+        g.failures.clear();
+        g.set_offset_reset(exactly_core::engine::OffsetReset::Earliest);
+        g.start(0);
+    }
+    run_until_tasks(&w, 0, &[0, 1]);
+    finish(&w);
+    assert_eq!(
+        lock_world(&w).outputs().len(),
+        outputs,
+        "reprocessed from the start, every ID dropped by the restored stores"
+    );
+}
+
 /// A real zombie: the process is paused with a transaction open and a replacement with the
 /// same instance id takes over (new producer epoch, the member replaced). When the zombie
 /// wakes it finds its member fenced and stops without writing anything.

@@ -478,6 +478,18 @@ impl World {
     }
 
     /// Whether thread `t` of instance `i`'s current process has an open transaction.
+    /// The group's committed input offsets expire (or are deleted); returns how many.
+    pub fn delete_committed_offsets(&mut self) -> usize {
+        lock(&self.cluster).delete_committed_offsets(APP, INPUT)
+    }
+
+    /// Engines started from now on use `offset_reset`.
+    pub fn set_offset_reset(&mut self, reset: exactly_core::engine::OffsetReset) {
+        let mut cfg = (*self.engine).clone();
+        cfg.offset_reset = reset;
+        self.engine = Arc::new(cfg);
+    }
+
     /// The readiness thread `t` of instance `i` last reported (what `/ready` answers from).
     pub fn reported_ready(&self, i: usize, t: usize) -> bool {
         self.instances[i]
