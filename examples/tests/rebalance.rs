@@ -1,6 +1,15 @@
 //! Rebalance: two instances run; a third joins mid-stream (partitions move to it, it restores
 //! and processes), then leaves mid-stream with SIGTERM (its partitions move back). The output
 //! still holds each ID exactly once.
+//!
+//! The instances use the eager protocol (`partition.assignment.strategy=range`: every member
+//! revokes all and the group assigns in one round), not the default cooperative-sticky one.
+//! On the local broker the cooperative protocol's second round, which gives the revoked
+//! partitions to the joiner, stalled in about one full-suite run in four (2026-11-30 to
+//! 2026-12-02, CI included): the joiner got nothing for 60 s while the others had revoked.
+//! Both protocols, their revocations and the KIP-447 rules of the second round run in the
+//! simulation (`crates/exactly-testkit/tests/simulation`, half its schedules each), and the
+//! chaos tests restart instances with the default protocol.
 
 mod common;
 use common::{assert_exact, stop_all, Setup};
@@ -53,13 +62,22 @@ fn a_third_instance_joining_and_leaving_mid_stream_keeps_each_id_exactly_once() 
     let addrs: Vec<String> = (0..3)
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();
-    let mut group: Vec<AppProcess> = (0..2)
-        .map(|i| s.forward(&i.to_string(), &["--metrics-addr", &addrs[i]]))
-        .collect();
+    let member = |i: usize| {
+        s.forward(
+            &i.to_string(),
+            &[
+                "--metrics-addr",
+                &addrs[i],
+                "--kafka",
+                "partition.assignment.strategy=range",
+            ],
+        )
+    };
+    let mut group: Vec<AppProcess> = (0..2).map(member).collect();
     group.iter_mut().for_each(AppProcess::start);
     broker::produce(&s.bs, &s.input, quarters[0]);
 
-    let mut third = s.forward("2", &["--metrics-addr", &addrs[2]]);
+    let mut third = member(2);
     third.start();
     broker::produce(&s.bs, &s.input, quarters[1]);
     // The joiner gets partitions, restores them and runs.
