@@ -2,8 +2,8 @@
 //! SIGKILL itself the `n`-th time (1-based, counted over all stream threads) it reaches
 //! `point`; `<point>:<n>:stop` makes it SIGSTOP itself there instead (a zombie frozen at a
 //! known step; SIGCONT continues it), and `<point>:<n>:panic` panics the stream thread there
-//! (a bug outside the processor, in the engine, a store or a sink). Unset (the normal case) it costs one relaxed load per
-//! point reached.
+//! (a bug outside the processor, in the engine, a store or a sink). Unset (the normal case)
+//! it costs one relaxed load per point reached.
 //!
 //! | point | where the process dies |
 //! |---|---|

@@ -43,10 +43,11 @@ pub enum RestoreFrom {
     Start,
 }
 
-/// Where a task starts when its input partition has no committed offset although its dedup
-/// changelog holds records, i.e. it processed input before and the group's offsets are gone
-/// (expired after `offsets.retention.minutes`, or deleted). A partition without committed
-/// offset and with an empty changelog (never processed) always starts at the beginning.
+/// Where a task starts when its input partition has no committed offset although its restored
+/// dedup store holds committed message IDs, i.e. it processed input before and the group's
+/// offsets are gone (expired after `offsets.retention.minutes`, or deleted). A partition
+/// without committed offset whose store holds no ID (never committed anything) always starts
+/// at the beginning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OffsetReset {
     /// Refuse to start the task: the thread stops with an error that says what happened and

@@ -262,10 +262,10 @@ impl<F: ProcessorFactory> Engine<F> {
     ) -> Result<Option<i64>, Fault> {
         let slot = &self.tasks[tp];
         let ids = slot.task.store_stats().entries;
-        let changelog = slot.changelogs.first().cloned().unwrap_or_default();
         if ids == 0 || !self.cfg.exactly_once() {
             return Ok(None);
         }
+        let changelog = slot.changelogs.first().cloned().unwrap_or_default();
         match self.cfg.offset_reset {
             super::OffsetReset::Fail => Err(Fault::MissingOffset {
                 task: tp.clone(),
