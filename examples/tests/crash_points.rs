@@ -233,10 +233,10 @@ fn a_panic_outside_the_processor_stops_the_instance_and_commits_nothing_of_its_t
         outputs as i64, offsets,
         "one output per committed input (unique IDs): nothing of the aborted transaction is visible"
     );
-    assert!(
-        (offsets as usize) < messages.len(),
-        "the instance stopped before the end"
-    );
+    // Not asserted: that the panic left input unprocessed. The panicked thread leaves the
+    // group, and the other thread can take its partitions and commit them before the stop
+    // reaches it (every input committed in 2 of 16 runs here, once under load); the exit status
+    // and the log above show that the instance stopped.
 
     app.env("EXACTLY_FAILPOINT", "");
     app.set_log(s.dir.path().join("restart.log"));
