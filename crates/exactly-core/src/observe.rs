@@ -15,6 +15,10 @@ pub trait RuntimeObserver: Send + Sync + 'static {
     fn committed(&self, seconds: f64, records: usize, delivered: &HashMap<String, u64>) {}
     /// A transaction was aborted (`error`, `rebalance`, `shutdown`, `assignment_lost`, `fenced`).
     fn aborted(&self, reason: &'static str) {}
+    /// The broker refused an output of an input record of `topic` for good, and the
+    /// transaction was aborted; `action` says what follows (`retried`, `dead_lettered`,
+    /// `stopped`).
+    fn production_error(&self, topic: &str, action: &'static str) {}
     /// A rebalance revoked partitions of this thread.
     fn rebalance(&self) {}
     /// The producer was fenced.

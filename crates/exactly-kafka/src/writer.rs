@@ -15,8 +15,9 @@ pub struct DeliveryState {
     pub changelog_last: HashMap<(String, i32), i64>,
     /// Records delivered per topic (outputs and dead letters), for metrics.
     pub delivered: HashMap<String, u64>,
-    /// The first delivery error, if any (the transaction must abort).
-    pub error: Option<KafkaError>,
+    /// The first delivery error, if any (the transaction must abort), with the number of the
+    /// send that failed.
+    pub error: Option<(KafkaError, u64)>,
 }
 
 /// Producer context: collects delivery reports. It runs on the stream thread inside
@@ -41,8 +42,8 @@ impl DeliveryTracker {
         std::mem::take(&mut *self.state.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Takes the first delivery error of the current batch, if any.
-    pub fn take_error(&self) -> Option<KafkaError> {
+    /// Takes the first delivery error of the current batch, if any, with its send's number.
+    pub fn take_error(&self) -> Option<(KafkaError, u64)> {
         self.state
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -50,13 +51,13 @@ impl DeliveryTracker {
             .take()
     }
 
-    /// Whether a delivery failed in the current transaction.
-    pub fn has_error(&self) -> bool {
+    /// The first delivery error of the current transaction, if any, with its send's number.
+    pub fn error(&self) -> Option<(KafkaError, u64)> {
         self.state
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .error
-            .is_some()
+            .clone()
     }
 }
 
@@ -67,9 +68,10 @@ impl ClientContext for DeliveryTracker {
 }
 
 impl ProducerContext for DeliveryTracker {
-    type DeliveryOpaque = ();
+    /// The send's number in its transaction ([`exactly_core::engine::StreamClients::send`]).
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(msg) => {
@@ -88,7 +90,7 @@ impl ProducerContext for DeliveryTracker {
             }
             Err((e, _)) => {
                 if state.error.is_none() {
-                    state.error = Some(e.clone());
+                    state.error = Some((e.clone(), seq as u64));
                 }
             }
         }

@@ -54,6 +54,22 @@ label_values! {
         EmptyId => "empty_id",
         /// The record's message ID was longer than the configured maximum (policy `dead-letter`).
         OversizedId => "oversized_id",
+        /// The broker refused the record's outputs for good (too large, invalid for the
+        /// topic, not authorized) in `errors.production_attempts` transactions in a row.
+        Production => "production",
+    }
+}
+
+label_values! {
+    /// What the runtime did about an output the broker refused for good (`action` of
+    /// `exactly_production_errors_total`).
+    pub enum ProductionAction {
+        /// The transaction was aborted and the record is tried again.
+        Retried => "retried",
+        /// The attempts ran out: the input record goes to the dead-letter topic.
+        DeadLettered => "dead_lettered",
+        /// The app stops (policy `fail`, or its dead letter was refused too).
+        Stopped => "stopped",
     }
 }
 
@@ -115,7 +131,8 @@ mod tests {
                 "panic",
                 "missing_id",
                 "empty_id",
-                "oversized_id"
+                "oversized_id",
+                "production"
             ]
         );
     }

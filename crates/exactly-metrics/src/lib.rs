@@ -43,6 +43,8 @@ pub mod metrics;
 pub use error::MetricsError;
 pub use health::Health;
 pub use http::{bind, serve, serve_listener, METRICS_CONTENT_TYPE};
-pub use labels::{AbortReason, DeadLetterReason, ProcessorErrorKind, StoreWipeReason};
+pub use labels::{
+    AbortReason, DeadLetterReason, ProcessorErrorKind, ProductionAction, StoreWipeReason,
+};
 pub use metrics::Metrics;
 pub use prometheus;

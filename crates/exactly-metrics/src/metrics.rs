@@ -1,7 +1,9 @@
 //! [`Metrics`]: every metric of an exactly app, in a registry the app owns.
 
 use crate::error::MetricsError;
-use crate::labels::{AbortReason, DeadLetterReason, ProcessorErrorKind, StoreWipeReason};
+use crate::labels::{
+    AbortReason, DeadLetterReason, ProcessorErrorKind, ProductionAction, StoreWipeReason,
+};
 use prometheus::core::Collector;
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -59,6 +61,10 @@ pub struct Metrics {
     /// `exactly_processor_errors_total{kind}`: errors returned (or panics raised) by
     /// `Processor::process`; `kind` is a [`ProcessorErrorKind`]. Use [`Metrics::processor_error`].
     pub processor_errors_total: IntCounterVec,
+    /// `exactly_production_errors_total{topic,action}`: transactions refused by the broker
+    /// because of an output of one input record of `topic` (too large, invalid for its topic,
+    /// not authorized); `action` is a [`ProductionAction`]. Use [`Metrics::production_error`].
+    pub production_errors_total: IntCounterVec,
     /// `exactly_ids_without_dedup_total{topic}`: records processed without dedup because their
     /// ID was missing, empty or oversized and the ID policy is `process`.
     pub ids_without_dedup_total: IntCounterVec,
@@ -250,6 +256,11 @@ impl Metrics {
                 "Errors returned or panics raised by the processor, by kind.",
                 &["kind"],
             )?,
+            production_errors_total: d.counter_vec(
+                "exactly_production_errors_total",
+                "Transactions the broker refused because of one input record's output, by what was done about it.",
+                &["topic", "action"],
+            )?,
             ids_without_dedup_total: d.counter_vec(
                 "exactly_ids_without_dedup_total",
                 "Records processed without dedup: missing, empty or oversized message ID under ID policy `process`.",
@@ -418,6 +429,12 @@ impl Metrics {
             .with_label_values(&[topic, reason.as_str()])
     }
 
+    /// The `exactly_production_errors_total` counter of input `topic` and `action`.
+    pub fn production_error(&self, topic: &str, action: ProductionAction) -> IntCounter {
+        self.production_errors_total
+            .with_label_values(&[topic, action.as_str()])
+    }
+
     /// The `exactly_processor_errors_total` counter of `kind`.
     pub fn processor_error(&self, kind: ProcessorErrorKind) -> IntCounter {
         self.processor_errors_total
@@ -501,7 +518,7 @@ mod tests {
     fn names_follow_prometheus_conventions() {
         let m = Metrics::new("app", "0").expect("metrics");
         let names = m.metric_names();
-        assert_eq!(names.len(), 29);
+        assert_eq!(names.len(), 30);
         for name in &names {
             assert!(
                 name.starts_with("exactly_"),
@@ -515,6 +532,7 @@ mod tests {
             "duplicates_dropped",
             "dead_lettered",
             "processor_errors",
+            "production_errors",
             "ids_without_dedup",
             "transactions_committed",
             "transactions_aborted",

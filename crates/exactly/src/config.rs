@@ -134,6 +134,12 @@ pub struct IdsSection {
 pub struct ErrorsSection {
     /// `dead_letter` (default) or `fail`.
     pub on_error: Option<String>,
+    /// What to do with an input record whose outputs the broker refuses for good:
+    /// `dead_letter` (default) or `fail`.
+    pub on_production_error: Option<String>,
+    /// Refused transactions in a row before `on_production_error` applies (default 3).
+    #[serde(deserialize_with = "count")]
+    pub production_attempts: Option<u64>,
     /// Attempts in total, the first included (default 5; 1 = no retry).
     #[serde(deserialize_with = "count")]
     pub retry_max_attempts: Option<u64>,
@@ -427,6 +433,8 @@ const KEYS: &[KeySpec] = &[
     key("ids.max_len", Kind::Int, POSITIVE),
     key("ids.on_invalid", Kind::Str, "set it to \"dead_letter\", \"process\" or \"fail\""),
     key("errors.on_error", Kind::Str, "set it to \"dead_letter\" or \"fail\""),
+    key("errors.on_production_error", Kind::Str, "set it to \"dead_letter\" or \"fail\""),
+    key("errors.production_attempts", Kind::Int, POSITIVE),
     key("errors.retry_max_attempts", Kind::Int, POSITIVE),
     key("errors.retry_initial_backoff_ms", Kind::Int, NON_NEGATIVE),
     key("errors.retry_max_backoff_ms", Kind::Int, NON_NEGATIVE),
@@ -920,15 +928,23 @@ impl Checker<'_> {
             retry: self.retry(errors)?,
             ..TaskConfig::default()
         };
+        let policies = [
+            ("dead_letter", ErrorPolicy::DeadLetter),
+            ("fail", ErrorPolicy::Fail),
+        ];
         if let Some(name) = &errors.on_error {
-            task.on_error = self.choice(
-                "errors.on_error",
-                name,
-                &[
-                    ("dead_letter", ErrorPolicy::DeadLetter),
-                    ("fail", ErrorPolicy::Fail),
-                ],
-            )?;
+            task.on_error = self.choice("errors.on_error", name, &policies)?;
+        }
+        if let Some(name) = &errors.on_production_error {
+            task.on_production_error =
+                self.choice("errors.on_production_error", name, &policies)?;
+        }
+        if let Some(n) = errors.production_attempts {
+            let n = self.positive("errors.production_attempts", n)?;
+            task.production_attempts = u32::try_from(n).map_err(|_| {
+                self.origins
+                    .invalid("errors.production_attempts", format!("{n} is too large"))
+            })?;
         }
         if let Some(ms) = dedup.retention_ms {
             let ms = self.positive("dedup.retention_ms", ms)?;
@@ -1106,7 +1122,7 @@ pub fn redacted(config: &RuntimeConfig) -> String {
         InvalidIdPolicy::Process => "process",
         InvalidIdPolicy::Fail => "fail",
     };
-    let on_error = match task.on_error {
+    let policy = |p: ErrorPolicy| match p {
         ErrorPolicy::DeadLetter => "dead_letter",
         ErrorPolicy::Fail => "fail",
     };
@@ -1162,7 +1178,12 @@ pub fn redacted(config: &RuntimeConfig) -> String {
         format!("on_invalid = {}", string(on_invalid)),
         String::new(),
         "[errors]".to_owned(),
-        format!("on_error = {}", string(on_error)),
+        format!("on_error = {}", string(policy(task.on_error))),
+        format!(
+            "on_production_error = {}",
+            string(policy(task.on_production_error))
+        ),
+        format!("production_attempts = {}", task.production_attempts),
         format!("retry_max_attempts = {}", task.retry.max_attempts),
         format!(
             "retry_initial_backoff_ms = {}",

@@ -4,7 +4,8 @@
 use exactly_core::TaskCounters;
 use exactly_kafka::RuntimeObserver;
 use exactly_metrics::{
-    AbortReason, DeadLetterReason, Health, Metrics, ProcessorErrorKind, StoreWipeReason,
+    AbortReason, DeadLetterReason, Health, Metrics, ProcessorErrorKind, ProductionAction,
+    StoreWipeReason,
 };
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -115,6 +116,13 @@ impl RuntimeObserver for MetricsObserver {
         match AbortReason::from_label(reason) {
             Some(r) => self.metrics.transaction_aborted(r).inc(),
             None => tracing::warn!(reason, "abort reason without a metric label"),
+        }
+    }
+
+    fn production_error(&self, topic: &str, action: &'static str) {
+        match ProductionAction::from_label(action) {
+            Some(a) => self.metrics.production_error(topic, a).inc(),
+            None => tracing::warn!(action, "production error action without a metric label"),
         }
     }
 

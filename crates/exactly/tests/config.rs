@@ -40,6 +40,8 @@ on_invalid = "process"
 
 [errors]
 on_error = "fail"
+on_production_error = "fail"
+production_attempts = 5
 retry_max_attempts = 2
 retry_initial_backoff_ms = 20
 retry_max_backoff_ms = 400
@@ -60,7 +62,8 @@ create = false
 const ALL_KEYS: &str = "app_id, instance_id, bootstrap, inputs, outputs, state_dir, threads, \
 commit_interval_ms, max_batch_records, guarantee, static_membership, restore_from, offset_reset, verify_topic_configs, metrics_addr, transaction_timeout_ms, \
 startup_timeout_ms, replication_factor, block_cache_bytes, write_buffer_bytes, ids.source, \
-ids.max_len, ids.on_invalid, errors.on_error, errors.retry_max_attempts, \
+ids.max_len, ids.on_invalid, errors.on_error, errors.on_production_error, \
+errors.production_attempts, errors.retry_max_attempts, \
 errors.retry_initial_backoff_ms, errors.retry_max_backoff_ms, dedup.retention_ms, dedup.scope, \
 dead_letter.topic, dead_letter.enabled, dead_letter.create, kafka.<librdkafka property>";
 
@@ -114,6 +117,8 @@ fn full_example_sets_every_field() {
     assert_eq!(c.task.ids.max_len, 64);
     assert_eq!(c.task.ids.on_invalid, InvalidIdPolicy::Process);
     assert_eq!(c.task.on_error, ErrorPolicy::Fail);
+    assert_eq!(c.task.on_production_error, ErrorPolicy::Fail);
+    assert_eq!(c.task.production_attempts, 5);
     assert_eq!(
         c.task.retry,
         RetryPolicy {
@@ -163,6 +168,8 @@ fn unset_keys_take_the_runtime_defaults() {
     assert_eq!(c.task.ids.on_invalid, t.ids.on_invalid);
     assert_eq!(c.task.retry, t.retry);
     assert_eq!(c.task.on_error, t.on_error);
+    assert_eq!(c.task.on_production_error, ErrorPolicy::DeadLetter);
+    assert_eq!(c.task.production_attempts, 3);
     assert_eq!(c.task.dedup_retention_ms, t.dedup_retention_ms);
     assert_eq!(
         c.task.dead_letter_topic.as_deref(),
@@ -607,6 +614,8 @@ on_invalid = "dead_letter"
 
 [errors]
 on_error = "dead_letter"
+on_production_error = "dead_letter"
+production_attempts = 3
 retry_max_attempts = 5
 retry_initial_backoff_ms = 10
 retry_max_backoff_ms = 1000

@@ -7,6 +7,8 @@
 //! | `fatal` | returns `ProcessError::Fatal` (the app stops, nothing of the batch commits) |
 //! | `dead` | returns `ProcessError::DeadLetter` |
 //! | `retry:N` | returns `ProcessError::Retry` on its first N attempts, then forwards |
+//! | `huge:N` | forwards the record with a value of N bytes (over a `max.message.bytes`, the broker or the producer refuses it) |
+//! | `nokey` | forwards the record without its key (a compacted output topic refuses it) |
 //! | anything else | forwards the record |
 //!
 //! ```text
@@ -35,6 +37,10 @@ struct Args {
     /// What to do with a panic or exhausted retries: `dead-letter` or `fail`.
     #[arg(long, default_value = "dead-letter")]
     on_error: String,
+    /// What to do with an input record whose outputs the broker refuses for good:
+    /// `dead-letter` or `fail`.
+    #[arg(long, default_value = "dead-letter")]
+    on_production_error: String,
     /// What to do with a missing, empty or oversized message ID: `dead-letter`, `process`, `fail`.
     #[arg(long, default_value = "dead-letter")]
     on_invalid_id: String,
@@ -81,7 +87,17 @@ impl Processor for Faulty {
                 )));
             }
         }
-        ctx.send(Output::forward(self.output.clone(), record));
+        let mut out = Output::forward(self.output.clone(), record);
+        if let Some(n) = value
+            .strip_prefix("huge:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            out = out.value(vec![b'x'; n]);
+        }
+        if value.starts_with("nokey") {
+            out.key = None;
+        }
+        ctx.send(out);
         Ok(())
     }
 }
@@ -99,6 +115,13 @@ fn main() -> anyhow::Result<()> {
         "dead-letter" => ErrorPolicy::DeadLetter,
         "fail" => ErrorPolicy::Fail,
         other => anyhow::bail!("--on-error must be dead-letter or fail, got `{other}`"),
+    };
+    task.on_production_error = match args.on_production_error.as_str() {
+        "dead-letter" => ErrorPolicy::DeadLetter,
+        "fail" => ErrorPolicy::Fail,
+        other => {
+            anyhow::bail!("--on-production-error must be dead-letter or fail, got `{other}`")
+        }
     };
     task.ids.on_invalid = match args.on_invalid_id.as_str() {
         "dead-letter" => InvalidIdPolicy::DeadLetter,

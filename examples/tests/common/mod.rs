@@ -23,6 +23,16 @@ impl Setup {
     /// Creates input and output topics with `partitions` partitions, or `None` (skip) when no
     /// broker answers outside CI.
     pub fn new(test: &str, partitions: i32) -> Option<Self> {
+        Self::with_output_configs(test, partitions, &[])
+    }
+
+    /// [`Setup::new`] with topic configs for the output topic (`cleanup.policy`,
+    /// `max.message.bytes`, ...).
+    pub fn with_output_configs(
+        test: &str,
+        partitions: i32,
+        output_configs: &[(&str, &str)],
+    ) -> Option<Self> {
         let bs = broker::require_broker(test)?;
         let base = broker::unique_name(test);
         let s = Self {
@@ -33,7 +43,13 @@ impl Setup {
             partitions,
             dir: tempfile::tempdir().expect("tempdir"),
         };
-        broker::create_topics(&s.bs, &[(&s.input, partitions), (&s.output, partitions)]);
+        broker::create_topics_with(
+            &s.bs,
+            &[
+                (&s.input, partitions, &[]),
+                (&s.output, partitions, output_configs),
+            ],
+        );
         Some(s)
     }
 

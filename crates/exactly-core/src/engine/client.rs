@@ -147,6 +147,11 @@ pub enum ClientErrorKind {
     /// initialised, or the coordinator aborted a transaction that outlived
     /// `transaction.timeout.ms` and bumped the epoch. This producer can do nothing more.
     ProducerFenced,
+    /// The broker (or the client, before sending) refused one record for good: larger than the
+    /// topic's `max.message.bytes`, invalid for the topic (no key for a compacted topic, a
+    /// timestamp out of range), or the topic is not authorized. Sending it again fails again.
+    /// The transaction must abort; [`ClientError::record`] names the send.
+    Rejected,
     /// A topic or partition does not exist.
     UnknownTopic,
     /// A fatal error that no retry fixes (authorization, invalid configuration).
@@ -164,6 +169,9 @@ pub struct ClientError {
     pub during: &'static str,
     /// The client's own message.
     pub message: Arc<str>,
+    /// For an error about one sent record: its number among the sends of the transaction (or
+    /// of the at-least-once batch), as passed to [`StreamClients::send`].
+    pub record: Option<u64>,
 }
 
 impl ClientError {
@@ -173,7 +181,13 @@ impl ClientError {
             kind,
             during,
             message: Arc::from(message.to_string()),
+            record: None,
         }
+    }
+    /// This error, about the record sent as number `seq`.
+    pub fn about_record(mut self, seq: u64) -> Self {
+        self.record = Some(seq);
+        self
     }
     /// Whether the process is being killed.
     pub fn is_terminated(&self) -> bool {
@@ -249,8 +263,10 @@ pub trait StreamClients {
 
     /// Starts a transaction.
     fn begin_transaction(&self) -> Result<(), ClientError>;
-    /// Sends a record (in the open transaction, if one is open).
-    fn send(&self, kind: RecordKind, record: &Output) -> Result<(), ClientError>;
+    /// Sends a record (in the open transaction, if one is open). `seq` numbers the sends of a
+    /// transaction (or at-least-once batch) from 0: an error about this record, now or when
+    /// the transaction commits, carries it as [`ClientError::record`].
+    fn send(&self, kind: RecordKind, record: &Output, seq: u64) -> Result<(), ClientError>;
     /// Adds consumer offsets to the open transaction, with the group consumer's metadata
     /// (member id, generation: KIP-447).
     fn send_offsets_to_transaction(

@@ -4,7 +4,7 @@
 use super::client::{ClientError, ClientErrorKind, Step, StreamClients, TopicPartition};
 use super::error::{EngineError, Fault};
 use super::Engine;
-use crate::error::TaskError;
+use crate::error::{ErrorPolicy, TaskError};
 use crate::processor::ProcessorFactory;
 use crate::record::{Output, Record, RecordKind};
 use crate::task::{TaskCounters, TxnWriter};
@@ -44,21 +44,92 @@ impl Txn {
     }
 }
 
-/// Sends a task's records through the clients, keeping the client's own error (the task only
-/// sees its message) so that the engine can tell a fenced producer from a full queue.
+/// Where the records sent in the open transaction came from: the number of each send (see
+/// [`StreamClients::send`]) maps to the task and input offset that sent it, so that a record
+/// the broker refuses is traced to its input record. Two pushes per input record that sends
+/// anything at most; kept across transactions to reuse its memory.
+#[derive(Debug, Default)]
+pub(crate) struct Origins {
+    sends: u64,
+    /// First send and task of each run of sends by one task.
+    runs: Vec<(u64, TopicPartition)>,
+    /// First send and input offset of each input record that sent something.
+    records: Vec<(u64, i64)>,
+}
+
+impl Origins {
+    fn clear(&mut self) {
+        self.sends = 0;
+        self.runs.clear();
+        self.records.clear();
+    }
+
+    /// Numbers the next send, by `task` for its input record at `source` (`None`: the same
+    /// record as the send before).
+    fn next(&mut self, task: &TopicPartition, source: Option<i64>) -> u64 {
+        let seq = self.sends;
+        self.sends += 1;
+        if self.runs.last().map(|(_, tp)| tp) != Some(task) {
+            self.runs.push((seq, task.clone()));
+        }
+        if let Some(offset) = source {
+            self.records.push((seq, offset));
+        }
+        seq
+    }
+
+    /// Input records that sent something.
+    pub(crate) fn input_records(&self) -> usize {
+        self.records.len()
+    }
+
+    /// The task and input offset of send `seq`.
+    pub(crate) fn of(&self, seq: u64) -> Option<(TopicPartition, i64)> {
+        let run = self
+            .runs
+            .partition_point(|(s, _)| *s <= seq)
+            .checked_sub(1)?;
+        let record = self
+            .records
+            .partition_point(|(s, _)| *s <= seq)
+            .checked_sub(1)?;
+        let (run_start, task) = &self.runs[run];
+        let (record_start, offset) = self.records[record];
+        (seq < self.sends && record_start >= *run_start).then(|| (task.clone(), offset))
+    }
+}
+
+/// Sends a task's records through the clients, numbering them and noting their input record,
+/// and keeping the client's own error (the task only sees its message) so that the engine can
+/// tell a fenced producer from a full queue or a refused record.
 struct ClientWriter<'c, C: StreamClients> {
     clients: &'c C,
+    task: &'c TopicPartition,
+    origins: &'c mut Origins,
+    source: Option<i64>,
     failure: Option<ClientError>,
 }
 
 impl<C: StreamClients> TxnWriter for ClientWriter<'_, C> {
     fn send(&mut self, kind: RecordKind, record: &Output) -> Result<(), String> {
-        self.clients.send(kind, record).map_err(|e| {
+        let seq = self.origins.next(self.task, self.source.take());
+        self.clients.send(kind, record, seq).map_err(|e| {
             let message = e.to_string();
             self.failure = Some(e);
             message
         })
     }
+
+    fn source(&mut self, offset: i64) {
+        self.source = Some(offset);
+    }
+}
+
+/// Transactions refused because of one input record's outputs, in a row.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Refused {
+    offset: i64,
+    times: u32,
 }
 
 impl<F: ProcessorFactory> Engine<F> {
@@ -70,6 +141,7 @@ impl<F: ProcessorFactory> Engine<F> {
         if self.cfg.exactly_once() {
             clients.begin_transaction()?;
         }
+        self.origins.clear();
         self.txn = Txn::Open {
             started: self.env.clock.monotonic(),
             records: 0,
@@ -89,6 +161,9 @@ impl<F: ProcessorFactory> Engine<F> {
         let slot = self.tasks.get_mut(tp).expect("the caller found the task");
         let mut writer = ClientWriter {
             clients,
+            task: tp,
+            origins: &mut self.origins,
+            source: None,
             failure: None,
         };
         let result = slot
@@ -105,6 +180,10 @@ impl<F: ProcessorFactory> Engine<F> {
             pending.entry(tp.topic.clone()).or_default().merge(counters);
         }
         result.map_err(|error| match writer.failure {
+            // The client refused the record when it was sent: it is known exactly.
+            Some(client) if client.kind == ClientErrorKind::Rejected => {
+                Fault::RefusedAtSend(client)
+            }
             Some(client) => Fault::Client(client),
             None => Fault::Task {
                 task: tp.clone(),
@@ -158,8 +237,11 @@ impl<F: ProcessorFactory> Engine<F> {
         let delivered = if self.cfg.exactly_once() {
             clients.reached(Step::AfterSend)?;
             if !offsets.is_empty() {
-                // Still retriable after the limit: abort (nothing is committed yet).
-                self.retrying(|| clients.send_offsets_to_transaction(&offsets))
+                // Still retriable when the transaction is about to time out: abort (nothing
+                // is committed yet) while the coordinator still takes the abort, rather than
+                // retry until it aborts the transaction itself and fences the producer.
+                let deadline = self.txn_deadline().min(started + self.cfg.txn_retry_limit);
+                self.retrying(deadline, || clients.send_offsets_to_transaction(&offsets))
                     .map_err(|e| match e.kind {
                         ClientErrorKind::Retriable => Fault::Client(ClientError {
                             kind: ClientErrorKind::Abortable,
@@ -169,11 +251,13 @@ impl<F: ProcessorFactory> Engine<F> {
                     })?;
             }
             clients.reached(Step::DuringCommit)?;
-            self.retrying(|| clients.commit_transaction())
-                .map_err(|e| match e.kind {
-                    ClientErrorKind::Retriable => Fault::OutcomeUnknown(e),
-                    _ => Fault::Client(e),
-                })?
+            self.retrying(started + self.cfg.txn_retry_limit, || {
+                clients.commit_transaction()
+            })
+            .map_err(|e| match e.kind {
+                ClientErrorKind::Retriable => Fault::OutcomeUnknown(e),
+                _ => Fault::Client(e),
+            })?
         } else {
             clients.flush()?
         };
@@ -186,6 +270,16 @@ impl<F: ProcessorFactory> Engine<F> {
         };
         self.consecutive_failures = 0;
         self.fences_since_commit = 0;
+        for (tp, next) in &offsets {
+            if self.refused.get(tp).is_some_and(|r| r.offset < *next) {
+                self.refused.remove(tp);
+            }
+            if self.isolating.get(tp).is_some_and(|bound| bound <= next) {
+                self.isolating.remove(tp);
+            }
+        }
+        let tasks = &self.tasks;
+        self.isolating.retain(|tp, _| tasks.contains_key(tp));
         let seconds = self
             .env
             .clock
@@ -226,12 +320,12 @@ impl<F: ProcessorFactory> Engine<F> {
 
     /// Calls a transactional API again while it fails with a retriable error (for
     /// `commit_transaction`, the documented way to resume a commit whose outcome is not known
-    /// yet), for up to the configured retry limit. Returns the last error.
+    /// yet), until `deadline` (monotonic). Returns the last error.
     fn retrying<T>(
         &self,
+        deadline: Duration,
         mut call: impl FnMut() -> Result<T, ClientError>,
     ) -> Result<T, ClientError> {
-        let deadline = self.env.clock.monotonic() + self.cfg.txn_retry_limit;
         loop {
             match call() {
                 Ok(v) => return Ok(v),
@@ -244,6 +338,16 @@ impl<F: ProcessorFactory> Engine<F> {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// When the open transaction must be ended by, at the latest, for the coordinator to
+    /// take it: four fifths of `transaction.timeout.ms` after it began (the rest is for the
+    /// commit or abort request itself).
+    pub(crate) fn txn_deadline(&self) -> Duration {
+        match &self.txn {
+            Txn::Open { started, .. } => *started + self.cfg.transaction_timeout * 4 / 5,
+            Txn::Idle => self.env.clock.monotonic() + self.cfg.transaction_timeout * 4 / 5,
         }
     }
 
@@ -319,7 +423,7 @@ impl<F: ProcessorFactory> Engine<F> {
         }
         let cause = match &fault {
             Fault::Task { error, .. } => error.to_string(),
-            Fault::Client(e) | Fault::OutcomeUnknown(e) => e.to_string(),
+            Fault::Client(e) | Fault::OutcomeUnknown(e) | Fault::RefusedAtSend(e) => e.to_string(),
             Fault::MissingOffset { task, .. } => format!("no committed offset for {task}"),
         };
         let result = self.recover_from(clients, fault);
@@ -352,6 +456,7 @@ impl<F: ProcessorFactory> Engine<F> {
                 self.abort_or_stop(clients, "error")?;
                 Err(error)
             }
+            Fault::RefusedAtSend(e) => self.on_refused(clients, e, true),
             Fault::OutcomeUnknown(e) => {
                 tracing::error!(thread, error = %e, "commit still unresolved after retrying; stopping the thread");
                 Err(EngineError::CommitOutcomeUnknown {
@@ -379,6 +484,7 @@ impl<F: ProcessorFactory> Engine<F> {
                 ClientErrorKind::Terminated => Err(EngineError::Terminated),
                 ClientErrorKind::ProducerFenced => self.on_producer_fenced(clients, e),
                 ClientErrorKind::FencedInstance => Err(self.zombie(clients, e)),
+                ClientErrorKind::Rejected => self.on_refused(clients, e, false),
                 ClientErrorKind::StaleMember => {
                     tracing::warn!(thread, error = %e, "this member's generation is stale: aborting; the group reassigns the partitions");
                     self.abort_or_stop(clients, ABORT_LOST)
@@ -396,6 +502,97 @@ impl<F: ProcessorFactory> Engine<F> {
                 }
             },
         }
+    }
+
+    /// The broker refused a record of the transaction for good (too large, invalid for its
+    /// topic, not authorized): abort, and trace it to its input record. The same input
+    /// record refused `production_attempts` times in a row is dead-lettered when it is handled
+    /// next (`exactly.error.kind = production`), or stops the thread with policy `fail`, so
+    /// that one poison output never blocks its thread's tasks for good. A dead letter that is
+    /// refused too stops the thread: nothing is skipped without a record of it.
+    ///
+    /// A refusal pins its input record only when the client refused the record as it was
+    /// sent (`exact`), or when the transaction held the sends of one input record. A broker
+    /// fails a produce batch as a whole (records of any task of the thread, to one output
+    /// partition), so otherwise the first failed delivery may be an innocent neighbour: the
+    /// thread then isolates, one input record per transaction, until every task has
+    /// committed past what the refused transaction held, and the next refusal names its
+    /// record.
+    fn on_refused<C: StreamClients>(
+        &mut self,
+        clients: &C,
+        e: ClientError,
+        exact: bool,
+    ) -> Result<(), EngineError> {
+        let thread = self.cfg.thread;
+        let origin = e.record.and_then(|seq| self.origins.of(seq));
+        let pinned = exact || self.origins.input_records() == 1;
+        let held: Vec<(TopicPartition, i64)> = self
+            .tasks
+            .iter()
+            .filter_map(|(tp, s)| s.task.offset_to_commit().map(|o| (tp.clone(), o)))
+            .collect();
+        self.abort_or_stop(clients, "error")?;
+        let Some((task, offset)) = origin else {
+            tracing::warn!(thread, error = %e, "the broker refused a record whose input is unknown: aborting and retrying");
+            self.backoff();
+            return Ok(());
+        };
+        if !pinned {
+            self.env.observer.production_error(&task.topic, "retried");
+            tracing::warn!(thread, error = %e, records = held.len(), "the broker refused a produce batch of this transaction: aborted; processing one input record per transaction until the refused record is found");
+            self.isolating.extend(held);
+            return Ok(());
+        }
+        let refused = self
+            .refused
+            .entry(task.clone())
+            .or_insert(Refused { offset, times: 0 });
+        if refused.offset != offset {
+            *refused = Refused { offset, times: 0 };
+        }
+        refused.times += 1;
+        let times = refused.times;
+        let observer = self.env.observer.clone();
+        let dead_lettering = self
+            .tasks
+            .get(&task)
+            .is_some_and(|s| s.task.dead_letters_at(offset));
+        let policy = self.cfg.task.on_production_error;
+        if dead_lettering || policy == ErrorPolicy::Fail && times >= self.production_attempts() {
+            observer.production_error(&task.topic, "stopped");
+            let error = EngineError::Production {
+                task,
+                offset,
+                times,
+                dead_letter_refused: dead_lettering,
+                source: e,
+            };
+            tracing::error!(thread, %error, "stopping");
+            return Err(error);
+        }
+        if times < self.production_attempts() {
+            observer.production_error(&task.topic, "retried");
+            tracing::warn!(thread, %task, offset, times, error = %e, "the broker refused an output of this input record: aborted; trying again");
+            self.backoff();
+            return Ok(());
+        }
+        observer.production_error(&task.topic, "dead_lettered");
+        tracing::warn!(thread, %task, offset, times, error = %e, "the broker refused an output of this input record again: it goes to the dead-letter topic");
+        if let Some(slot) = self.tasks.get_mut(&task) {
+            slot.task.dead_letter_at(
+                offset,
+                format!(
+                    "the broker refused an output of this record in {times} transactions: {}",
+                    e.message
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    fn production_attempts(&self) -> u32 {
+        self.cfg.task.production_attempts.max(1)
     }
 
     /// Aborts; if even the abort fails, the producer's failure decides (fenced, killed, or

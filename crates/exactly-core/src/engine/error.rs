@@ -46,9 +46,38 @@ pub enum EngineError {
         /// Message IDs its restored store holds.
         ids: u64,
     },
+    /// The broker refused an output of one input record for good, and the policy stops the
+    /// app (`errors.on_production_error = "fail"`), or refused its dead letter too.
+    #[error("{}", production_message(.task, *.offset, *.times, *.dead_letter_refused, .source))]
+    Production {
+        /// The input record's partition.
+        task: TopicPartition,
+        /// Its offset.
+        offset: i64,
+        /// Transactions refused because of it, in a row.
+        times: u32,
+        /// Whether its dead letter was refused too.
+        dead_letter_refused: bool,
+        /// The broker's (or client's) error.
+        source: ClientError,
+    },
     /// The process is being killed (the simulation's SIGKILL).
     #[error("the process is being terminated")]
     Terminated,
+}
+
+fn production_message(
+    task: &TopicPartition,
+    offset: i64,
+    times: u32,
+    dead_letter_refused: bool,
+    source: &ClientError,
+) -> String {
+    if dead_letter_refused {
+        format!("the broker refused the dead letter of input record {task} offset {offset} ({source}), after refusing its outputs: nothing was committed for it. Make the dead-letter topic accept it (its max.message.bytes, ACLs), then restart")
+    } else {
+        format!("the broker refused an output of input record {task} offset {offset} in {times} transactions in a row ({source}); errors.on_production_error = \"fail\" stops here, nothing was committed for it. Fix the output (under the topic's max.message.bytes, a key for a compacted topic, a valid timestamp) or the topic's config and ACLs, or set errors.on_production_error = \"dead_letter\" to dead-letter such records, then restart")
+    }
 }
 
 /// How a thread learnt it is a zombie.
@@ -80,6 +109,9 @@ pub(crate) enum Fault {
     Client(ClientError),
     /// A commit stayed retriable past the retry limit.
     OutcomeUnknown(ClientError),
+    /// The client refused a record for good as it was sent ([`ClientErrorKind::Rejected`]):
+    /// its input record is known exactly.
+    RefusedAtSend(ClientError),
     /// A task's committed offset is gone and the policy says to stop.
     MissingOffset {
         task: TopicPartition,

@@ -45,7 +45,7 @@ use crate::clock::Clock;
 use crate::observe::RuntimeObserver;
 use crate::processor::ProcessorFactory;
 use crate::task::TaskCounters;
-use commit::Txn;
+use commit::{Origins, Refused, Txn};
 use error::Fault;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -121,6 +121,13 @@ pub struct Engine<F: ProcessorFactory> {
     /// The readiness last reported to the observer.
     reported_ready: bool,
     txn: Txn,
+    /// The task and input record of each send in the open transaction.
+    origins: Origins,
+    /// Per task, the input record whose outputs the broker refused in the last transactions.
+    refused: BTreeMap<TopicPartition, Refused>,
+    /// After a refusal that did not pin its input record: per task, the input offset to
+    /// commit past one record per transaction (see `on_refused`).
+    isolating: BTreeMap<TopicPartition, i64>,
     mode: Mode,
     /// Changelog partitions in the restore consumer's assignment, with the restore they serve.
     restore_assigned: BTreeMap<TopicPartition, u64>,
@@ -163,6 +170,9 @@ impl<F: ProcessorFactory> Engine<F> {
             joined: false,
             reported_ready: false,
             txn: Txn::Idle,
+            origins: Origins::default(),
+            refused: BTreeMap::new(),
+            isolating: BTreeMap::new(),
             mode: Mode::Processing,
             restore_assigned: BTreeMap::new(),
             restores: 0,
@@ -316,8 +326,20 @@ impl<F: ProcessorFactory> Engine<F> {
                     tracing::debug!(partition = %tp, records = run.len(), running = slot.is_running(), "records skipped: the task restores, or was rewound after they were fetched");
                     continue;
                 }
-                self.begin_if_needed(clients)?;
-                self.handle_run(clients, &tp, run)?;
+                if self.isolating.is_empty() {
+                    self.begin_if_needed(clients)?;
+                    self.handle_run(clients, &tp, run)?;
+                    continue;
+                }
+                // One input record per transaction (see `on_refused`).
+                for k in 0..run.len() {
+                    if self.txn.records() > 0 {
+                        self.commit(clients)?;
+                    }
+                    self.begin_if_needed(clients)?;
+                    self.handle_run(clients, &tp, &run[k..=k])?;
+                    self.commit(clients)?;
+                }
             }
             Ok(())
         })

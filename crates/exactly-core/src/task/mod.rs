@@ -45,7 +45,8 @@ pub const DEFAULT_DEDUP_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
 pub mod dlq_headers {
     /// Human-readable error.
     pub const ERROR: &str = "exactly.error";
-    /// Stable error label (`processor_error`, `retries_exhausted`, `panic`, `missing_id`, ...).
+    /// Stable error label (`processor_error`, `retries_exhausted`, `panic`, `missing_id`,
+    /// `production`, ...).
     pub const ERROR_KIND: &str = "exactly.error.kind";
     /// Source topic.
     pub const SOURCE_TOPIC: &str = "exactly.source.topic";
@@ -99,6 +100,14 @@ pub struct TaskConfig {
     pub dead_letter_topic: Option<String>,
     /// State stores every task gets (see [`crate::state`]).
     pub stores: Vec<StoreSpec>,
+    /// What happens to an input record whose outputs the broker refuses for good (too large,
+    /// invalid for the topic, not authorized) in `production_attempts` transactions in a row:
+    /// dead-letter it (`exactly.error.kind = production`, in the transaction that commits its
+    /// offset) or stop the app with an error naming the record.
+    pub on_production_error: ErrorPolicy,
+    /// Transactions refused because of one input record's outputs before
+    /// `on_production_error` applies (at least 1).
+    pub production_attempts: u32,
 }
 
 impl Default for TaskConfig {
@@ -110,6 +119,8 @@ impl Default for TaskConfig {
             dedup_retention_ms: DEFAULT_DEDUP_RETENTION_MS,
             dead_letter_topic: None,
             stores: Vec::new(),
+            on_production_error: ErrorPolicy::DeadLetter,
+            production_attempts: 3,
         }
     }
 }
@@ -119,6 +130,11 @@ impl Default for TaskConfig {
 pub trait TxnWriter {
     /// Sends `record` in the current transaction.
     fn send(&mut self, kind: RecordKind, record: &Output) -> Result<(), String>;
+    /// The records sent from now on come from the input record at `offset` (so that a record
+    /// the broker refuses can be traced to its input).
+    fn source(&mut self, offset: i64) {
+        let _ = offset;
+    }
 }
 
 /// Lifecycle state of a task.
@@ -165,6 +181,10 @@ pub struct Task<P: Processor, S: DedupStore> {
     changelog_record: Output,
     dead_letter_count: u64,
     stores: TaskStores,
+    /// Input records whose outputs the broker refused for good, by offset: when one is
+    /// handled next it is dead-lettered with this reason instead of processed (until a
+    /// transaction past it commits).
+    poison: std::collections::BTreeMap<i64, String>,
 }
 
 impl<P: Processor, S: DedupStore> std::fmt::Debug for Task<P, S> {
@@ -246,6 +266,7 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
             changelog_record,
             dead_letter_count: 0,
             stores: TaskStores::default(),
+            poison: std::collections::BTreeMap::new(),
         }
     }
 
@@ -318,6 +339,18 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         self.pending_offset.or(self.committed_offset)
     }
 
+    /// Dead-letters the input record at `offset` with `exactly.error.kind = production` and
+    /// `reason` when it is handled next, instead of running the processor on it: the broker
+    /// refused its outputs for good. Holds across aborts, until a transaction past it commits.
+    pub fn dead_letter_at(&mut self, offset: i64, reason: String) {
+        self.poison.insert(offset, reason);
+    }
+
+    /// Whether the record at `offset` is to be dead-lettered ([`dead_letter_at`](Self::dead_letter_at)).
+    pub fn dead_letters_at(&self, offset: i64) -> bool {
+        self.poison.contains_key(&offset)
+    }
+
     fn wrong_state(&self, what: &'static str) -> TaskError {
         TaskError::WrongState {
             task: self.id.to_string(),
@@ -357,6 +390,7 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         }
         if let Some(next) = self.pending_offset.take() {
             self.committed_offset = Some(next);
+            self.poison = self.poison.split_off(&next);
         }
         self.apply_state_writes(next_offset)?;
         if self.overlay.is_empty() {

@@ -67,6 +67,7 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
 
         for (i, record) in records.iter().enumerate() {
             self.counters.consumed += 1;
+            writer.source(record.offset);
             match &ids[i] {
                 Ok(id) => {
                     if in_store[i] || self.overlay.contains_key(id.as_ref()) {
@@ -121,6 +122,12 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
     ) -> Result<(), TaskError> {
         for record in records {
             self.counters.consumed += 1;
+            writer.source(record.offset);
+            if let Some(reason) = self.poison_reason(record.offset) {
+                self.dead_letter(record, None, "production", &reason, writer)?;
+                self.pending_offset = Some(record.offset + 1);
+                continue;
+            }
             let partition = match self.config.ids.id_of(record) {
                 Ok(id) => id_partition(&id, repartition.partitions),
                 Err(invalid) => {
@@ -163,6 +170,9 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         clock: &dyn Clock,
         writer: &mut dyn TxnWriter,
     ) -> Result<(), TaskError> {
+        if let Some(reason) = self.poison_reason(record.offset) {
+            return self.dead_letter(record, id, "production", &reason, writer);
+        }
         let attempt = self.run_processor(record, id, clock);
         if let Some((store, source)) = self.stores.take_failure() {
             self.outputs.clear();
@@ -196,6 +206,12 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
                 Err(e)
             }
         }
+    }
+
+    /// The reason to dead-letter the record at `offset` instead of processing it, if the
+    /// broker refused its outputs for good ([`Task::dead_letter_at`]).
+    fn poison_reason(&self, offset: i64) -> Option<String> {
+        self.poison.get(&offset).cloned()
     }
 
     /// Sends the successful attempt's state writes as changelog records in the open

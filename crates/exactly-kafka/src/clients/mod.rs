@@ -109,6 +109,29 @@ fn classify(during: &'static str, e: KafkaError, otherwise: ClientErrorKind) -> 
     ClientError::new(kind, during, e)
 }
 
+/// Whether the broker (or librdkafka, before sending) refused a record for good: sending it
+/// again fails again. Too large for the topic or the producer, invalid for the topic (no key
+/// for a compacted topic, corrupt), a timestamp out of the topic's range, or not authorized.
+fn refused_for_good(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            Code::MessageSizeTooLarge
+                | Code::MessageBatchTooLarge
+                | Code::InvalidMessageSize
+                | Code::InvalidMessage
+                | Code::InvalidRecord
+                | Code::InvalidTimestamp
+                | Code::TopicAuthorizationFailed
+        )
+    )
+}
+
+/// The error of a record the broker refused for good, about send `seq`.
+fn refused(during: &'static str, e: KafkaError, seq: u64) -> ClientError {
+    ClientError::new(ClientErrorKind::Rejected, during, e).about_record(seq)
+}
+
 /// The clients of one stream thread.
 pub(crate) struct KafkaClients {
     consumer: BaseConsumer<MemberContext>,
@@ -231,6 +254,14 @@ fn offsets_tpl(offsets: &[(TopicPartition, i64)]) -> Result<TopicPartitionList, 
     Ok(tpl)
 }
 
+impl KafkaClients {
+    /// The failed delivery of the open transaction, if the broker refused the record for good.
+    fn refused_delivery(&self, p: &BaseProducer<DeliveryTracker>) -> Option<ClientError> {
+        let (e, seq) = p.context().error()?;
+        refused_for_good(&e).then(|| refused("delivery", e, seq))
+    }
+}
+
 impl StreamClients for KafkaClients {
     type Records<'a> = KafkaBatch<'a>;
     type ChangelogRecords<'a> = KafkaBatch<'a>;
@@ -337,8 +368,14 @@ impl StreamClients for KafkaClients {
             .map_err(write("begin_transaction"))
     }
 
-    fn send(&self, _kind: RecordKind, record: &Output) -> Result<(), ClientError> {
-        producer::send(&self.producer.borrow(), record).map_err(write("send"))
+    fn send(&self, _kind: RecordKind, record: &Output, seq: u64) -> Result<(), ClientError> {
+        producer::send(&self.producer.borrow(), record, seq).map_err(|e| {
+            if refused_for_good(&e) {
+                refused("send", e, seq)
+            } else {
+                write("send")(e)
+            }
+        })
     }
 
     fn send_offsets_to_transaction(
@@ -352,15 +389,22 @@ impl StreamClients for KafkaClients {
                 "the consumer has no group metadata yet",
             )
         })?;
-        self.producer
-            .borrow()
-            .send_offsets_to_transaction(&offsets_tpl(offsets)?, &metadata, REQUEST_TIMEOUT)
-            .map_err(write("send_offsets_to_transaction"))
+        let p = self.producer.borrow();
+        p.send_offsets_to_transaction(&offsets_tpl(offsets)?, &metadata, REQUEST_TIMEOUT)
+            .map_err(|e| {
+                // A failed delivery makes the transaction abortable: say which record it was.
+                producer::drain_deliveries(&p);
+                self.refused_delivery(&p)
+                    .unwrap_or_else(|| write("send_offsets_to_transaction")(e))
+            })
     }
 
     fn commit_transaction(&self) -> Result<Delivered, ClientError> {
         let p = self.producer.borrow();
         producer::drain_deliveries(&p);
+        if let Some(refused) = self.refused_delivery(&p) {
+            return Err(refused);
+        }
         // Each call waits at most the transaction timeout: librdkafka recommends the remaining
         // transaction time, and no record can wait longer than that (`message.timeout.ms` <=
         // `transaction.timeout.ms`). A retriable failure leaves the commit going on: the engine
@@ -381,9 +425,13 @@ impl StreamClients for KafkaClients {
         let p = self.producer.borrow();
         producer::drain_deliveries(&p);
         let flushed = p.flush(REQUEST_TIMEOUT).map_err(write("flush"));
-        if let Some(e) = p.context().take_error() {
+        if let Some((e, seq)) = p.context().take_error() {
             let _ = p.context().take();
-            return Err(write("delivery")(e));
+            return Err(if refused_for_good(&e) {
+                refused("delivery", e, seq)
+            } else {
+                write("delivery")(e)
+            });
         }
         flushed?;
         Ok(producer::delivered(p.context().take()))

@@ -35,8 +35,13 @@ impl ProducerMaker {
     }
 }
 
-/// Sends a record, serving delivery reports while the local queue is full.
-pub(crate) fn send(producer: &BaseProducer<DeliveryTracker>, out: &Output) -> KafkaResult<()> {
+/// Sends a record (send number `seq` of its transaction, which its delivery report carries),
+/// serving delivery reports while the local queue is full.
+pub(crate) fn send(
+    producer: &BaseProducer<DeliveryTracker>,
+    out: &Output,
+    seq: u64,
+) -> KafkaResult<()> {
     let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
     for (k, v) in &out.headers {
         headers = headers.insert(Header {
@@ -44,7 +49,8 @@ pub(crate) fn send(producer: &BaseProducer<DeliveryTracker>, out: &Output) -> Ka
             value: v.as_deref(),
         });
     }
-    let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&out.topic).headers(headers);
+    let mut record: BaseRecord<'_, [u8], [u8], usize> =
+        BaseRecord::with_opaque_to(&out.topic, seq as usize).headers(headers);
     if let Some(k) = &out.key {
         record = record.key(k.as_slice());
     }

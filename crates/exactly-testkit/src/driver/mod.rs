@@ -121,6 +121,7 @@ impl<F: ProcessorFactory> TestDriverBuilder<F> {
         let compacted = TopicConfig {
             compact: true,
             retention_ms: None,
+            ..TopicConfig::default()
         };
         let changelog = changelog_topic(&self.app, &self.input);
         cluster.create_topic(&changelog, self.partitions, compacted);

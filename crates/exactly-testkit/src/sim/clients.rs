@@ -4,14 +4,14 @@
 use super::group::{GroupProtocol, MemberId, MemberView};
 use super::log::SimRecord;
 use super::process::SimProcess;
-use super::{lock, FaultKind, Request, SharedCluster, SimCluster, SimError};
+use super::{lock, partition_of, FaultKind, Request, SharedCluster, SimCluster, SimError};
 use exactly_core::engine::{
     ClientError, ClientErrorKind, Delivered, Isolation, Polled, RecordBatch, SeekTo, Step,
     StreamClients, TopicPartition,
 };
 use exactly_core::{HeaderRef, Output, Record, RecordKind};
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,8 +78,12 @@ struct State {
     /// librdkafka makes a fenced producer fatal: every call fails until it is replaced.
     producer_fenced: bool,
     delivered: Delivered,
-    /// A delivery failed: the transaction can only abort.
-    delivery_failed: Option<String>,
+    /// A delivery failed (the first): the transaction can only abort.
+    delivery_failed: Option<ClientError>,
+    /// The first send of the transaction to each output partition: as a broker fails a
+    /// produce batch as a whole, a refused record fails every record of its partition's
+    /// batch, and the client reports the first of them.
+    batches: HashMap<(String, i32), u64>,
     restore: BTreeMap<TopicPartition, i64>,
 }
 
@@ -126,6 +130,7 @@ fn client_error(during: &'static str, e: SimError) -> ClientError {
         SimError::StaleMember(_) => ClientErrorKind::StaleMember,
         SimError::FencedInstance(_) => ClientErrorKind::FencedInstance,
         SimError::UnknownTopic(_) => ClientErrorKind::UnknownTopic,
+        SimError::Rejected(_) => ClientErrorKind::Rejected,
     };
     ClientError::new(kind, during, e)
 }
@@ -416,12 +421,13 @@ impl StreamClients for SimClients {
         self.op("begin_transaction", |_, s| {
             Self::producer_ok(s, "begin_transaction")?;
             s.delivered = Delivered::default();
+            s.batches.clear();
             s.delivery_failed = None;
             Ok(())
         })
     }
 
-    fn send(&self, kind: RecordKind, out: &Output) -> Result<(), ClientError> {
+    fn send(&self, kind: RecordKind, out: &Output, seq: u64) -> Result<(), ClientError> {
         let txn_id = self.cfg.transactional_id.clone();
         let transactional = self.cfg.transactional;
         self.op("send", |c, s| {
@@ -450,10 +456,12 @@ impl StreamClients for SimClients {
                     out.topic
                 )))
             } else {
-                Ok(c.produce(&out.topic, out.partition, record))
+                c.accepts(&out.topic, &record)
+                    .map(|()| c.produce(&out.topic, out.partition, record))
             };
             match sent {
                 Ok((p, offset)) => {
+                    s.batches.entry((out.topic.clone(), p)).or_insert(seq);
                     if kind == RecordKind::Changelog {
                         s.delivered
                             .changelog_next
@@ -465,8 +473,21 @@ impl StreamClients for SimClients {
                 }
                 // Like librdkafka, the send is queued; the failed delivery surfaces when the
                 // transaction commits.
-                Err(SimError::Abortable(why)) => {
-                    s.delivery_failed.get_or_insert(why);
+                Err(e @ SimError::Abortable(_)) => {
+                    s.delivery_failed
+                        .get_or_insert_with(|| client_error("delivery", e).about_record(seq));
+                    Ok(())
+                }
+                Err(e @ SimError::Rejected(_)) => {
+                    let partitions = c.partitions(&out.topic).unwrap_or(1);
+                    let p = out.partition.unwrap_or_else(|| {
+                        out.key
+                            .as_deref()
+                            .map_or(0, |k| partition_of(k, partitions))
+                    });
+                    let first = *s.batches.entry((out.topic.clone(), p)).or_insert(seq);
+                    s.delivery_failed
+                        .get_or_insert_with(|| client_error("delivery", e).about_record(first));
                     Ok(())
                 }
                 Err(SimError::Fenced(id)) => {
@@ -485,11 +506,8 @@ impl StreamClients for SimClients {
         let txn_id = self.cfg.transactional_id.clone();
         self.op("send_offsets_to_transaction", |c, s| {
             Self::producer_ok(s, "send_offsets_to_transaction")?;
-            if let Some(why) = &s.delivery_failed {
-                return Err(client_error(
-                    "send_offsets_to_transaction",
-                    SimError::Abortable(why.clone()),
-                ));
+            if let Some(failed) = &s.delivery_failed {
+                return Err(failed.clone());
             }
             let meta = c.member_metadata(&self.cfg.group, s.member);
             let list: Vec<(String, i32, i64)> = offsets
@@ -509,14 +527,14 @@ impl StreamClients for SimClients {
         let txn_id = self.cfg.transactional_id.clone();
         self.op("commit_transaction", |c, s| {
             Self::producer_ok(s, "commit_transaction")?;
-            if let Some(why) = &s.delivery_failed {
-                return Err(client_error(
-                    "commit_transaction",
-                    SimError::Abortable(why.clone()),
-                ));
+            if let Some(failed) = &s.delivery_failed {
+                return Err(failed.clone());
             }
             match c.commit(&txn_id, s.epoch) {
-                Ok(()) => Ok(std::mem::take(&mut s.delivered)),
+                Ok(()) => {
+                    s.batches.clear();
+                    Ok(std::mem::take(&mut s.delivered))
+                }
                 Err(e) => {
                     if matches!(e, SimError::Fenced(_)) {
                         s.producer_fenced = true;
@@ -532,6 +550,7 @@ impl StreamClients for SimClients {
         self.op("abort_transaction", |c, s| {
             Self::producer_ok(s, "abort_transaction")?;
             s.delivered = Delivered::default();
+            s.batches.clear();
             s.delivery_failed = None;
             c.abort(&txn_id, s.epoch).map_err(|e| {
                 if matches!(e, SimError::Fenced(_)) {
@@ -544,10 +563,12 @@ impl StreamClients for SimClients {
 
     fn flush(&self) -> Result<Delivered, ClientError> {
         self.op("flush", |_, s| {
-            if let Some(why) = s.delivery_failed.take() {
+            if let Some(failed) = s.delivery_failed.take() {
                 s.delivered = Delivered::default();
-                return Err(client_error("flush", SimError::Abortable(why)));
+                s.batches.clear();
+                return Err(failed);
             }
+            s.batches.clear();
             Ok(std::mem::take(&mut s.delivered))
         })
     }
@@ -558,6 +579,7 @@ impl StreamClients for SimClients {
             s.epoch = c.init_transactions(&txn_id);
             s.producer_fenced = false;
             s.delivered = Delivered::default();
+            s.batches.clear();
             s.delivery_failed = None;
             Ok(())
         })

@@ -18,6 +18,17 @@ pub struct SimRecord {
 }
 
 impl SimRecord {
+    /// Bytes the record takes in a batch, roughly as the broker counts it against
+    /// `max.message.bytes`: key, value, header names and values.
+    pub fn size(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum();
+        self.key.as_ref().map_or(0, Vec::len) + self.value.as_ref().map_or(0, Vec::len) + headers
+    }
+
     /// The last header named `name`.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers
@@ -54,6 +65,8 @@ pub struct TopicConfig {
     pub compact: bool,
     /// `retention.ms` (`None`: kept forever). Records older than this are deleted.
     pub retention_ms: Option<i64>,
+    /// `max.message.bytes` (`None`: no limit): a larger record is refused (MESSAGE_TOO_LARGE).
+    pub max_message_bytes: Option<usize>,
 }
 
 /// One partition's log.

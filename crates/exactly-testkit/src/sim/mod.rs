@@ -66,6 +66,9 @@ pub enum SimError {
     /// The topic does not exist.
     #[error("unknown topic {0}")]
     UnknownTopic(String),
+    /// The broker refused a record for good (MESSAGE_TOO_LARGE, INVALID_RECORD).
+    #[error("{0}")]
+    Rejected(String),
 }
 
 /// The requests a fault can hit.
@@ -213,6 +216,13 @@ impl SimCluster {
             });
     }
 
+    /// Changes the config of an existing topic (`kafka-configs --alter`).
+    pub fn alter_topic(&mut self, topic: &str, config: TopicConfig) {
+        if let Some(t) = self.topics.get_mut(topic) {
+            t.config = config;
+        }
+    }
+
     /// Number of partitions of `topic`.
     pub fn partitions(&self, topic: &str) -> Option<i32> {
         self.topics.get(topic).map(|t| t.partitions.len() as i32)
@@ -226,6 +236,11 @@ impl SimCluster {
     /// Faults not hit yet.
     pub fn pending_faults(&self) -> usize {
         self.faults.len()
+    }
+
+    /// Drops every fault not yet hit.
+    pub fn clear_faults(&mut self) {
+        self.faults.clear();
     }
 
     pub(crate) fn take_fault(&mut self, request: Request) -> Option<FaultKind> {
@@ -260,6 +275,28 @@ impl SimCluster {
             .partitions
             .len() as i32;
         explicit.unwrap_or_else(|| key.map_or(0, |k| partition_of(k, n)))
+    }
+
+    /// Whether `topic` accepts `record` as Apache Kafka's broker checks it: no record over the
+    /// topic's `max.message.bytes`, none without a key on a compacted topic.
+    pub fn accepts(&self, topic: &str, record: &SimRecord) -> Result<(), SimError> {
+        let Some(config) = self.topics.get(topic).map(|t| t.config) else {
+            return Ok(());
+        };
+        if let Some(max) = config.max_message_bytes {
+            if record.size() > max {
+                return Err(SimError::Rejected(format!(
+                    "MESSAGE_TOO_LARGE: a record of {} bytes for {topic}, whose max.message.bytes is {max}",
+                    record.size()
+                )));
+            }
+        }
+        if config.compact && record.key.is_none() {
+            return Err(SimError::Rejected(format!(
+                "INVALID_RECORD: compacted topic {topic} cannot accept a record without a key"
+            )));
+        }
+        Ok(())
     }
 
     /// A non-transactional produce (committed at once); returns `(partition, offset)`.

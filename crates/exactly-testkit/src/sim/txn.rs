@@ -54,6 +54,11 @@ impl SimCluster {
         epoch
     }
 
+    /// Whether any transactional producer has a transaction open.
+    pub fn has_open_transactions(&self) -> bool {
+        self.producers.values().any(|p| p.open.is_some())
+    }
+
     fn producer(&mut self, txn_id: &str, epoch: u32) -> Result<&mut TxnProducer, SimError> {
         match self.producers.get_mut(txn_id) {
             Some(s) if s.epoch == epoch => Ok(s),
@@ -97,6 +102,7 @@ impl SimCluster {
             }
             Some(FaultKind::Fatal) => return Err(SimError::Fatal("Produce")),
         }
+        self.accepts(topic, &record)?;
         let p = self.partition_for(topic, partition, record.key.as_deref());
         let txn = self.open_txn(txn_id, epoch)?;
         txn.touched.insert((topic.to_owned(), p));
@@ -150,18 +156,26 @@ impl SimCluster {
     /// Commits the open transaction (no-op if none is open).
     pub fn commit(&mut self, txn_id: &str, epoch: u32) -> Result<(), SimError> {
         self.expire_transactions();
+        let fault = self.take_fault(Request::EndTxn);
+        if fault == Some(FaultKind::Retriable) {
+            // The request never reached the coordinator.
+            return Err(SimError::Retriable("EndTxn"));
+        }
         if self
             .producers
             .get(txn_id)
             .is_some_and(|s| s.epoch == epoch && s.committed_unseen == Some(epoch))
         {
-            // A repeated call resumes the commit whose response was lost: it completed.
-            return Ok(());
+            // A repeated call resumes the commit whose response was lost: it completed (and
+            // its response may be lost again).
+            return match fault {
+                Some(FaultKind::ResponseLost) => Err(SimError::Retriable("EndTxn")),
+                _ => Ok(()),
+            };
         }
         self.producer(txn_id, epoch)?;
-        match self.take_fault(Request::EndTxn) {
-            None => {}
-            Some(FaultKind::Retriable) => return Err(SimError::Retriable("EndTxn")),
+        match fault {
+            None | Some(FaultKind::Retriable) => {}
             Some(FaultKind::Abortable) => return Err(SimError::Abortable("EndTxn".into())),
             Some(FaultKind::Fatal) => return Err(SimError::Fatal("EndTxn")),
             Some(FaultKind::ResponseLost) => {

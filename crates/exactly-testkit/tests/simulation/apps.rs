@@ -12,6 +12,9 @@ pub struct Input {
     pub key: String,
     /// Fanout (stateless) or amount (stateful).
     pub value: u64,
+    /// Its key is so long that its outputs exceed the output topic's `max.message.bytes`: the
+    /// broker refuses them, and the input record must be dead-lettered once.
+    pub poison: bool,
 }
 
 /// Which app a schedule runs.
@@ -24,6 +27,9 @@ pub enum AppKind {
 }
 
 pub const OUTPUT: &str = "out";
+pub const DEAD_LETTERS: &str = "sim-dlq";
+/// The output topic's `max.message.bytes`: the outputs of a poison input's key exceed it.
+pub const OUTPUT_MAX_BYTES: usize = 200;
 pub const STORE: &str = "totals";
 
 pub struct SimApp {
@@ -88,19 +94,43 @@ fn header(r: &SimRecord, name: &str) -> String {
 
 /// Checks the committed output against the inputs, per message ID; for `Totals` also that
 /// each key's emitted totals are the running sums of a sequential run over the unique IDs in
-/// input order. Returns a description of every mismatch.
+/// input order. A poison input has no output and exactly one dead letter of kind
+/// `production`; no other input has a dead letter. Returns a description of every mismatch.
 pub fn check(
     kind: AppKind,
     inputs_in_order: &[Input],
     outputs: &[(i32, i64, SimRecord)],
+    dead_letters: &[(i32, i64, SimRecord)],
 ) -> Vec<String> {
     let mut problems = Vec::new();
     let mut unique: Vec<&Input> = Vec::new();
+    let mut poison: Vec<&Input> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for i in inputs_in_order {
         if seen.insert(i.id.as_str()) {
-            unique.push(i);
+            if i.poison {
+                poison.push(i);
+            } else {
+                unique.push(i);
+            }
         }
+    }
+    let mut dead: HashMap<String, u64> = HashMap::new();
+    for (_, _, r) in dead_letters {
+        let kind = header(r, "exactly.error.kind");
+        *dead
+            .entry(format!("{} ({kind})", header(r, "message-id")))
+            .or_default() += 1;
+    }
+    for i in &poison {
+        match dead.remove(&format!("{} (production)", i.id)) {
+            Some(1) => {}
+            Some(c) => problems.push(format!("poison {} dead-lettered {c} times", i.id)),
+            None => problems.push(format!("poison {} was not dead-lettered", i.id)),
+        }
+    }
+    for (id, c) in dead {
+        problems.push(format!("unexpected dead letter {id} ({c} times)"));
     }
     match kind {
         AppKind::Fanout => {

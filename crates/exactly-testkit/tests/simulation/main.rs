@@ -45,6 +45,9 @@ struct Counts {
     wipes: u64,
     ready_turns: u64,
     unready_turns: u64,
+    /// Unique poison IDs produced, and input records dead-lettered for them.
+    poison: u64,
+    poison_dead_lettered: u64,
 }
 
 impl Counts {
@@ -63,6 +66,8 @@ impl Counts {
         self.wipes += o.wipes;
         self.ready_turns += o.ready_turns;
         self.unready_turns += o.unready_turns;
+        self.poison += o.poison;
+        self.poison_dead_lettered += o.poison_dead_lettered;
     }
 }
 
@@ -90,6 +95,7 @@ fn setup(rng: &mut StdRng) -> Setup {
             RestoreFrom::Start
         },
         commit_interval_ms: 100,
+        poison_rate: 0.02,
     }
 }
 
@@ -111,7 +117,7 @@ fn run_schedule(seed: u64) -> Result<Counts, String> {
     }
     drain(&world);
     let w = lock_world(&world);
-    let problems = apps::check(setup.kind, &w.inputs, &w.outputs());
+    let problems = w.problems();
     let mut all: Vec<String> = w.failures.clone();
     all.extend(problems);
     if !all.is_empty() {
@@ -145,6 +151,14 @@ fn run_schedule(seed: u64) -> Result<Counts, String> {
         wipes: get(&t.wipes),
         ready_turns: get(&t.ready_turns),
         unready_turns: get(&t.unready_turns),
+        poison: w
+            .inputs
+            .iter()
+            .filter(|i| i.poison)
+            .map(|i| i.id.as_str())
+            .collect::<std::collections::HashSet<_>>()
+            .len() as u64,
+        poison_dead_lettered: w.dead_letters().len() as u64,
     })
 }
 
@@ -351,7 +365,7 @@ fn every_message_id_is_processed_exactly_once_in_seeded_simulations_of_a_cluster
         failed[0]
     );
     println!(
-        "simulation: {} schedules ({label}) in {:.1} s: {} inputs, {} unique IDs; {} SIGKILLs, {} freezes mid-turn, {} zombie threads fenced, {} producer fences, {} rebalances, {} restores, {} store wipes; {} commits, {} aborts; {} turns ended ready, {} not ready (ready only with every task running); 0 duplicates, 0 losses",
+        "simulation: {} schedules ({label}) in {:.1} s: {} inputs, {} unique IDs; {} SIGKILLs, {} freezes mid-turn, {} zombie threads fenced, {} producer fences, {} rebalances, {} restores, {} store wipes; {} commits, {} aborts; {} turns ended ready, {} not ready (ready only with every task running); {} poison IDs (outputs over the topic's max.message.bytes), {} dead-lettered once each; 0 duplicates, 0 losses",
         seeds.len(),
         started.elapsed().as_secs_f64(),
         total.inputs,
@@ -366,7 +380,9 @@ fn every_message_id_is_processed_exactly_once_in_seeded_simulations_of_a_cluster
         total.commits,
         total.aborts,
         total.ready_turns,
-        total.unready_turns
+        total.unready_turns,
+        total.poison,
+        total.poison_dead_lettered
     );
     if seeds.len() >= 1_000 {
         // A run of this size that shows none of these did not test what it claims.
@@ -380,6 +396,7 @@ fn every_message_id_is_processed_exactly_once_in_seeded_simulations_of_a_cluster
             ("aborts", total.aborts),
             ("turns that ended ready", total.ready_turns),
             ("turns that ended not ready", total.unready_turns),
+            ("poison inputs dead-lettered", total.poison_dead_lettered),
         ];
         for (what, n) in shown {
             assert!(

@@ -2,7 +2,7 @@
 //! Kafka's rules that the local test broker cannot show or that once went wrong, and checks
 //! the committed output per message ID.
 
-use crate::apps::{self, AppKind};
+use crate::apps::AppKind;
 use crate::world::{lock_world, step, Setup, Shared, Who, World};
 use exactly_core::engine::RestoreFrom;
 use exactly_testkit::sim::GroupProtocol;
@@ -23,6 +23,7 @@ fn world(kind: AppKind, partitions: i32, instances: usize) -> Shared {
         restore_from: RestoreFrom::Checkpoint,
         // Transactions stay open across turns unless a scenario lets this much time pass.
         commit_interval_ms: 2_000,
+        poison_rate: 0.0,
     };
     let rng = rand::rngs::StdRng::seed_from_u64(7);
     Arc::new(Mutex::new(World::new(rng, setup)))
@@ -74,7 +75,7 @@ fn finish(w: &Shared) {
     }
     let g = lock_world(w);
     assert!(g.drained(), "the input was not consumed:\n{}", g.diagnose());
-    let problems = apps::check(g.setup.kind, &g.inputs, &g.outputs());
+    let problems = g.problems();
     assert!(
         g.failures.is_empty() && problems.is_empty(),
         "failures: {:?}\nproblems: {problems:?}\ntrace:\n{}",
@@ -318,4 +319,243 @@ fn a_new_owner_starts_only_after_a_frozen_predecessors_pending_offsets_resolve()
     );
     lock_world(&w).produce(8);
     finish(&w);
+}
+
+/// Refused transactions of a schedule, by what followed.
+fn production_errors(w: &Shared) -> Vec<(&'static str, u64)> {
+    let g = lock_world(w);
+    let m = g.tally.production_errors.lock().unwrap();
+    m.iter().map(|(k, v)| (*k, *v)).collect()
+}
+
+/// Turns of instance `i` until it stops (an engine error), at most `turns`.
+fn run_until_stopped(w: &Shared, i: usize, turns: usize) {
+    for _ in 0..turns {
+        if !lock_world(w).is_running(i) {
+            return;
+        }
+        lock_world(w).advance(25);
+        step(w, Who::Instance(i, 0), None);
+    }
+    panic!("instance {i} still runs after {turns} turns");
+}
+
+/// An input record whose outputs the broker refuses for good (here: larger than the output
+/// topic's `max.message.bytes`) aborts every transaction that holds them. The broker fails
+/// the whole produce batch, so the first refusal names an innocent neighbour; the thread then
+/// runs one input record per transaction, and after three refused transactions of that one
+/// record it goes to the dead-letter topic with `exactly.error.kind = production` in the
+/// transaction that commits its offset, and every other record flows. (The thread used to
+/// abort, rewind and retry the same batch for ever.)
+#[test]
+fn an_input_whose_outputs_the_broker_refuses_is_dead_lettered_once_after_three_refusals() {
+    let w = world(AppKind::Fanout, 2, 1);
+    lock_world(&w).start(0);
+    run_until_tasks(&w, 0, &[0, 1]);
+    {
+        let mut g = lock_world(&w);
+        g.produce(15);
+        g.produce_poison(1);
+        g.produce(15);
+    }
+    finish(&w);
+    assert_eq!(
+        production_errors(&w),
+        vec![("dead_lettered", 1), ("retried", 3)],
+        "the batch refused, then the record alone refused twice and retried, the third time dead-lettered"
+    );
+    let g = lock_world(&w);
+    assert_eq!(g.tally.aborts.load(Ordering::Relaxed), 4, "four aborts");
+    let dead = g.dead_letters();
+    assert_eq!(dead.len(), 1, "one dead letter");
+    let error = String::from_utf8_lossy(dead[0].2.header("exactly.error").unwrap()).into_owned();
+    assert!(
+        error.contains("MESSAGE_TOO_LARGE") && error.contains("3 transactions"),
+        "the dead letter carries the broker's error: {error}"
+    );
+}
+
+/// Two poison records in one partition and one in another, in a stateful app: each is
+/// dead-lettered once, its state write is dropped with it (the totals are those of a
+/// sequential run without it), and its resends are dropped as duplicates.
+#[test]
+fn poison_records_of_a_stateful_app_are_dead_lettered_once_without_their_state_writes() {
+    let w = world(AppKind::Totals, 2, 1);
+    lock_world(&w).start(0);
+    run_until_tasks(&w, 0, &[0, 1]);
+    {
+        let mut g = lock_world(&w);
+        g.produce(10);
+        g.produce_poison(3);
+        g.produce(10);
+        // Resends of the poison records.
+        let poison: Vec<_> = g.inputs.iter().filter(|i| i.poison).cloned().collect();
+        for p in poison {
+            g.inputs.push(p.clone());
+            let key = p.key.clone();
+            g.cluster().produce(
+                crate::world::INPUT,
+                Some(exactly_testkit::sim::partition_of(key.as_bytes(), 2)),
+                exactly_testkit::SimRecord {
+                    key: Some(key.into_bytes()),
+                    value: Some(p.value.to_string().into_bytes()),
+                    headers: vec![("message-id".to_owned(), Some(p.id.into_bytes()))],
+                    timestamp: None,
+                },
+            );
+        }
+    }
+    finish(&w);
+    let dead_lettered = production_errors(&w)
+        .into_iter()
+        .find(|(k, _)| *k == "dead_lettered");
+    assert_eq!(dead_lettered, Some(("dead_lettered", 3)));
+    assert_eq!(lock_world(&w).dead_letters().len(), 3);
+}
+
+/// With `on_production_error = fail` the instance stops at the third refusal with an error
+/// naming the record and the broker's error, and commits nothing of it; restarted with the
+/// default policy it dead-letters the record and goes on.
+#[test]
+fn with_policy_fail_a_refused_output_stops_the_instance_naming_the_record() {
+    let w = world(AppKind::Fanout, 2, 1);
+    lock_world(&w).set_on_production_error(exactly_core::ErrorPolicy::Fail);
+    lock_world(&w).start(0);
+    run_until_tasks(&w, 0, &[0, 1]);
+    {
+        let mut g = lock_world(&w);
+        g.produce(5);
+        g.produce_poison(1);
+        g.produce(5);
+    }
+    run_until_stopped(&w, 0, 2_000);
+    {
+        let mut g = lock_world(&w);
+        assert_eq!(g.failures.len(), 1, "{:?}", g.failures);
+        let f = &g.failures[0];
+        assert!(
+            f.contains("refused an output of input record in-")
+                && f.contains("in 3 transactions in a row")
+                && f.contains("MESSAGE_TOO_LARGE")
+                && f.contains("on_production_error"),
+            "the error names the record, the broker's error and the setting: {f}"
+        );
+        assert!(g.dead_letters().is_empty(), "nothing dead-lettered");
+        assert!(!g.cluster().has_open_transactions(), "nothing left open");
+        g.failures.clear();
+        g.set_on_production_error(exactly_core::ErrorPolicy::DeadLetter);
+        g.start(0);
+    }
+    run_until_tasks(&w, 0, &[0, 1]);
+    finish(&w);
+    assert_eq!(
+        production_errors(&w),
+        vec![("dead_lettered", 1), ("retried", 6), ("stopped", 1)],
+        "each run: the batch refused, then the record alone twice; the third time stopped, then dead-lettered"
+    );
+}
+
+/// A dead letter the broker refuses too (the dead-letter topic's `max.message.bytes` is
+/// smaller than the record) stops the instance: the record is never skipped without a trace.
+#[test]
+fn a_refused_dead_letter_stops_the_instance_instead_of_skipping_the_record() {
+    let w = world(AppKind::Fanout, 2, 1);
+    lock_world(&w).limit_dead_letters(100);
+    lock_world(&w).start(0);
+    run_until_tasks(&w, 0, &[0, 1]);
+    {
+        let mut g = lock_world(&w);
+        g.produce(5);
+        g.produce_poison(1);
+    }
+    run_until_stopped(&w, 0, 2_000);
+    let g = lock_world(&w);
+    assert_eq!(g.failures.len(), 1, "{:?}", g.failures);
+    assert!(
+        g.failures[0].contains("refused the dead letter of input record"),
+        "{}",
+        g.failures[0]
+    );
+    assert!(g.dead_letters().is_empty());
+    let committed = g
+        .outputs()
+        .iter()
+        .filter(|(_, _, r)| r.key.as_ref().is_some_and(|k| k.starts_with(b"poison")))
+        .count();
+    assert_eq!(committed, 0, "no output of the poison record committed");
+}
+
+/// A commit whose response is lost (the coordinator committed it) and whose every retry then
+/// fails retriably for the whole retry limit (60 s): the outcome is unknown to the thread, so
+/// it must not abort and must not go on; it stops with "outcome unknown". The restart finds
+/// the transaction committed: every output of it exactly once, nothing processed again.
+#[test]
+fn a_commit_unresolved_for_the_whole_retry_limit_stops_the_thread_and_the_restart_is_exact() {
+    let w = world(AppKind::Fanout, 2, 1);
+    open_transaction(&w, 0, 12);
+    {
+        let mut g = lock_world(&w);
+        g.inject(Fault::new(Request::EndTxn, FaultKind::ResponseLost));
+        // 60 s of retries, 100 ms apart, and some to spare.
+        for _ in 0..700 {
+            g.inject(Fault::new(Request::EndTxn, FaultKind::Retriable));
+        }
+        g.advance(2_000);
+    }
+    step(&w, Who::Instance(0, 0), None);
+    {
+        let mut g = lock_world(&w);
+        assert!(!g.is_running(0), "the thread stopped");
+        assert_eq!(g.failures.len(), 1, "{:?}", g.failures);
+        assert!(
+            g.failures[0].contains("outcome unknown")
+                && g.failures[0].contains("after retrying for 60 s"),
+            "{}",
+            g.failures[0]
+        );
+        let left = g.cluster().pending_faults();
+        assert!(
+            (90..=100).contains(&left),
+            "retried for 60 s, 100 ms apart: {left} faults left"
+        );
+        assert_eq!(
+            g.tally.aborts.load(Ordering::Relaxed),
+            0,
+            "never aborted: the commit had gone through"
+        );
+        let committed = g.outputs().len();
+        assert!(committed > 0, "the lost-response commit is visible");
+        g.cluster().clear_faults();
+        g.failures.clear();
+        g.start(0);
+    }
+    run_until_tasks(&w, 0, &[0, 1]);
+    finish(&w);
+}
+
+/// `send_offsets_to_transaction` that keeps failing retriably: nothing is committed yet, so
+/// the thread aborts while the coordinator still takes the abort (four fifths into
+/// `transaction.timeout.ms`), rewinds and goes on. Retrying for the whole 60 s limit instead
+/// outlived the transaction: the coordinator aborted it and fenced the producer.
+#[test]
+fn offsets_that_stay_retriable_abort_before_the_transaction_times_out_not_after() {
+    let w = world(AppKind::Fanout, 2, 1);
+    open_transaction(&w, 0, 12);
+    {
+        let mut g = lock_world(&w);
+        // 10 s of retries, twice the transaction timeout.
+        for _ in 0..100 {
+            g.inject(Fault::new(Request::TxnOffsetCommit, FaultKind::Retriable));
+        }
+        g.advance(2_000);
+    }
+    finish(&w);
+    let g = lock_world(&w);
+    assert_eq!(g.cluster().pending_faults(), 0);
+    assert_eq!(g.tally.fences.load(Ordering::Relaxed), 0, "never fenced");
+    assert!(
+        g.tally.aborts.load(Ordering::Relaxed) >= 2,
+        "aborted in time, more than once: {}",
+        g.tally.aborts.load(Ordering::Relaxed)
+    );
 }

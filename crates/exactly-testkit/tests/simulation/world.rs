@@ -43,6 +43,8 @@ pub struct Tally {
     /// Turns that ended with the thread reporting itself ready, and not ready.
     pub ready_turns: AtomicU64,
     pub unready_turns: AtomicU64,
+    /// Refused transactions by what followed (`retried`, `dead_lettered`, `stopped`).
+    pub production_errors: Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 /// One thread's observer: counts into the world's [`Tally`] and keeps the thread's readiness
@@ -74,6 +76,9 @@ impl RuntimeObserver for ThreadObserver {
     fn ready(&self, _: usize, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
+    fn production_error(&self, topic: &str, action: &'static str) {
+        self.tally.production_error(topic, action);
+    }
 }
 
 impl RuntimeObserver for Tally {
@@ -94,6 +99,14 @@ impl RuntimeObserver for Tally {
     }
     fn store_wiped(&self, _: &str, _: i32, _: &'static str) {
         self.wipes.fetch_add(1, Ordering::Relaxed);
+    }
+    fn production_error(&self, _: &str, action: &'static str) {
+        *self
+            .production_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(action)
+            .or_default() += 1;
     }
 }
 
@@ -132,6 +145,8 @@ pub struct Setup {
     pub max_batch: usize,
     pub restore_from: RestoreFrom,
     pub commit_interval_ms: u64,
+    /// Share of new inputs that are poison ([`Input::poison`]).
+    pub poison_rate: f64,
 }
 
 /// The world of one schedule.
@@ -185,9 +200,18 @@ impl World {
         let compacted = TopicConfig {
             compact: true,
             retention_ms: None,
+            ..TopicConfig::default()
         };
         cluster.create_topic(INPUT, setup.partitions, TopicConfig::default());
-        cluster.create_topic(apps::OUTPUT, setup.partitions, TopicConfig::default());
+        cluster.create_topic(
+            apps::OUTPUT,
+            setup.partitions,
+            TopicConfig {
+                max_message_bytes: Some(apps::OUTPUT_MAX_BYTES),
+                ..TopicConfig::default()
+            },
+        );
+        cluster.create_topic(apps::DEAD_LETTERS, setup.partitions, TopicConfig::default());
         cluster.create_topic(&changelog_topic(APP, INPUT), setup.partitions, compacted);
         for s in apps::stores(setup.kind) {
             cluster.create_topic(
@@ -207,6 +231,7 @@ impl World {
         engine.restore_from = setup.restore_from;
         engine.task = Arc::new(TaskConfig {
             stores: apps::stores(setup.kind),
+            dead_letter_topic: Some(apps::DEAD_LETTERS.to_owned()),
             ..TaskConfig::default()
         });
         let instances = (0..setup.instances)
@@ -273,9 +298,14 @@ impl World {
         self.cluster().tick();
     }
 
-    /// Produces `n` inputs, some of them resends of earlier ones.
+    /// Produces `n` inputs, some of them resends of earlier ones, a few of them poison (see
+    /// [`Input::poison`]).
     pub fn produce(&mut self, n: usize) {
         for _ in 0..n {
+            if self.setup.poison_rate > 0.0 && self.rng.gen_bool(self.setup.poison_rate) {
+                self.produce_poison(1);
+                continue;
+            }
             let input = if !self.inputs.is_empty() && self.rng.gen_bool(0.25) {
                 self.inputs[self.rng.gen_range(0..self.inputs.len())].clone()
             } else {
@@ -287,22 +317,41 @@ impl World {
                     id: format!("m{}", self.inputs.len()),
                     key: format!("k{}", self.rng.gen_range(0..12)),
                     value,
+                    poison: false,
                 }
             };
-            let now = self.clock.now_ms();
-            let p = partition_of(input.key.as_bytes(), self.setup.partitions);
-            self.cluster().produce(
-                INPUT,
-                Some(p),
-                SimRecord {
-                    key: Some(input.key.clone().into_bytes()),
-                    value: Some(input.value.to_string().into_bytes()),
-                    headers: vec![("message-id".to_owned(), Some(input.id.clone().into_bytes()))],
-                    timestamp: Some(now),
-                },
-            );
-            self.inputs.push(input);
+            self.produce_input(input);
         }
+    }
+
+    /// Produces `n` poison inputs (new IDs, each with a key of its own).
+    pub fn produce_poison(&mut self, n: usize) {
+        for _ in 0..n {
+            let id = format!("m{}", self.inputs.len());
+            let value = self.rng.gen_range(1..=3);
+            self.produce_input(Input {
+                key: format!("poison-{id}-{}", "p".repeat(apps::OUTPUT_MAX_BYTES)),
+                id,
+                value,
+                poison: true,
+            });
+        }
+    }
+
+    fn produce_input(&mut self, input: Input) {
+        let now = self.clock.now_ms();
+        let p = partition_of(input.key.as_bytes(), self.setup.partitions);
+        self.cluster().produce(
+            INPUT,
+            Some(p),
+            SimRecord {
+                key: Some(input.key.clone().into_bytes()),
+                value: Some(input.value.to_string().into_bytes()),
+                headers: vec![("message-id".to_owned(), Some(input.id.clone().into_bytes()))],
+                timestamp: Some(now),
+            },
+        );
+        self.inputs.push(input);
     }
 
     /// Starts a process for instance `i`. If its previous process still lives (a zombie), the
@@ -487,6 +536,15 @@ impl World {
     pub fn set_offset_reset(&mut self, reset: exactly_core::engine::OffsetReset) {
         let mut cfg = (*self.engine).clone();
         cfg.offset_reset = reset;
+        self.engine = Arc::new(cfg);
+    }
+
+    /// Engines started from now on use this policy for outputs the broker refuses for good.
+    pub fn set_on_production_error(&mut self, policy: exactly_core::ErrorPolicy) {
+        let mut cfg = (*self.engine).clone();
+        let mut task = (*cfg.task).clone();
+        task.on_production_error = policy;
+        cfg.task = Arc::new(task);
         self.engine = Arc::new(cfg);
     }
 
@@ -731,6 +789,31 @@ impl World {
 
     pub fn outputs(&self) -> Vec<(i32, i64, SimRecord)> {
         self.cluster().committed_records(apps::OUTPUT)
+    }
+
+    /// Sets the `max.message.bytes` of the dead-letter topic.
+    pub fn limit_dead_letters(&mut self, max_bytes: usize) {
+        self.cluster().alter_topic(
+            apps::DEAD_LETTERS,
+            TopicConfig {
+                max_message_bytes: Some(max_bytes),
+                ..TopicConfig::default()
+            },
+        );
+    }
+
+    pub fn dead_letters(&self) -> Vec<(i32, i64, SimRecord)> {
+        self.cluster().committed_records(apps::DEAD_LETTERS)
+    }
+
+    /// The oracle's findings about the committed output and dead letters.
+    pub fn problems(&self) -> Vec<String> {
+        apps::check(
+            self.setup.kind,
+            &self.inputs,
+            &self.outputs(),
+            &self.dead_letters(),
+        )
     }
 }
 
