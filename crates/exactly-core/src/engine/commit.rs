@@ -526,12 +526,14 @@ impl<F: ProcessorFactory> Engine<F> {
     ) -> Result<(), EngineError> {
         let thread = self.cfg.thread;
         let origin = e.record.and_then(|seq| self.origins.of(seq));
-        let pinned = exact || self.origins.input_records() == 1;
         let held: Vec<(TopicPartition, i64)> = self
             .tasks
             .iter()
             .filter_map(|(tp, s)| s.task.offset_to_commit().map(|o| (tp.clone(), o)))
             .collect();
+        // With nothing to isolate (no task holds records in the transaction) the first failed
+        // record is all there is to go on.
+        let pinned = exact || self.origins.input_records() == 1 || held.is_empty();
         self.abort_or_stop(clients, "error")?;
         let Some((task, offset)) = origin else {
             tracing::warn!(thread, error = %e, "the broker refused a record whose input is unknown: aborting and retrying");
