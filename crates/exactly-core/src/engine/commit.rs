@@ -240,7 +240,8 @@ impl<F: ProcessorFactory> Engine<F> {
                 // Still retriable when the transaction is about to time out: abort (nothing
                 // is committed yet) while the coordinator still takes the abort, rather than
                 // retry until it aborts the transaction itself and fences the producer.
-                let deadline = self.txn_deadline().min(started + self.cfg.txn_retry_limit);
+                let limit = started + self.cfg.txn_retry_limit;
+                let deadline = self.txn_deadline().map_or(limit, |d| d.min(limit));
                 self.retrying(deadline, || clients.send_offsets_to_transaction(&offsets))
                     .map_err(|e| match e.kind {
                         ClientErrorKind::Retriable => Fault::Client(ClientError {
@@ -343,11 +344,11 @@ impl<F: ProcessorFactory> Engine<F> {
 
     /// When the open transaction must be ended by, at the latest, for the coordinator to
     /// take it: four fifths of `transaction.timeout.ms` after it began (the rest is for the
-    /// commit or abort request itself).
-    pub(crate) fn txn_deadline(&self) -> Duration {
+    /// commit or abort request itself). `None` if no transaction is open.
+    pub(crate) fn txn_deadline(&self) -> Option<Duration> {
         match &self.txn {
-            Txn::Open { started, .. } => *started + self.cfg.transaction_timeout * 4 / 5,
-            Txn::Idle => self.env.clock.monotonic() + self.cfg.transaction_timeout * 4 / 5,
+            Txn::Open { started, .. } => Some(*started + self.cfg.transaction_timeout * 4 / 5),
+            Txn::Idle => None,
         }
     }
 

@@ -332,10 +332,10 @@ impl<F: ProcessorFactory> Engine<F> {
                     continue;
                 }
                 // One input record per transaction (see `on_refused`).
+                if self.txn.records() > 0 {
+                    self.commit(clients)?;
+                }
                 for k in 0..run.len() {
-                    if self.txn.records() > 0 {
-                        self.commit(clients)?;
-                    }
                     self.begin_if_needed(clients)?;
                     self.handle_run(clients, &tp, &run[k..=k])?;
                     self.commit(clients)?;

@@ -127,9 +127,14 @@ fn refused_for_good(e: &KafkaError) -> bool {
     )
 }
 
-/// The error of a record the broker refused for good, about send `seq`.
-fn refused(during: &'static str, e: KafkaError, seq: u64) -> ClientError {
-    ClientError::new(ClientErrorKind::Rejected, during, e).about_record(seq)
+/// The error of send `seq` (when sent, or at its delivery): refused for good, about that
+/// record; anything else aborts the transaction.
+fn record_error(during: &'static str, e: KafkaError, seq: u64) -> ClientError {
+    if refused_for_good(&e) {
+        ClientError::new(ClientErrorKind::Rejected, during, e).about_record(seq)
+    } else {
+        write(during)(e)
+    }
 }
 
 /// The clients of one stream thread.
@@ -258,7 +263,7 @@ impl KafkaClients {
     /// The failed delivery of the open transaction, if the broker refused the record for good.
     fn refused_delivery(&self, p: &BaseProducer<DeliveryTracker>) -> Option<ClientError> {
         let (e, seq) = p.context().error()?;
-        refused_for_good(&e).then(|| refused("delivery", e, seq))
+        refused_for_good(&e).then(|| record_error("delivery", e, seq))
     }
 }
 
@@ -369,13 +374,8 @@ impl StreamClients for KafkaClients {
     }
 
     fn send(&self, _kind: RecordKind, record: &Output, seq: u64) -> Result<(), ClientError> {
-        producer::send(&self.producer.borrow(), record, seq).map_err(|e| {
-            if refused_for_good(&e) {
-                refused("send", e, seq)
-            } else {
-                write("send")(e)
-            }
-        })
+        producer::send(&self.producer.borrow(), record, seq)
+            .map_err(|e| record_error("send", e, seq))
     }
 
     fn send_offsets_to_transaction(
@@ -427,11 +427,7 @@ impl StreamClients for KafkaClients {
         let flushed = p.flush(REQUEST_TIMEOUT).map_err(write("flush"));
         if let Some((e, seq)) = p.context().take_error() {
             let _ = p.context().take();
-            return Err(if refused_for_good(&e) {
-                refused("delivery", e, seq)
-            } else {
-                write("delivery")(e)
-            });
+            return Err(record_error("delivery", e, seq));
         }
         flushed?;
         Ok(producer::delivered(p.context().take()))

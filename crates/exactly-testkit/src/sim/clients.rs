@@ -4,7 +4,7 @@
 use super::group::{GroupProtocol, MemberId, MemberView};
 use super::log::SimRecord;
 use super::process::SimProcess;
-use super::{lock, partition_of, FaultKind, Request, SharedCluster, SimCluster, SimError};
+use super::{lock, FaultKind, Request, SharedCluster, SimCluster, SimError};
 use exactly_core::engine::{
     ClientError, ClientErrorKind, Delivered, Isolation, Polled, RecordBatch, SeekTo, Step,
     StreamClients, TopicPartition,
@@ -85,6 +85,16 @@ struct State {
     /// batch, and the client reports the first of them.
     batches: HashMap<(String, i32), u64>,
     restore: BTreeMap<TopicPartition, i64>,
+}
+
+impl State {
+    /// Ends the producer's transaction (or at-least-once batch): returns what its deliveries
+    /// said and forgets its batches and failed delivery.
+    fn end_txn(&mut self) -> Delivered {
+        self.batches.clear();
+        self.delivery_failed = None;
+        std::mem::take(&mut self.delivered)
+    }
 }
 
 /// How a stream thread's clients are set up on the simulated cluster.
@@ -420,9 +430,7 @@ impl StreamClients for SimClients {
     fn begin_transaction(&self) -> Result<(), ClientError> {
         self.op("begin_transaction", |_, s| {
             Self::producer_ok(s, "begin_transaction")?;
-            s.delivered = Delivered::default();
-            s.batches.clear();
-            s.delivery_failed = None;
+            s.end_txn();
             Ok(())
         })
     }
@@ -479,12 +487,7 @@ impl StreamClients for SimClients {
                     Ok(())
                 }
                 Err(e @ SimError::Rejected(_)) => {
-                    let partitions = c.partitions(&out.topic).unwrap_or(1);
-                    let p = out.partition.unwrap_or_else(|| {
-                        out.key
-                            .as_deref()
-                            .map_or(0, |k| partition_of(k, partitions))
-                    });
+                    let p = c.target_partition(&out.topic, out.partition, out.key.as_deref());
                     let first = *s.batches.entry((out.topic.clone(), p)).or_insert(seq);
                     s.delivery_failed
                         .get_or_insert_with(|| client_error("delivery", e).about_record(first));
@@ -531,10 +534,7 @@ impl StreamClients for SimClients {
                 return Err(failed.clone());
             }
             match c.commit(&txn_id, s.epoch) {
-                Ok(()) => {
-                    s.batches.clear();
-                    Ok(std::mem::take(&mut s.delivered))
-                }
+                Ok(()) => Ok(s.end_txn()),
                 Err(e) => {
                     if matches!(e, SimError::Fenced(_)) {
                         s.producer_fenced = true;
@@ -549,9 +549,7 @@ impl StreamClients for SimClients {
         let txn_id = self.cfg.transactional_id.clone();
         self.op("abort_transaction", |c, s| {
             Self::producer_ok(s, "abort_transaction")?;
-            s.delivered = Delivered::default();
-            s.batches.clear();
-            s.delivery_failed = None;
+            s.end_txn();
             c.abort(&txn_id, s.epoch).map_err(|e| {
                 if matches!(e, SimError::Fenced(_)) {
                     s.producer_fenced = true;
@@ -564,12 +562,10 @@ impl StreamClients for SimClients {
     fn flush(&self) -> Result<Delivered, ClientError> {
         self.op("flush", |_, s| {
             if let Some(failed) = s.delivery_failed.take() {
-                s.delivered = Delivered::default();
-                s.batches.clear();
+                s.end_txn();
                 return Err(failed);
             }
-            s.batches.clear();
-            Ok(std::mem::take(&mut s.delivered))
+            Ok(s.end_txn())
         })
     }
 
@@ -578,9 +574,7 @@ impl StreamClients for SimClients {
         self.op("reset_producer", |c, s| {
             s.epoch = c.init_transactions(&txn_id);
             s.producer_fenced = false;
-            s.delivered = Delivered::default();
-            s.batches.clear();
-            s.delivery_failed = None;
+            s.end_txn();
             Ok(())
         })
     }

@@ -265,15 +265,24 @@ impl SimCluster {
     /// the topic.
     fn partition_for(&mut self, topic: &str, explicit: Option<i32>, key: Option<&[u8]>) -> i32 {
         let n = self.default_partitions;
-        let n = self
-            .topics
+        self.topics
             .entry(topic.to_owned())
             .or_insert_with(|| Topic {
                 partitions: vec![PartitionLog::default(); n as usize],
                 config: TopicConfig::default(),
-            })
-            .partitions
-            .len() as i32;
+            });
+        self.target_partition(topic, explicit, key)
+    }
+
+    /// The partition a record for `topic` goes to ([`partition_for`](Self::partition_for)),
+    /// without creating the topic (one that does not exist yet would get the default count).
+    pub(crate) fn target_partition(
+        &self,
+        topic: &str,
+        explicit: Option<i32>,
+        key: Option<&[u8]>,
+    ) -> i32 {
+        let n = self.partitions(topic).unwrap_or(self.default_partitions);
         explicit.unwrap_or_else(|| key.map_or(0, |k| partition_of(k, n)))
     }
 
