@@ -188,9 +188,14 @@ fn an_unreachable_broker_fails_start_up_within_the_timeout_with_a_clear_error() 
 
 /// Starts the app against topics set up by `prepare` and returns its log once it exited.
 fn refused(test: &str, prepare: impl FnOnce(&Setup)) -> Option<String> {
+    refused_with(test, &[], prepare)
+}
+
+/// [`refused`] for an app started with `extra` arguments.
+fn refused_with(test: &str, extra: &[&str], prepare: impl FnOnce(&Setup)) -> Option<String> {
     let s = Setup::new(test, 2)?;
     prepare(&s);
-    let mut app = faulty(&s, &[]);
+    let mut app = faulty(&s, extra);
     app.start();
     let status = app.wait_exit(Duration::from_secs(60));
     assert!(!status.success(), "start-up must be refused");
@@ -266,6 +271,49 @@ fn a_changelog_keeping_ids_shorter_than_the_dedup_retention_is_refused_before_pr
     if let Some(log) = log {
         assert!(
             log.contains("has retention.ms=60000, shorter than the 604800000 ms"),
+            "log:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn a_repartition_topic_keeping_records_shorter_than_the_dedup_retention_is_refused_before_processing(
+) {
+    let mut repartition = String::new();
+    let log = refused_with("short-repartition", &["--dedup-scope", "global"], |s| {
+        broker::produce(&s.bs, &s.input, &good(0..10));
+        repartition = format!("{}-{}-by-id", s.app, s.input);
+        broker::create_topics_with(&s.bs, &[(&repartition, 2, &[("retention.ms", "60000")])]);
+    });
+    if let Some(log) = log {
+        assert!(
+            log.contains(&format!("repartition topic `{repartition}` has retention.ms=60000, shorter than the dedup retention (604800000 ms)")),
+            "log:\n{log}"
+        );
+        let bs = broker::bootstrap();
+        assert!(
+            broker::read_committed(&bs, &repartition).is_empty(),
+            "nothing forwarded"
+        );
+        broker::delete_topics(&bs, &[&repartition]);
+    }
+}
+
+#[test]
+fn a_changelog_with_fewer_replicas_than_the_replication_factor_is_refused_before_processing() {
+    let mut changelog = String::new();
+    let log = refused_with("few-replicas", &["--replication-factor", "2"], |s| {
+        broker::produce(&s.bs, &s.input, &good(0..10));
+        // One replica (the test broker has one broker); the app asks for 2.
+        changelog = s.changelog();
+        broker::create_topics_with(
+            &s.bs,
+            &[(&changelog, 2, &[("cleanup.policy", "compact,delete")])],
+        );
+    });
+    if let Some(log) = log {
+        assert!(
+            log.contains(&format!("internal topic `{changelog}` has 1 replica(s) per partition, fewer than replication_factor = 2")),
             "log:\n{log}"
         );
     }

@@ -32,6 +32,31 @@ fn partition_counts(
     topics: &[String],
     config: &RuntimeConfig,
 ) -> Result<BTreeMap<String, Option<i32>>, RuntimeError> {
+    Ok(counts(&shapes(client, topics, config)?))
+}
+
+/// The partition counts of `shapes`.
+fn counts(shapes: &BTreeMap<String, Option<Shape>>) -> BTreeMap<String, Option<i32>> {
+    shapes
+        .iter()
+        .map(|(t, shape)| (t.clone(), shape.map(|s| s.partitions)))
+        .collect()
+}
+
+/// What the metadata says of an existing topic.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    partitions: i32,
+    /// Replicas of its least replicated partition.
+    replicas: usize,
+}
+
+/// The shapes of the topics that exist (`None` for a missing one).
+fn shapes(
+    client: &BaseConsumer,
+    topics: &[String],
+    config: &RuntimeConfig,
+) -> Result<BTreeMap<String, Option<Shape>>, RuntimeError> {
     let md = client
         .fetch_metadata(None, config.startup_timeout)
         .map_err(|e| RuntimeError::Unreachable {
@@ -41,13 +66,21 @@ fn partition_counts(
         })?;
     let mut out = BTreeMap::new();
     for t in topics {
-        let n = md
+        let shape = md
             .topics()
             .iter()
             .find(|mt| mt.name() == t && mt.error().is_none())
-            .map(|mt| mt.partitions().len() as i32)
-            .filter(|n| *n > 0);
-        out.insert(t.clone(), n);
+            .filter(|mt| !mt.partitions().is_empty())
+            .map(|mt| Shape {
+                partitions: mt.partitions().len() as i32,
+                replicas: mt
+                    .partitions()
+                    .iter()
+                    .map(|p| p.replicas().len())
+                    .min()
+                    .unwrap_or(0),
+            });
+        out.insert(t.clone(), shape);
     }
     Ok(out)
 }
@@ -113,7 +146,8 @@ fn check_and_create(
     all.extend(repartition.iter().map(|(_, r)| r.clone()));
     let dlq = config.task.dead_letter_topic.clone();
     all.extend(dlq.iter().cloned());
-    let counts = partition_counts(client, &all, config)?;
+    let shapes = shapes(client, &all, config)?;
+    let counts = counts(&shapes);
 
     let mut inputs = BTreeMap::new();
     for input in &config.inputs {
@@ -147,7 +181,10 @@ fn check_and_create(
                      Delete it while the app is stopped and caught up, or restore the input's partition count"
                 )))
             }
-            Some(_) => {}
+            Some(_) => {
+                check_replication(topic, shapes[topic], config)?;
+                check_topic_config(admin, Internal::Repartition, topic, Some(&dedup_retention), config)?;
+            }
             // Kept for the dedup retention: an app stopped for longer loses the records it
             // had forwarded but not processed yet (docs/state.md).
             None => to_create.push((topic.clone(), want, Cleanup::Delete(dedup_retention.clone()))),
@@ -163,7 +200,10 @@ fn check_and_create(
                      Delete the changelog (losing its dedup history or state) or restore the input's partition count"
                 )))
             }
-            Some(_) => check_changelog_config(admin, changelog, retention.as_deref(), config)?,
+            Some(_) => {
+                check_replication(changelog, shapes[changelog], config)?;
+                check_topic_config(admin, Internal::Changelog, changelog, retention.as_deref(), config)?;
+            }
             None => {
                 let cleanup = match retention {
                     Some(ms) => Cleanup::CompactDelete(ms.clone()),
@@ -245,17 +285,67 @@ fn wait_for_topics(
     }
 }
 
+/// The kinds of internal topic whose config is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Internal {
+    /// A dedup or state-store changelog.
+    Changelog,
+    /// The global dedup scope's `{app}-{input}-by-id`.
+    Repartition,
+}
+
+impl Internal {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Changelog => "changelog",
+            Self::Repartition => "repartition",
+        }
+    }
+}
+
+/// An existing internal topic must have at least `replication_factor` replicas (it holds
+/// the dedup history, the state, or records not processed yet); one with a single replica is
+/// allowed with a warning (losing one broker disk loses it).
+fn check_replication(
+    topic: &str,
+    shape: Option<Shape>,
+    config: &RuntimeConfig,
+) -> Result<(), RuntimeError> {
+    // A broker that lists no replicas tells nothing.
+    let Some(Shape { replicas, .. }) = shape.filter(|s| s.replicas > 0) else {
+        return Ok(());
+    };
+    let want = config.replication_factor;
+    if want > 0 && replicas < want as usize {
+        return Err(RuntimeError::Topic(format!(
+            "internal topic `{topic}` has {replicas} replica(s) per partition, fewer than replication_factor = {want}: \
+             it holds the app's dedup history, state or unprocessed records, which a broker failure must not lose. \
+             Raise its replication (kafka-reassign-partitions) or lower `replication_factor`"
+        )));
+    }
+    if replicas == 1 {
+        tracing::warn!(topic, "internal topic has a single replica: losing that broker's disk loses the app's dedup history or state (fine for a test cluster)");
+    }
+    Ok(())
+}
+
 /// An existing changelog must be compacted (with `delete` alone, entries older than the
 /// segment retention would vanish from restores however long they should live), and one with
 /// a retention (`compact,delete`) must keep its records at least `retention_ms` (the dedup
 /// retention or the store's TTL): otherwise a restore forgets IDs that are still within their
-/// dedup retention and their resends are processed again.
-fn check_changelog_config(
+/// dedup retention and their resends are processed again. A repartition topic must keep its
+/// records for the dedup retention: the tasks that dedup may lag behind the ones that forward,
+/// and what the broker deleted before they read it is lost. With more than one replica,
+/// `min.insync.replicas` below 2 is warned about (a write acknowledged by one replica is lost
+/// with it).
+fn check_topic_config(
     admin: &AdminClient<DefaultClientContext>,
+    kind: Internal,
     topic: &str,
     retention_ms: Option<&str>,
     config: &RuntimeConfig,
 ) -> Result<(), RuntimeError> {
+    let what = kind.name();
     let opts = AdminOptions::new().request_timeout(Some(config.startup_timeout));
     let res = futures_executor::block_on(
         admin.describe_configs(&[ResourceSpecifier::Topic(topic)], &opts),
@@ -272,33 +362,41 @@ fn check_changelog_config(
         Ok(r) => r,
         Err(why) if config.verify_topic_configs => {
             return Err(RuntimeError::Topic(format!(
-                "cannot read the config of changelog topic `{topic}` ({why}); exactly checks that it is compacted and keeps its records for the dedup retention. \
+                "cannot read the config of {what} topic `{topic}` ({why}); exactly checks that changelogs are compacted and that internal topics keep their records for the dedup retention. \
                  Grant the app DescribeConfigs on its internal topics, or check the topic yourself and set `verify_topic_configs = false`"
             )))
         }
         Err(why) => {
-            tracing::warn!(topic, error = %why, "verify_topic_configs is off: not checking the changelog's config");
+            tracing::warn!(topic, error = %why, "verify_topic_configs is off: not checking the {what} topic's config");
             return Ok(());
         }
     };
     let value = |key: &str| resource.get(key).and_then(|e| e.value.clone());
     let policy = value("cleanup.policy").unwrap_or_else(|| "delete".to_owned());
-    if !policy.split(',').any(|x| x.trim() == "compact") {
+    let has = |p: &str| policy.split(',').any(|x| x.trim() == p);
+    if kind == Internal::Changelog && !has("compact") {
         return Err(RuntimeError::Topic(format!(
             "changelog topic `{topic}` has cleanup.policy={policy}; it must include `compact` (set cleanup.policy=compact,delete)"
         )));
     }
-    let deletes = policy.split(',').any(|x| x.trim() == "delete");
-    if let (true, Some(want), Some(have)) = (deletes, retention_ms, value("retention.ms")) {
+    if let (true, Some(want), Some(have)) = (has("delete"), retention_ms, value("retention.ms")) {
         let (want, have): (i64, i64) = (
             want.parse().unwrap_or(i64::MAX),
             have.parse().unwrap_or(i64::MAX),
         );
         if have >= 0 && have < want {
+            let why = match kind {
+                Internal::Changelog => format!("the {want} ms its entries must live (the dedup retention, or the store's TTL): restores would forget IDs still within their retention"),
+                Internal::Repartition => format!("the dedup retention ({want} ms): the tasks that dedup may lag behind the ones that forward, and records the broker deletes before they are read are lost"),
+            };
             return Err(RuntimeError::Topic(format!(
-                "changelog topic `{topic}` has retention.ms={have}, shorter than the {want} ms its entries must live (the dedup retention, or the store's TTL): \
-                 restores would forget IDs still within their retention. Raise its retention.ms to at least {want}"
+                "{what} topic `{topic}` has retention.ms={have}, shorter than {why}. Raise its retention.ms to at least {want}"
             )));
+        }
+    }
+    if let Some(isr) = value("min.insync.replicas").and_then(|v| v.parse::<i64>().ok()) {
+        if isr < 2 && config.replication_factor > 1 {
+            tracing::warn!(topic, min_insync_replicas = isr, "internal topic has min.insync.replicas below 2: a write acknowledged by one replica is lost with that broker");
         }
     }
     Ok(())

@@ -81,8 +81,8 @@ pub struct Metrics {
     /// 1 to 100 000 buckets.
     pub transaction_batch_records: Histogram,
 
-    /// `exactly_consumer_lag_records{topic,partition}`: records between the consumer's position
-    /// and the partition's high watermark.
+    /// `exactly_consumer_lag_records{topic,partition}`: records between the last committed
+    /// offset and the partition's high watermark of the consumer's last fetch response.
     pub consumer_lag_records: IntGaugeVec,
     /// `exactly_assigned_tasks`: tasks (input partitions) assigned to this instance.
     pub assigned_tasks: IntGauge,

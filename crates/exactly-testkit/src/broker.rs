@@ -410,3 +410,87 @@ pub fn topic_config(bs: &str, topic: &str) -> HashMap<String, String> {
         .filter_map(|e| e.value.map(|v| (e.name, v)))
         .collect()
 }
+
+/// A noida-db broker of one test's own (its own port and data dir), started and stopped with
+/// `scripts/broker.sh`: for tests that stop and restart the broker, which the shared one
+/// cannot do (other tests use it meanwhile). Stopped on drop (gracefully: a SIGKILLed
+/// noida-db loses its data).
+pub struct PrivateBroker {
+    /// Its bootstrap address.
+    pub bs: String,
+    port: u16,
+    data_dir: std::path::PathBuf,
+}
+
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+impl PrivateBroker {
+    /// Starts one on a free port. `None` (the test is skipped, with a printed reason) when
+    /// `KAFKA_BOOTSTRAP` names another cluster (its brokers cannot be restarted from here),
+    /// or, outside CI, when the broker cannot be started; under `CI=true` that fails loudly.
+    pub fn start(test: &str, data_dir: &std::path::Path) -> Option<Self> {
+        if let Ok(bs) = std::env::var("KAFKA_BOOTSTRAP") {
+            if !bs.starts_with("127.0.0.1:") && !bs.starts_with("localhost:") {
+                eprintln!("SKIPPED {test}: KAFKA_BOOTSTRAP={bs} names another cluster; this test restarts a local noida-db broker of its own");
+                return None;
+            }
+        }
+        let port = crate::chaos::free_port();
+        let b = Self {
+            bs: format!("127.0.0.1:{port}"),
+            port,
+            data_dir: data_dir.to_owned(),
+        };
+        if let Err(e) = b.script("up") {
+            if ci() {
+                panic!("{test}: could not start a private test broker and CI=true: {e}");
+            }
+            eprintln!("SKIPPED {test}: could not start a private test broker: {e}");
+            return None;
+        }
+        Some(b)
+    }
+
+    /// Stops it gracefully and waits until the server process exited (its data is kept).
+    pub fn down(&self) {
+        self.script("down").unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Starts it again on the same port and data dir; returns once it accepts connections.
+    pub fn up(&self) {
+        self.script("up").unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn script(&self, command: &str) -> Result<(), String> {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/broker.sh");
+        let out = std::process::Command::new("bash")
+            .arg(script)
+            .arg(command)
+            .env("BROKER_PORT", self.port.to_string())
+            .env("BROKER_DATA_DIR", &self.data_dir)
+            .env_remove("KAFKA_BOOTSTRAP")
+            .output()
+            .map_err(|e| format!("cannot run {script}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "`scripts/broker.sh {command}` (port {}, data dir {}) failed with {}: {}",
+                self.port,
+                self.data_dir.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        if let Err(e) = self.script("down") {
+            eprintln!("{e}");
+        }
+    }
+}

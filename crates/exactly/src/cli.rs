@@ -56,6 +56,11 @@ pub struct RunArgs {
     /// IDs: refuse to start (default), reprocess from the input's start, or skip to its end.
     #[arg(long, value_enum, env = "EXACTLY_OFFSET_RESET", default_value_t = OffsetResetArg::Fail)]
     pub offset_reset: OffsetResetArg,
+    /// Replicas of the internal topics the app creates (changelogs, repartition and
+    /// dead-letter topics); existing ones with fewer are refused (default 1; -1: the broker's
+    /// default).
+    #[arg(long, allow_negative_numbers = true)]
+    pub replication_factor: Option<i32>,
     /// Static group membership (`group.instance.id` per stream thread): a restarted instance
     /// gets its partitions back without a rebalance. `false`: every join and leave rebalances.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
@@ -131,6 +136,14 @@ impl RunArgs {
             OffsetResetArg::Earliest => OffsetReset::Earliest,
             OffsetResetArg::Latest => OffsetReset::Latest,
         };
+        if let Some(n) = self.replication_factor {
+            if n == 0 || n < -1 {
+                return Err(RuntimeError::Config(format!(
+                    "--replication-factor {n}: set it to a positive number of replicas, or -1 for the broker's default"
+                )));
+            }
+            app.config_mut().replication_factor = n;
+        }
         if let Some(n) = self.max_batch_records {
             app.config_mut().max_batch_records = n;
         }

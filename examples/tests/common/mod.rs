@@ -34,6 +34,11 @@ impl Setup {
         output_configs: &[(&str, &str)],
     ) -> Option<Self> {
         let bs = broker::require_broker(test)?;
+        Some(Self::on(bs, test, partitions, output_configs))
+    }
+
+    /// [`Setup::with_output_configs`] on the cluster at `bs` (a test's private broker).
+    pub fn on(bs: String, test: &str, partitions: i32, output_configs: &[(&str, &str)]) -> Self {
         let base = broker::unique_name(test);
         let s = Self {
             input: format!("{base}-in"),
@@ -50,7 +55,7 @@ impl Setup {
                 (&s.output, partitions, output_configs),
             ],
         );
-        Some(s)
+        s
     }
 
     pub fn changelog(&self) -> String {

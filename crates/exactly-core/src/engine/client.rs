@@ -306,6 +306,11 @@ pub trait StreamClients {
         isolation: Isolation,
     ) -> Result<(i64, i64), ClientError>;
 
+    /// The high watermark of an assigned input partition as the group consumer's last fetch
+    /// response reported it: no request, so that reporting lag never waits on the broker
+    /// while a transaction is open. `None` before the first fetch of the partition.
+    fn cached_high_watermark(&self, partition: &TopicPartition) -> Option<i64>;
+
     /// The protocol reached `step` (see [`Step`]).
     fn reached(&self, step: Step) -> Result<(), ClientError> {
         let _ = step;

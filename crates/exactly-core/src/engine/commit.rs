@@ -157,7 +157,8 @@ impl<F: ProcessorFactory> Engine<F> {
         clients: &C,
         tp: &TopicPartition,
         run: &[Record<'_>],
-    ) -> Result<(), Fault> {
+    ) -> Result<usize, Fault> {
+        let until = self.txn_time_bound();
         let slot = self.tasks.get_mut(tp).expect("the caller found the task");
         let mut writer = ClientWriter {
             clients,
@@ -168,7 +169,8 @@ impl<F: ProcessorFactory> Engine<F> {
         };
         let result = slot
             .task
-            .handle_batch(run, self.env.clock.as_ref(), &mut writer);
+            .handle_batch_until(run, self.env.clock.as_ref(), &mut writer, until);
+        let taken = *result.as_ref().unwrap_or(&run.len());
         let counters = slot.task.counters_mut().take();
         if let Txn::Open {
             records,
@@ -176,7 +178,7 @@ impl<F: ProcessorFactory> Engine<F> {
             ..
         } = &mut self.txn
         {
-            *records += run.len();
+            *records += taken;
             pending.entry(tp.topic.clone()).or_default().merge(counters);
         }
         result.map_err(|error| match writer.failure {
@@ -611,6 +613,7 @@ impl<F: ProcessorFactory> Engine<F> {
                 ClientErrorKind::Terminated => Err(EngineError::Terminated),
                 ClientErrorKind::ProducerFenced => self.on_producer_fenced(clients, e),
                 ClientErrorKind::FencedInstance => Err(self.zombie(clients, e)),
+                ClientErrorKind::Retriable => self.on_abort_unreachable(clients, e, reason),
                 _ => {
                     tracing::error!(thread = self.cfg.thread, error = %e, "abort failed: stopping the thread");
                     self.drop_tasks_unapplied();

@@ -96,14 +96,16 @@ pub struct Progress {
     pub restoring: usize,
 }
 
-/// Whether the engine is processing or checking for a newer process with its instance id.
+/// Whether the engine is processing or replacing its producer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Processing,
-    /// The producer was fenced at `since`: the tasks are dropped, and the group consumer is
-    /// polled for a fence of its own before a new producer is made.
+    /// The producer was fenced, or could not abort its transaction (no broker answered): the
+    /// tasks are dropped, and the group consumer is polled (a fence of its own shows a newer
+    /// process with this instance id) until `until`; then a new producer is made, whose
+    /// `init_transactions` ends the old producer's transaction, and the tasks restore.
     FenceCheck {
-        since: Duration,
+        until: Duration,
     },
 }
 
@@ -136,6 +138,9 @@ pub struct Engine<F: ProcessorFactory> {
     /// Assigned partitions whose task failed to open: when to try again, and how often it
     /// failed.
     open_retry: BTreeMap<TopicPartition, (Duration, u32)>,
+    /// When the restore consumer may be polled again after a failed poll, and how many
+    /// polls failed in a row.
+    restore_poll_retry: (Duration, u32),
     /// Number of seeks so far: a record polled before its partition's last seek is dropped.
     seeks: u64,
     consecutive_failures: u32,
@@ -177,6 +182,7 @@ impl<F: ProcessorFactory> Engine<F> {
             restore_assigned: BTreeMap::new(),
             restores: 0,
             open_retry: BTreeMap::new(),
+            restore_poll_retry: (Duration::ZERO, 0),
             seeks: 0,
             consecutive_failures: 0,
             fences_since_commit: 0,
@@ -212,8 +218,8 @@ impl<F: ProcessorFactory> Engine<F> {
         commit: bool,
     ) -> Result<Progress, EngineError> {
         self.progress = Progress::default();
-        if let Mode::FenceCheck { since } = self.mode {
-            self.fence_check(clients, since)?;
+        if let Mode::FenceCheck { until } = self.mode {
+            self.fence_check(clients, until)?;
         } else {
             // 1.-3. Poll, process, handle the rebalance.
             self.poll(clients)?;
@@ -327,8 +333,17 @@ impl<F: ProcessorFactory> Engine<F> {
                     continue;
                 }
                 if self.isolating.is_empty() {
-                    self.begin_if_needed(clients)?;
-                    self.handle_run(clients, &tp, run)?;
+                    let mut k = 0;
+                    while k < run.len() {
+                        self.begin_if_needed(clients)?;
+                        k += self.handle_run(clients, &tp, &run[k..])?;
+                        if k < run.len() {
+                            // The transaction reached its time bound mid-run: commit what it
+                            // holds, and go on in the next one.
+                            tracing::info!(thread = self.cfg.thread, task = %tp, left = run.len() - k, "the transaction reached half its timeout while processing: committing early");
+                            self.commit(clients)?;
+                        }
+                    }
                     continue;
                 }
                 // One input record per transaction (see `on_refused`).
@@ -343,6 +358,17 @@ impl<F: ProcessorFactory> Engine<F> {
             }
             Ok(())
         })
+    }
+
+    /// When the open transaction must stop taking records and commit: half its
+    /// `transaction.timeout.ms` after it began, which leaves the commit the other half before
+    /// the coordinator aborts it. (Records are taken one at a time past it: a processor that
+    /// retries with backoff can make one batch outlast the timeout.)
+    pub(crate) fn txn_time_bound(&self) -> Option<Duration> {
+        match &self.txn {
+            Txn::Idle => None,
+            Txn::Open { started, .. } => Some(*started + self.cfg.transaction_timeout / 2),
+        }
     }
 
     /// Whether the open transaction is due for a commit.

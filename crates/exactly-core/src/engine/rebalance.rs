@@ -148,17 +148,19 @@ impl<F: ProcessorFactory> Engine<F> {
         if let Err(e) = clients.pause(&assigned) {
             return self.recover(clients, Fault::Client(e));
         }
-        self.mode = Mode::FenceCheck { since: now };
+        self.mode = Mode::FenceCheck {
+            until: now + self.cfg.fence_check,
+        };
         Ok(())
     }
 
     /// One turn of the fence check: poll (dropping records: there are no tasks), handle
-    /// rebalances; once `fence_check` passed without the member being fenced, make a new
-    /// producer and open the tasks of the assignment again.
+    /// rebalances; once `until` passed without the member being fenced, make a new producer
+    /// (retried while no broker answers) and open the tasks of the assignment again.
     pub(crate) fn fence_check<C: StreamClients>(
         &mut self,
         clients: &C,
-        since: Duration,
+        until: Duration,
     ) -> Result<(), EngineError> {
         match clients.poll(1, FENCE_CHECK_POLL) {
             Ok(polled) => {
@@ -175,7 +177,7 @@ impl<F: ProcessorFactory> Engine<F> {
                 tracing::warn!(thread = self.cfg.thread, error = %e, "poll failed during the fence check");
             }
         }
-        if self.env.clock.monotonic().saturating_sub(since) < self.cfg.fence_check {
+        if self.env.clock.monotonic() < until {
             return Ok(());
         }
         match clients.reset_producer() {
@@ -190,7 +192,7 @@ impl<F: ProcessorFactory> Engine<F> {
         tracing::info!(
             thread = %self.cfg.transactional_id,
             tasks = self.assignment.len(),
-            "not a zombie: new producer ready; restoring the tasks"
+            "new producer ready (not a zombie); restoring the tasks"
         );
         self.mode = Mode::Processing;
         // Every task restores anew and so starts at its committed offset: the records the
@@ -200,6 +202,32 @@ impl<F: ProcessorFactory> Engine<F> {
             Ok(()) => Ok(()),
             Err(fault) => self.recover(clients, fault),
         }
+    }
+
+    /// The open transaction could not be aborted because no broker answered (a cluster
+    /// restart): nothing of it was committed, and it must never be. The tasks are dropped
+    /// without applying it, and a new producer is made as soon as the brokers answer: its
+    /// `init_transactions` aborts the old producer's transaction (or finds it timed out), and
+    /// the tasks restore from their changelogs and committed offsets. The group consumer is
+    /// polled meanwhile, as after a fence.
+    pub(crate) fn on_abort_unreachable<C: StreamClients>(
+        &mut self,
+        clients: &C,
+        e: ClientError,
+        reason: &'static str,
+    ) -> Result<(), EngineError> {
+        tracing::warn!(thread = %self.cfg.transactional_id, error = %e, "the open transaction could not be aborted (no broker answered): dropped this thread's tasks without applying it; a new producer ends it once the brokers answer, then the tasks restore");
+        self.env.observer.aborted(reason);
+        self.progress.aborted = Some(reason.to_owned());
+        self.drop_tasks_unapplied();
+        let assigned: Vec<TopicPartition> = self.assignment.iter().cloned().collect();
+        if let Err(e) = clients.pause(&assigned) {
+            return Err(self.client_stop(e));
+        }
+        self.mode = Mode::FenceCheck {
+            until: self.env.clock.monotonic(),
+        };
+        Ok(())
     }
 
     /// A newer member joined with this member's `group.instance.id`: this process is a zombie.

@@ -3,7 +3,7 @@
 
 use super::client::{Isolation, RecordBatch, StreamClients, TopicPartition};
 use super::error::Fault;
-use super::tasks::{Part, Phase, Slot};
+use super::tasks::{retry_wait, Part, Phase, Slot};
 use super::Engine;
 use crate::processor::ProcessorFactory;
 use std::collections::BTreeMap;
@@ -81,7 +81,24 @@ impl<F: ProcessorFactory> Engine<F> {
         if self.tasks.values().all(|s| s.is_running()) {
             return Ok(());
         }
-        let batch = clients.restore_poll(RESTORE_BATCH_RECORDS, RESTORE_POLL)?;
+        let now = self.env.clock.monotonic();
+        let (poll_at, failed_polls) = self.restore_poll_retry;
+        if now < poll_at {
+            return Ok(());
+        }
+        let batch = match clients.restore_poll(RESTORE_BATCH_RECORDS, RESTORE_POLL) {
+            Ok(batch) => {
+                self.restore_poll_retry = (Duration::ZERO, 0);
+                batch
+            }
+            Err(e) if e.kind == super::ClientErrorKind::Retriable => {
+                let wait = retry_wait(failed_polls + 1);
+                tracing::warn!(thread = self.cfg.thread, attempt = failed_polls + 1, retry_in_ms = wait.as_millis() as u64, error = %e, "reading the changelogs failed; the restores retry");
+                self.restore_poll_retry = (now + wait, failed_polls + 1);
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
         // Each task's records go to its own stores; one that fails does not keep the others
         // from theirs (the restore consumer has moved past all of them).
         let mut failed = Vec::new();
@@ -142,9 +159,31 @@ impl<F: ProcessorFactory> Engine<F> {
             .map(|(tp, _)| tp.clone())
             .collect();
         for tp in restoring {
-            self.check_restore(clients, &tp)?;
+            match self.check_restore(clients, &tp) {
+                Ok(()) => {}
+                // A request that may succeed later; a store that failed restores anew
+                // (through recovery), as before.
+                Err(Fault::Client(e)) if e.kind == super::ClientErrorKind::Retriable => {
+                    self.retry_restore_check(&tp, e)
+                }
+                Err(fault) => return Err(fault),
+            }
         }
         Ok(())
+    }
+
+    /// A restore's request failed transiently (a broker restarting, a request timed out):
+    /// only this task waits, with backoff, and checks again; the thread's other tasks and its
+    /// open transaction go on.
+    fn retry_restore_check(&mut self, tp: &TopicPartition, error: super::ClientError) {
+        let now = self.env.clock.monotonic();
+        let Some(Phase::Restoring(r)) = self.tasks.get_mut(tp).map(|s| &mut s.phase) else {
+            return;
+        };
+        let attempts = r.retry.map_or(0, |(_, n)| n) + 1;
+        let wait = retry_wait(attempts);
+        r.retry = Some((now + wait, attempts));
+        tracing::warn!(task = %tp, attempt = attempts, retry_in_ms = wait.as_millis() as u64, %error, "a request of the task's restore failed; retrying");
     }
 
     /// A task's restore failed: a store error restores the task anew (it opens again, with
@@ -178,6 +217,9 @@ impl<F: ProcessorFactory> Engine<F> {
         let Phase::Restoring(r) = &mut slot.phase else {
             return Ok(());
         };
+        if r.retry.is_some_and(|(at, _)| now < at) {
+            return Ok(());
+        }
         // The restore consumer's position counts only where it reads for this restore; no
         // position yet (nothing read, or not assigned yet): the part's start.
         let assigned = &self.restore_assigned;
@@ -209,7 +251,10 @@ impl<F: ProcessorFactory> Engine<F> {
             return Ok(());
         }
         r.last_check = Some(now);
-        match changelogs_at_end(clients, &slot.changelogs, tp.partition, &pos, &mut r.parts)? {
+        let at_end =
+            changelogs_at_end(clients, &slot.changelogs, tp.partition, &pos, &mut r.parts)?;
+        r.retry = None;
+        match at_end {
             AtEnd::Behind => return Ok(()),
             AtEnd::OpenTransaction { changelog, lso, hw } => {
                 // A predecessor's transaction on this changelog partition is still open. Its
@@ -315,8 +360,11 @@ impl<F: ProcessorFactory> Engine<F> {
             Err(e) if e.is_terminated() => Err(e.into()),
             // It must not run from anywhere but its committed offset: restore anew.
             Err(e) => {
-                tracing::warn!(task = %tp, error = %e, "could not move the restored task to its committed offset; it restores anew");
+                let attempts = self.open_retry.get(tp).map_or(0, |(_, n)| *n) + 1;
+                let wait = retry_wait(attempts);
+                tracing::warn!(task = %tp, error = %e, attempt = attempts, retry_in_ms = wait.as_millis() as u64, "could not move the restored task to its committed offset; it restores anew");
                 self.restart_task(tp);
+                self.open_retry.insert(tp.clone(), (now + wait, attempts));
                 Ok(())
             }
         }

@@ -59,6 +59,9 @@ pub(crate) struct Restore {
     pub(crate) parts: Vec<Part>,
     pub(crate) last_check: Option<Duration>,
     pub(crate) last_wait_log: Duration,
+    /// After a request of this restore failed transiently: when it is checked again, and how
+    /// many checks failed in a row.
+    pub(crate) retry: Option<(Duration, u32)>,
 }
 
 impl Restore {
@@ -79,8 +82,15 @@ impl Restore {
             parts,
             last_check: None,
             last_wait_log: now,
+            retry: None,
         }
     }
+}
+
+/// How long the `attempts`-th retry in a row of a failed task open or restore request waits:
+/// 100 ms doubling up to 5 s.
+pub(crate) fn retry_wait(attempts: u32) -> Duration {
+    Duration::from_millis((50u64 << attempts.min(7)).min(5_000))
 }
 
 fn store_fault(task: &TaskId, e: StoreError) -> Fault {
@@ -226,7 +236,7 @@ impl<F: ProcessorFactory> Engine<F> {
                 }
                 Err(fault) if fault.is_transient() => {
                     let attempts = self.open_retry.get(&tp).map_or(0, |(_, n)| *n) + 1;
-                    let wait = Duration::from_millis((50u64 << attempts.min(7)).min(5_000));
+                    let wait = retry_wait(attempts);
                     tracing::warn!(task = %tp, attempt = attempts, retry_in_ms = wait.as_millis() as u64, error = ?fault, "could not open the task; retrying");
                     self.open_retry.insert(tp, (now + wait, attempts));
                 }
@@ -296,7 +306,7 @@ impl<F: ProcessorFactory> Engine<F> {
     /// Lag and store sizes of the running tasks.
     pub(crate) fn report<C: StreamClients>(&self, clients: &C) {
         for (tp, slot) in self.tasks.iter().filter(|(_, s)| s.is_running()) {
-            if let Ok((_, high)) = clients.watermarks(tp, Isolation::ReadUncommitted) {
+            if let Some(high) = clients.cached_high_watermark(tp) {
                 let committed = slot.task.committed_offset().unwrap_or(0);
                 self.env
                     .observer

@@ -3,6 +3,7 @@
 use super::*;
 use std::borrow::Cow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
 
 /// How one record's processing ended.
 enum Attempt {
@@ -23,6 +24,22 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         clock: &dyn Clock,
         writer: &mut dyn TxnWriter,
     ) -> Result<(), TaskError> {
+        self.handle_batch_until(records, clock, writer, None)
+            .map(|_| ())
+    }
+
+    /// [`handle_batch`](Self::handle_batch) that stops before the next record once the
+    /// monotonic clock reached `until` (the transaction's time bound: a processor that retries
+    /// with backoff can make a batch outlast the transaction timeout). At least one record is
+    /// handled. Returns how many of `records` were taken (handled or dropped as stale); the
+    /// rest must be handed again, in a later transaction.
+    pub fn handle_batch_until(
+        &mut self,
+        records: &[Record<'_>],
+        clock: &dyn Clock,
+        writer: &mut dyn TxnWriter,
+        until: Option<Duration>,
+    ) -> Result<usize, TaskError> {
         if self.state != TaskState::Running {
             return Err(self.wrong_state("handle_batch"));
         }
@@ -33,11 +50,13 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         self.counters.stale += stale as u64;
         let records = &records[stale..];
         if records.is_empty() {
-            return Ok(());
+            return Ok(stale);
         }
         if let Some(repartition) = &self.repartition {
             let repartition = repartition.clone();
-            return self.forward_batch(&repartition, records, writer);
+            return self
+                .forward_batch(&repartition, records, writer)
+                .map(|()| stale + records.len());
         }
         let ids: Vec<Result<Cow<'_, [u8]>, InvalidId>> =
             records.iter().map(|r| self.config.ids.id_of(r)).collect();
@@ -66,6 +85,9 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         }
 
         for (i, record) in records.iter().enumerate() {
+            if i > 0 && until.is_some_and(|u| clock.monotonic() >= u) {
+                return Ok(stale + i);
+            }
             self.counters.consumed += 1;
             writer.source(record.offset);
             match &ids[i] {
@@ -86,7 +108,7 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
             }
             self.pending_offset = Some(record.offset + 1);
         }
-        Ok(())
+        Ok(stale + records.len())
     }
 
     /// Applies the ID policy to a record without a valid ID: dead-letters it (`Ok(false)`),

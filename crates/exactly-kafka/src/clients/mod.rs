@@ -480,6 +480,24 @@ impl StreamClients for KafkaClients {
             .map_err(read("reading watermarks"))
     }
 
+    fn cached_high_watermark(&self, tp: &TopicPartition) -> Option<i64> {
+        let topic = std::ffi::CString::new(&*tp.topic).ok()?;
+        let (mut low, mut high) = (-1_i64, -1_i64);
+        // SAFETY: the handle is the group consumer's, alive as long as `self`; the call only
+        // reads the partition's watermarks cached from its last fetch response (no request).
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                topic.as_ptr(),
+                tp.partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+            .then_some(high)
+    }
+
     fn reached(&self, step: Step) -> Result<(), ClientError> {
         failpoint::hit(match step {
             Step::BeforeSend => failpoint::Point::BeforeSend,

@@ -141,6 +141,7 @@ fn client_error(during: &'static str, e: SimError) -> ClientError {
         SimError::FencedInstance(_) => ClientErrorKind::FencedInstance,
         SimError::UnknownTopic(_) => ClientErrorKind::UnknownTopic,
         SimError::Rejected(_) => ClientErrorKind::Rejected,
+        SimError::Unreachable(_) => ClientErrorKind::Retriable,
     };
     ClientError::new(kind, during, e)
 }
@@ -227,6 +228,21 @@ impl SimClients {
         out
     }
 
+    /// [`op`](Self::op) for a request to a broker: it fails retriably while no broker
+    /// answers ([`SimCluster::outage`]).
+    fn request<T>(
+        &self,
+        during: &'static str,
+        f: impl FnOnce(&mut SimCluster, &mut State) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        self.op(during, |c, s| {
+            if !c.reachable() {
+                return Err(client_error(during, SimError::Unreachable(during)));
+            }
+            f(c, s)
+        })
+    }
+
     fn producer_ok(s: &State, during: &'static str) -> Result<(), ClientError> {
         if s.producer_fenced {
             return Err(ClientError::new(
@@ -288,6 +304,13 @@ impl StreamClients for SimClients {
     fn poll(&self, max: usize, _timeout: Duration) -> Result<Polled<SimBatch>, ClientError> {
         let group = self.cfg.group.clone();
         self.op("poll", |c, s| {
+            if !c.reachable() {
+                // librdkafka logs the transport errors; the poll returns nothing.
+                return Ok(Polled {
+                    records: SimBatch::default(),
+                    event: None,
+                });
+            }
             if s.fenced {
                 return Err(client_error(
                     "poll",
@@ -403,7 +426,7 @@ impl StreamClients for SimClients {
     }
 
     fn committed(&self, partitions: &[TopicPartition]) -> Result<Vec<Option<i64>>, ClientError> {
-        self.op("committed", |c, _| {
+        self.request("committed", |c, _| {
             let keys: Vec<(String, i32)> = partitions.iter().map(tp_key).collect();
             c.committed(&self.cfg.group, &keys, true)
                 .map_err(|e| client_error("committed", e))
@@ -411,7 +434,7 @@ impl StreamClients for SimClients {
     }
 
     fn commit_offsets(&self, offsets: &[(TopicPartition, i64)]) -> Result<(), ClientError> {
-        self.op("commit_offsets", |c, s| {
+        self.request("commit_offsets", |c, s| {
             let meta = c.member_metadata(&self.cfg.group, s.member);
             let list: Vec<(String, i32, i64)> = offsets
                 .iter()
@@ -507,7 +530,7 @@ impl StreamClients for SimClients {
         offsets: &[(TopicPartition, i64)],
     ) -> Result<(), ClientError> {
         let txn_id = self.cfg.transactional_id.clone();
-        self.op("send_offsets_to_transaction", |c, s| {
+        self.request("send_offsets_to_transaction", |c, s| {
             Self::producer_ok(s, "send_offsets_to_transaction")?;
             if let Some(failed) = &s.delivery_failed {
                 return Err(failed.clone());
@@ -528,7 +551,7 @@ impl StreamClients for SimClients {
 
     fn commit_transaction(&self) -> Result<Delivered, ClientError> {
         let txn_id = self.cfg.transactional_id.clone();
-        self.op("commit_transaction", |c, s| {
+        self.request("commit_transaction", |c, s| {
             Self::producer_ok(s, "commit_transaction")?;
             if let Some(failed) = &s.delivery_failed {
                 return Err(failed.clone());
@@ -547,7 +570,7 @@ impl StreamClients for SimClients {
 
     fn abort_transaction(&self) -> Result<(), ClientError> {
         let txn_id = self.cfg.transactional_id.clone();
-        self.op("abort_transaction", |c, s| {
+        self.request("abort_transaction", |c, s| {
             Self::producer_ok(s, "abort_transaction")?;
             s.end_txn();
             c.abort(&txn_id, s.epoch).map_err(|e| {
@@ -560,7 +583,7 @@ impl StreamClients for SimClients {
     }
 
     fn flush(&self) -> Result<Delivered, ClientError> {
-        self.op("flush", |_, s| {
+        self.request("flush", |_, s| {
             if let Some(failed) = s.delivery_failed.take() {
                 s.end_txn();
                 return Err(failed);
@@ -571,7 +594,7 @@ impl StreamClients for SimClients {
 
     fn reset_producer(&self) -> Result<(), ClientError> {
         let txn_id = self.cfg.transactional_id.clone();
-        self.op("reset_producer", |c, s| {
+        self.request("reset_producer", |c, s| {
             s.epoch = c.init_transactions(&txn_id);
             s.producer_fenced = false;
             s.end_txn();
@@ -596,6 +619,9 @@ impl StreamClients for SimClients {
     fn restore_poll(&self, max: usize, _timeout: Duration) -> Result<SimBatch, ClientError> {
         self.op("restore_poll", |c, s| {
             let mut out = SimBatch::default();
+            if !c.reachable() {
+                return Ok(out);
+            }
             let mut budget = max;
             for (tp, pos) in s.restore.iter_mut() {
                 if budget == 0 {
@@ -622,7 +648,7 @@ impl StreamClients for SimClients {
         tp: &TopicPartition,
         isolation: Isolation,
     ) -> Result<(i64, i64), ClientError> {
-        self.op("watermarks", |c, _| {
+        self.request("watermarks", |c, _| {
             c.expire_transactions();
             match c.take_fault(Request::ListOffsets) {
                 None => {}
@@ -648,6 +674,11 @@ impl StreamClients for SimClients {
             };
             Ok((log.start(), end))
         })
+    }
+
+    fn cached_high_watermark(&self, tp: &TopicPartition) -> Option<i64> {
+        let c = lock(&self.cluster);
+        c.log(&tp.topic, tp.partition).map(|l| l.end())
     }
 
     fn reached(&self, step: Step) -> Result<(), ClientError> {

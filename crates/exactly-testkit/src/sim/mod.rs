@@ -69,6 +69,9 @@ pub enum SimError {
     /// The broker refused a record for good (MESSAGE_TOO_LARGE, INVALID_RECORD).
     #[error("{0}")]
     Rejected(String),
+    /// No broker answers (an outage, a restart): the request timed out. Retriable.
+    #[error("{0}: all brokers down (request timed out)")]
+    Unreachable(&'static str),
 }
 
 /// The requests a fault can hit.
@@ -110,12 +113,23 @@ pub struct Fault {
     pub request: Request,
     /// What happens to it.
     pub kind: FaultKind,
+    /// Matching requests that pass before the one it hits.
+    pub skip: u32,
 }
 
 impl Fault {
     /// A fault of `kind` on the next `request`.
     pub fn new(request: Request, kind: FaultKind) -> Self {
-        Self { request, kind }
+        Self {
+            request,
+            kind,
+            skip: 0,
+        }
+    }
+
+    /// The same fault on the request after the next `n` matching ones.
+    pub fn after(self, n: u32) -> Self {
+        Self { skip: n, ..self }
     }
 }
 
@@ -161,6 +175,8 @@ pub struct SimCluster {
     next_member: u64,
     faults: VecDeque<Fault>,
     default_partitions: i32,
+    /// Until when (cluster time, ms) no broker answers.
+    down_until_ms: i64,
 }
 
 impl std::fmt::Debug for SimCluster {
@@ -194,6 +210,7 @@ impl SimCluster {
             next_member: 1,
             faults: VecDeque::new(),
             default_partitions: default_partitions.max(1),
+            down_until_ms: 0,
         }
     }
 
@@ -243,8 +260,28 @@ impl SimCluster {
         self.faults.clear();
     }
 
+    /// No broker answers for the next `ms` (a restart of the cluster, an outage): every
+    /// request fails retriably as if timed out (committed offsets, watermarks, the
+    /// transaction's offsets, commit and abort, `init_transactions`), polls return nothing and
+    /// no group event. Sends are queued by the client and reach the log (uncommitted records of
+    /// the open transaction, which cannot commit meanwhile). The coordinator's clocks go on:
+    /// transactions time out, and a member's session is judged by its process as before, so
+    /// keep outages shorter than the session timeout.
+    pub fn outage(&mut self, ms: i64) {
+        self.down_until_ms = self.now_ms() + ms;
+    }
+
+    /// Whether the brokers answer (no [`outage`](Self::outage) now).
+    pub fn reachable(&self) -> bool {
+        self.now_ms() >= self.down_until_ms
+    }
+
     pub(crate) fn take_fault(&mut self, request: Request) -> Option<FaultKind> {
         let i = self.faults.iter().position(|f| f.request == request)?;
+        if self.faults[i].skip > 0 {
+            self.faults[i].skip -= 1;
+            return None;
+        }
         self.faults.remove(i).map(|f| f.kind)
     }
 

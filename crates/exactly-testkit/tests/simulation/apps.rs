@@ -4,6 +4,8 @@ use exactly_core::state::{Bincode, TypedStore};
 use exactly_core::{Context, Output, ProcessError, Processor, Record, StoreSpec, TaskId};
 use exactly_testkit::SimRecord;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// What an input carries.
 #[derive(Debug, Clone)]
@@ -35,11 +37,37 @@ pub const STORE: &str = "totals";
 pub struct SimApp {
     kind: AppKind,
     totals: TypedStore<String, u64, Bincode>,
+    flaky: Arc<Flaky>,
+}
+
+/// Makes the processor ask for a retry (`ProcessError::Retry`) of each message ID's first
+/// `retries` attempts (0: never), over all tasks and restarts: the task backs off between them
+/// (sleeping on the simulated clock).
+#[derive(Default)]
+pub struct Flaky {
+    pub retries: AtomicU32,
+    attempts: Mutex<HashMap<Vec<u8>, u32>>,
+}
+
+impl Flaky {
+    fn retry(&self, id: &[u8]) -> bool {
+        let retries = self.retries.load(Ordering::Relaxed);
+        if retries == 0 {
+            return false;
+        }
+        let mut attempts = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = attempts.entry(id.to_vec()).or_default();
+        *n += 1;
+        *n <= retries
+    }
 }
 
 impl Processor for SimApp {
     fn process(&mut self, r: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
         let id = ctx.message_id().unwrap_or_default().to_vec();
+        if self.flaky.retry(&id) {
+            return Err(ProcessError::retry("the simulated sink is slow; try again"));
+        }
         let key = r.key.unwrap_or_default().to_vec();
         let value: u64 = std::str::from_utf8(r.value.unwrap_or_default())
             .ok()
@@ -74,10 +102,11 @@ impl Processor for SimApp {
 
 pub type Factory = Box<dyn Fn(&TaskId) -> SimApp + Send + Sync>;
 
-pub fn factory(kind: AppKind) -> Factory {
+pub fn factory(kind: AppKind, flaky: Arc<Flaky>) -> Factory {
     Box::new(move |_: &TaskId| SimApp {
         kind,
         totals: TypedStore::new(STORE),
+        flaky: flaky.clone(),
     })
 }
 

@@ -3,7 +3,8 @@
 //! inputs, SIGKILLs at every step of the protocol (any client call or store write, or a named
 //! step), restarts, members joining and leaving, SIGSTOPs between turns and in the middle of a
 //! turn, zombies replaced by the same instance id or taken over by others after their session
-//! expired, transaction timeouts, request faults, compaction and damaged state directories.
+//! expired, transaction timeouts, request faults, broker outages (no broker answers for up to
+//! 20 s), compaction and damaged state directories.
 //! After the chaos every instance runs until the input is consumed; the oracle then counts per
 //! message ID in the read_committed output (0 duplicates, 0 losses) and, for the stateful app,
 //! compares each key's emitted totals with a sequential run over the unique IDs.
@@ -229,7 +230,13 @@ fn chaos(world: &world::Shared, setup: &Setup) {
                 w.start(i);
             }
         }
-        86..=89 => lock_world(world).inject_fault(),
+        86..=88 => lock_world(world).inject_fault(),
+        89 => {
+            // A cluster restart: no broker answers for up to 20 s (under the session timeout).
+            let mut w = lock_world(world);
+            let ms = w.rng.gen_range(500..20_000);
+            w.outage(ms);
+        }
         90..=91 => lock_world(world).compact(),
         92..=94 => lock_world(world).resume_zombies(),
         _ => {

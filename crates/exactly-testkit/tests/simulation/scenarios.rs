@@ -12,7 +12,17 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 fn world(kind: AppKind, partitions: i32, instances: usize) -> Shared {
-    let setup = Setup {
+    world_with(kind, partitions, instances, |_| {})
+}
+
+/// [`world`] with `change` applied to its setup.
+fn world_with(
+    kind: AppKind,
+    partitions: i32,
+    instances: usize,
+    change: impl FnOnce(&mut Setup),
+) -> Shared {
+    let mut setup = Setup {
         kind,
         partitions,
         instances,
@@ -25,6 +35,7 @@ fn world(kind: AppKind, partitions: i32, instances: usize) -> Shared {
         commit_interval_ms: 2_000,
         poison_rate: 0.0,
     };
+    change(&mut setup);
     let rng = rand::rngs::StdRng::seed_from_u64(7);
     Arc::new(Mutex::new(World::new(rng, setup)))
 }
@@ -552,4 +563,147 @@ fn offsets_that_stay_retriable_abort_before_the_transaction_times_out_not_after(
         "aborted in time, more than once: {}",
         g.tally.aborts.load(Ordering::Relaxed)
     );
+}
+
+/// A request of a task's restore that fails transiently (a broker restarting, a request that
+/// timed out) makes only that task wait and check again, with backoff: the thread's open
+/// transaction goes on and commits. (It used to be handled like a failed commit: the open
+/// transaction of the thread's running tasks was aborted, and the thread slept.)
+#[test]
+fn a_failed_restore_request_retries_that_task_without_aborting_the_open_transaction() {
+    // Dynamic membership: the instance that shuts down leaves the group at once, so the other
+    // gets its partition while its own transaction is still open.
+    let w = world_with(AppKind::Fanout, 2, 2, |s| s.static_membership = false);
+    {
+        let mut g = lock_world(&w);
+        g.start(0);
+        g.start(1);
+    }
+    // Both instances turn until each runs one task.
+    for _ in 0..500 {
+        let done = {
+            let g = lock_world(&w);
+            (0..2).all(|i| g.tasks(i, 0).iter().filter(|t| t.1).count() == 1)
+        };
+        if done {
+            break;
+        }
+        lock_world(&w).advance(10);
+        step(&w, Who::Instance(0, 0), None);
+        step(&w, Who::Instance(1, 0), None);
+    }
+    let own = lock_world(&w).tasks(0, 0);
+    assert_eq!(own.len(), 1, "instance 0 runs one task: {own:?}");
+    lock_world(&w).produce(40);
+    step(&w, Who::Instance(0, 0), None);
+    {
+        let mut g = lock_world(&w);
+        assert!(g.transaction_open(0, 0), "instance 0 holds a transaction");
+        g.shutdown(1);
+        // The first watermark request (the restore's plan) passes; the restore's check of the
+        // changelog's end fails.
+        g.inject(Fault::new(Request::ListOffsets, FaultKind::Retriable).after(1));
+    }
+    let mut turns = 0;
+    while lock_world(&w).cluster().pending_faults() > 0 {
+        turns += 1;
+        assert!(turns < 100, "the restore's request was never made");
+        lock_world(&w).advance(10);
+        step(&w, Who::Instance(0, 0), None);
+    }
+    {
+        let g = lock_world(&w);
+        assert_eq!(g.tally.aborts.load(Ordering::Relaxed), 0, "nothing aborted");
+        assert!(
+            g.transaction_open(0, 0),
+            "the open transaction goes on after the restore's failed request"
+        );
+        assert_eq!(
+            g.tasks(0, 0).iter().filter(|t| !t.1).count(),
+            1,
+            "the new task restores on: {:?}",
+            g.tasks(0, 0)
+        );
+    }
+    run_until_tasks(&w, 0, &[0, 1]);
+    finish(&w);
+    assert_eq!(lock_world(&w).tally.aborts.load(Ordering::Relaxed), 0);
+}
+
+/// No broker answers for 20 s (a cluster restart) while a transaction is open: its commit
+/// cannot be made and its abort cannot be sent, and the coordinator times it out meanwhile.
+/// The thread drops its tasks without applying the transaction, makes a new producer once the
+/// brokers answer, restores and goes on: the instance never stops, the output is exact. (A
+/// failed abort used to stop the thread: "abort failed: stopping the thread".)
+#[test]
+fn a_broker_outage_with_a_transaction_open_stops_nothing_and_loses_nothing() {
+    let w = world(AppKind::Fanout, 2, 1);
+    open_transaction(&w, 0, 12);
+    lock_world(&w).outage(20_000);
+    // Through the outage: the commit falls due, its offsets fail until the abort deadline,
+    // the abort fails, the tasks are dropped.
+    let mut dropped = false;
+    while !lock_world(&w).cluster().reachable() {
+        lock_world(&w).advance(25);
+        step(&w, Who::Instance(0, 0), None);
+        let g = lock_world(&w);
+        assert!(g.is_running(0), "the instance runs through the outage");
+        assert!(g.failures.is_empty(), "failures: {:?}", g.failures);
+        dropped |= g.tasks(0, 0).is_empty();
+    }
+    {
+        let g = lock_world(&w);
+        assert!(dropped, "the tasks were dropped while no broker answered");
+        assert_eq!(g.outputs().len(), 0, "nothing committed during the outage");
+        assert_eq!(g.tally.aborts.load(Ordering::Relaxed), 1);
+    }
+    finish(&w);
+    let g = lock_world(&w);
+    assert!(g.is_running(0));
+    assert_eq!(
+        g.tally.aborts.load(Ordering::Relaxed),
+        1,
+        "the open transaction, dropped once"
+    );
+}
+
+/// A processor that retries with backoff (a slow sink: each ID's first 4 attempts ask for a
+/// retry, 150 ms of backoff per new record) makes one polled batch of 60 records take longer
+/// than the 5 s transaction timeout. The thread stops taking records at half the timeout,
+/// commits what the transaction holds, and goes on in the next one: no transaction outlives
+/// its timeout. (It used to process the whole batch in one transaction: the coordinator
+/// aborted it and fenced the producer, and the batch was processed again.)
+#[test]
+fn a_batch_slower_than_the_transaction_timeout_commits_early_instead_of_being_aborted() {
+    let w = world(AppKind::Fanout, 2, 1);
+    {
+        let mut g = lock_world(&w);
+        g.start(0);
+    }
+    run_until_tasks(&w, 0, &[0, 1]);
+    {
+        let mut g = lock_world(&w);
+        g.flaky.retries.store(4, Ordering::Relaxed);
+        g.produce(60);
+    }
+    let started = lock_world(&w).now_ms();
+    step(&w, Who::Instance(0, 0), None);
+    {
+        let g = lock_world(&w);
+        let took = g.now_ms() - started;
+        assert!(
+            took > 5_000,
+            "the batch outlasts the transaction timeout: {took} ms"
+        );
+        assert_eq!(g.tally.fences.load(Ordering::Relaxed), 0, "never fenced");
+        assert_eq!(g.tally.aborts.load(Ordering::Relaxed), 0, "nothing aborted");
+        let committed = g.tally.commits.load(Ordering::Relaxed) as i64;
+        assert!(
+            committed >= took / 2_500 - 1 && committed >= 2,
+            "{took} ms of processing in transactions of at most 2.5 s: {committed} commits"
+        );
+    }
+    finish(&w);
+    let g = lock_world(&w);
+    assert_eq!(g.tally.fences.load(Ordering::Relaxed), 0);
 }

@@ -157,6 +157,8 @@ pub struct World {
     cluster: SharedCluster,
     engine: Arc<EngineConfig>,
     factory: Arc<Factory>,
+    /// The processor's retries per message ID (see [`apps::Flaky`]).
+    pub flaky: Arc<apps::Flaky>,
     instances: Vec<Instance>,
     /// Processes that lived on when their instance started a newer one (`None` once
     /// promoted back or gone).
@@ -242,9 +244,11 @@ impl World {
                 starts: 0,
             })
             .collect();
+        let flaky = Arc::new(apps::Flaky::default());
         Self {
             rng,
-            factory: Arc::new(apps::factory(setup.kind)),
+            factory: Arc::new(apps::factory(setup.kind, flaky.clone())),
+            flaky,
             setup,
             clock,
             cluster: Arc::new(Mutex::new(cluster)),
@@ -291,6 +295,11 @@ impl World {
 
     pub fn cluster(&self) -> MutexGuard<'_, SimCluster> {
         lock(&self.cluster)
+    }
+
+    /// The simulated wall clock, in ms.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     pub fn advance(&mut self, ms: u64) {
@@ -581,6 +590,12 @@ impl World {
         ][self.rng.gen_range(0..3)];
         self.cluster().inject(Fault::new(request, kind));
         self.note(format!("fault {kind:?} on the next {request:?}"));
+    }
+
+    /// No broker answers for `ms` (a cluster restart): see [`SimCluster::outage`].
+    pub fn outage(&mut self, ms: i64) {
+        self.cluster().outage(ms);
+        self.note(format!("broker outage of {ms} ms"));
     }
 
     pub fn compact(&mut self) {
