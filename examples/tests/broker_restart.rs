@@ -117,59 +117,33 @@ fn instances_running_and_restoring_through_broker_restarts_keep_running_and_outp
 /// means the broker hides records of a transaction whose offsets it committed (seen on the
 /// local broker after a restart under open transactions).
 fn diagnose(s: &Setup, missing: &[String]) {
-    use rdkafka::config::ClientConfig;
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::{Headers, Message};
-    let read = |topic: &str, iso: &str| -> Vec<(i32, i64, String)> {
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &s.bs)
-            .set("group.id", broker::unique_name("diag"))
-            .set("isolation.level", iso)
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        c.subscribe(&[topic]).unwrap();
-        let mut out = Vec::new();
-        let mut idle = 0;
-        while idle < 30 {
-            match c.poll(Duration::from_millis(100)) {
-                Some(Ok(m)) => {
-                    idle = 0;
-                    let id = m
-                        .headers()
-                        .and_then(|h| {
-                            h.iter().find(|x| x.key == "message-id").and_then(|x| {
-                                x.value.map(|v| String::from_utf8_lossy(v).into_owned())
-                            })
-                        })
-                        .or_else(|| m.key().map(|k| String::from_utf8_lossy(k).into_owned()))
-                        .unwrap_or_default();
-                    out.push((m.partition(), m.offset(), id));
-                }
-                _ => idle += 1,
-            }
-        }
-        out
+    let missing: std::collections::HashSet<&String> = missing.iter().collect();
+    // Outputs carry the ID in a header, changelog records as their key.
+    let id = |r: &broker::ReadRecord| {
+        r.id().or_else(|| {
+            r.key
+                .as_deref()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+        })
     };
-    let set: std::collections::HashSet<&String> = missing.iter().collect();
-    for (topic, iso) in [
-        (&s.output, "read_uncommitted"),
-        (&s.output, "read_committed"),
-        (&s.changelog(), "read_uncommitted"),
-        (&s.changelog(), "read_committed"),
-        (&s.input, "read_uncommitted"),
-    ] {
-        let recs = read(topic, iso);
-        let hits: Vec<_> = recs.iter().filter(|r| set.contains(&r.2)).collect();
-        eprintln!(
-            "DIAG {topic} {iso}: {} records, {} of {} missing IDs found, first {:?}",
-            recs.len(),
-            hits.len(),
-            missing.len(),
-            hits.first()
-        );
+    for topic in [&s.output, &s.changelog()] {
+        for (isolation, records) in [
+            ("read_uncommitted", broker::read_uncommitted(&s.bs, topic)),
+            ("read_committed", broker::read_committed(&s.bs, topic)),
+        ] {
+            let hits: Vec<_> = records
+                .iter()
+                .filter(|r| id(r).is_some_and(|i| missing.contains(&i)))
+                .collect();
+            eprintln!(
+                "{topic} {isolation}: {} records, {} of the {} missing IDs, the first at {:?}",
+                records.len(),
+                hits.len(),
+                missing.len(),
+                hits.first().map(|r| (r.partition, r.offset))
+            );
+        }
     }
     let committed = broker::committed_offsets(&s.bs, &s.app, &s.input, s.partitions);
-    eprintln!("DIAG committed {committed:?} ends {:?}", s.ends());
+    eprintln!("committed offsets {committed:?}, input ends {:?}", s.ends());
 }

@@ -255,10 +255,30 @@ pub fn read_committed_with(
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<ReadRecord>, String> {
+    read_all(base, topic, "read_committed", timeout)
+}
+
+/// Reads every record of `topic`, of aborted and open transactions too, up to the current
+/// high watermark of each partition (to see what a read_committed reader does not).
+pub fn read_uncommitted(bs: &str, topic: &str) -> Vec<ReadRecord> {
+    let mut base = ClientConfig::new();
+    base.set("bootstrap.servers", bs);
+    read_all(&base, topic, "read_uncommitted", Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Every record of `topic` a consumer with `isolation` (`isolation.level`) sees, up to the end
+/// it reports for each partition when the read starts.
+fn read_all(
+    base: &ClientConfig,
+    topic: &str,
+    isolation: &str,
+    timeout: Duration,
+) -> Result<Vec<ReadRecord>, String> {
     let consumer: BaseConsumer = base
         .clone()
         .set("group.id", unique_name("reader"))
-        .set("isolation.level", "read_committed")
+        .set("isolation.level", isolation)
         .set("enable.auto.commit", "false")
         .set("receive.message.max.bytes", "1000000000")
         .create()
@@ -321,7 +341,7 @@ pub fn read_committed_with(
                     timestamp: m.timestamp().to_millis(),
                 });
             }
-            Some(Err(e)) => eprintln!("read_committed {topic}: {e}"),
+            Some(Err(e)) => eprintln!("{isolation} {topic}: {e}"),
             None => {}
         }
     }
