@@ -71,8 +71,17 @@ fn the_same_id_on_two_partitions_is_processed_once_with_the_global_scope() {
     let (first, second) = originals.split_at(unique / 2);
     produce(&s.bs, &s.input, first);
     produce(&s.bs, &s.input, &resends[..resends.len() / 2]);
-    // One instance and no faults: see the module docs on what the test broker cannot do.
-    let mut app = [s.forward("0", &["--dedup-scope", "global"])];
+    // One instance and no faults: see the module docs on what the test broker cannot do. No
+    // purge while it runs (the test reads every forwarded record below); its stop purges.
+    let mut app = [s.forward(
+        "0",
+        &[
+            "--dedup-scope",
+            "global",
+            "--repartition-purge-interval-ms",
+            "3600000",
+        ],
+    )];
     app[0].start();
     produce(&s.bs, &s.input, second);
     produce(&s.bs, &s.input, &resends[resends.len() / 2..]);
@@ -94,6 +103,13 @@ fn the_same_id_on_two_partitions_is_processed_once_with_the_global_scope() {
         &mut app,
     );
     stop_all(&mut app);
+    // The graceful stop deleted every repartition record stage 2 had committed past.
+    let committed = broker::committed_offsets(&s.bs, &s.app, &repartition, PARTITIONS);
+    assert_eq!(
+        broker::start_offsets(&s.bs, &repartition, PARTITIONS),
+        committed,
+        "purged up to the committed offsets at the stop"
+    );
 
     let v = s.verify();
     println!(
@@ -118,6 +134,63 @@ fn the_same_id_on_two_partitions_is_processed_once_with_the_global_scope() {
             "{id}"
         );
     }
+    broker::delete_topics(
+        &s.bs,
+        &[
+            &repartition,
+            &format!("{}-{}-dedup-changelog", s.app, repartition),
+        ],
+    );
+}
+
+/// While it runs, stage 2 deletes the repartition records it committed past (every 500 ms
+/// here): the repartition topic's log start reaches the group's committed offsets with the
+/// app still running, and the output is exact.
+#[test]
+fn a_running_app_purges_the_repartition_records_it_committed_past() {
+    let Some(s) = Setup::new("global-purge", PARTITIONS) else {
+        return;
+    };
+    let unique = 1_000;
+    let (originals, resends) = messages(unique);
+    produce(&s.bs, &s.input, &originals);
+    produce(&s.bs, &s.input, &resends);
+    let mut app = [s.forward(
+        "0",
+        &[
+            "--dedup-scope",
+            "global",
+            "--repartition-purge-interval-ms",
+            "500",
+        ],
+    )];
+    app[0].start();
+    s.wait_caught_up(&mut app);
+    let repartition = format!("{}-{}-by-id", s.app, s.input);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (committed, starts) = loop {
+        let committed = broker::committed_offsets(&s.bs, &s.app, &repartition, PARTITIONS);
+        let starts = broker::start_offsets(&s.bs, &repartition, PARTITIONS);
+        let total: i64 = committed.values().sum();
+        if total > 0 && starts == committed {
+            break (committed, starts);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no purge within 60 s: log starts {starts:?}, committed {committed:?}"
+        );
+        if let Some(status) = app[0].exited() {
+            panic!("the app exited ({status}):\n{}", app[0].log_tail(40));
+        }
+        // Polling the broker's state: the purge is the app's, on its own interval.
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(app[0].exited().is_none(), "purged while running");
+    stop_all(&mut app);
+    println!("global scope purge: repartition log starts {starts:?} = committed {committed:?}");
+    let v = s.verify();
+    assert_eq!(v.inputs, unique + resends.len());
+    assert_exact(&v, unique);
     broker::delete_topics(
         &s.bs,
         &[

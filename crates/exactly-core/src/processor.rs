@@ -3,6 +3,7 @@
 use crate::error::ProcessError;
 use crate::record::{Output, Record, TaskId};
 use crate::state::{StateStore, TaskStores};
+use std::time::Duration;
 
 /// Application logic, one instance per task (input partition).
 ///
@@ -98,13 +99,32 @@ impl<'a> InitContext<'a> {
 pub struct FlushContext<'a> {
     pub(crate) task: &'a TaskId,
     pub(crate) next_offset: Option<i64>,
+    pub(crate) time_left: Option<Duration>,
 }
 
 impl<'a> FlushContext<'a> {
     /// A context for `task` whose open transaction commits the input up to `next_offset`
-    /// (used by runtimes and tests).
+    /// (used by runtimes and tests), with no time limit.
     pub fn new(task: &'a TaskId, next_offset: Option<i64>) -> Self {
-        Self { task, next_offset }
+        Self {
+            task,
+            next_offset,
+            time_left: None,
+        }
+    }
+    /// This context, for a transaction that must be ended within `time_left`.
+    pub fn with_time_left(mut self, time_left: Option<Duration>) -> Self {
+        self.time_left = time_left;
+        self
+    }
+    /// How long the flush may take: the time until the runtime must end the open
+    /// transaction (four fifths of `transaction.timeout.ms` after it began, so that its
+    /// abort still reaches the coordinator), or `None` without such a limit (at-least-once).
+    /// A sink bounds its retries and waits by it; a flush that fails when it runs out makes
+    /// the transaction abort and its records come again, where a longer one would have the
+    /// coordinator abort it and fence the producer.
+    pub fn time_left(&self) -> Option<Duration> {
+        self.time_left
     }
     /// The task being flushed.
     pub fn task(&self) -> &TaskId {

@@ -128,7 +128,7 @@ fn records_go_to_their_ids_partition_with_everything_kept() {
     assert_eq!(task.offset_to_commit(), Some(13));
     assert_eq!(task.counters_mut().repartitioned, 3);
     assert_eq!(task.staged_ids(), 0, "no dedup in stage 1");
-    task.flush().unwrap();
+    task.flush(None).unwrap();
     task.on_committed(&|_| None).unwrap();
     assert_eq!(task.committed_offset(), Some(13));
 }

@@ -44,6 +44,10 @@ pub struct RuntimeConfig {
     pub task: TaskConfig,
     /// Dedup within a partition (default) or across an input topic's partitions.
     pub dedup_scope: DedupScope,
+    /// With the global scope: how often each stream thread deletes the repartition records
+    /// its tasks committed past (default 30 s, as Kafka Streams'
+    /// `repartition.purge.interval.ms`); a graceful stop purges once more.
+    pub repartition_purge_interval: Duration,
     /// Create the dead-letter topic if it is missing.
     pub create_dead_letter_topic: bool,
     /// Replication factor for internal topics the runtime creates.
@@ -87,6 +91,7 @@ impl std::fmt::Debug for RuntimeConfig {
             static_membership,
             task,
             dedup_scope,
+            repartition_purge_interval,
             create_dead_letter_topic,
             replication_factor,
             transaction_timeout,
@@ -123,6 +128,7 @@ impl std::fmt::Debug for RuntimeConfig {
             .field("static_membership", static_membership)
             .field("task", task)
             .field("dedup_scope", dedup_scope)
+            .field("repartition_purge_interval", repartition_purge_interval)
             .field("create_dead_letter_topic", create_dead_letter_topic)
             .field("replication_factor", replication_factor)
             .field("transaction_timeout", transaction_timeout)
@@ -154,6 +160,7 @@ impl RuntimeConfig {
             static_membership: true,
             task: TaskConfig::default(),
             dedup_scope: DedupScope::Partition,
+            repartition_purge_interval: Duration::from_secs(30),
             create_dead_letter_topic: true,
             replication_factor: 1,
             transaction_timeout: Duration::from_secs(10),

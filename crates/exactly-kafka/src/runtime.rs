@@ -75,6 +75,9 @@ fn validate(config: &RuntimeConfig) -> Result<(), RuntimeError> {
     if config.commit_interval.is_zero() {
         return bad("`commit_interval_ms` must be at least 1");
     }
+    if config.repartition_purge_interval.is_zero() {
+        return bad("the repartition purge interval must be at least 1 ms");
+    }
     if config.task.dedup_retention_ms <= 0 {
         return bad("`dedup.retention_ms` must be positive");
     }

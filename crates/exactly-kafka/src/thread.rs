@@ -43,6 +43,7 @@ fn engine_config(
     e.transactional_id = config.transactional_id(thread);
     e.guarantee = config.guarantee;
     e.dedup_scope = config.dedup_scope;
+    e.purge_interval = config.repartition_purge_interval;
     e.input_partitions = partitions.clone();
     e.commit_interval = config.commit_interval;
     e.max_batch_records = config.max_batch_records;

@@ -185,9 +185,10 @@ fn check_and_create(
                 check_replication(topic, shapes[topic], config)?;
                 check_topic_config(admin, Internal::Repartition, topic, Some(&dedup_retention), config)?;
             }
-            // Kept for the dedup retention: an app stopped for longer loses the records it
-            // had forwarded but not processed yet (docs/state.md).
-            None => to_create.push((topic.clone(), want, Cleanup::Delete(dedup_retention.clone()))),
+            // Kept until read: the tasks reading it delete what they committed past
+            // (DeleteRecords every `purge_interval`), as Kafka Streams does, so a stage 2
+            // stopped for longer than any retention loses nothing (docs/state.md).
+            None => to_create.push((topic.clone(), want, Cleanup::Delete("-1".to_owned()))),
         }
     }
     for (input, changelog, retention) in &changelogs {

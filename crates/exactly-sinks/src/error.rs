@@ -22,6 +22,14 @@ pub enum SinkError {
     /// The application's effect failed for good (it said so).
     #[error("effect failed: {0}")]
     Effect(String),
+    /// The flush ran out of the time the Kafka transaction had left
+    /// ([`FlushContext::time_left`](exactly_core::FlushContext::time_left)): the transaction
+    /// aborts and its records come again; the dedup table skips what applied meanwhile.
+    #[error("the sink's flush did not finish within the {time_left_ms} ms the Kafka transaction had left; the transaction aborts and is retried")]
+    OutOfTime {
+        /// The time the flush had, in ms.
+        time_left_ms: u64,
+    },
     /// A staged effect has no message ID to deduplicate it by.
     #[error("record at offset {offset} has no message ID; a sink effect needs one (set the ID policy to `dead-letter` or `fail`)")]
     MissingId {
@@ -37,7 +45,7 @@ impl SinkError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Postgres(e) => postgres_is_transient(e),
-            Self::Pool(_) => true,
+            Self::Pool(_) | Self::OutOfTime { .. } => true,
             Self::Redis(e) => {
                 e.is_io_error()
                     || e.is_connection_dropped()

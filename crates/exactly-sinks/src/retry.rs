@@ -5,10 +5,11 @@ use std::time::Duration;
 /// How a sink retries a transient error (connection lost, deadlock, serialization failure)
 /// before it gives up and lets the runtime abort and redeliver the Kafka transaction.
 ///
-/// Keep the total well below the Kafka `transaction.timeout.ms` (10 s by default in exactly):
-/// the Kafka transaction stays open while the sink retries. Going over is still safe (the
-/// broker aborts, the records are redelivered, the dedup table skips what was applied), only
-/// wasteful.
+/// The Kafka transaction stays open while the sink retries, so a flush also stops at the
+/// time the transaction has left (`FlushContext::time_left`): no retry starts that would end
+/// after it, and an attempt still running then is cancelled. The transaction then aborts and
+/// its records come again (the dedup table skips what was applied), instead of the
+/// coordinator timing it out and fencing the producer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SinkRetry {
     /// Attempts in total, the first included (1 = no retry).

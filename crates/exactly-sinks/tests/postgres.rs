@@ -119,6 +119,54 @@ fn a_failed_effect_rolls_back_its_ids_and_is_reported_as_permanent() {
     t.assert_exact(&all);
 }
 
+/// A database that stalls longer than the Kafka transaction has left: the flush is cancelled
+/// when that time runs out, applies nothing, and fails transiently (the runtime aborts the
+/// Kafka transaction before the coordinator times it out). The next flush applies the batch
+/// once, on a working connection.
+#[test]
+fn a_flush_that_outlasts_the_transactions_time_left_is_cancelled_and_applies_nothing() {
+    let Some(url) = require_postgres("pg_time_left") else {
+        return;
+    };
+    let t = Tables::new(&url, "pg_time_left");
+    let metrics = SinkMetrics::unregistered();
+    let sink = t.sink_with(t.config("app"), metrics.clone());
+    let all = payments(30, 4);
+    let mut ledger = t.ledger();
+    ledger.stall_secs = Some(5.0);
+    let mut batch = PgBatch::new(sink, "payments");
+    stage(&mut batch, &all);
+    let started = std::time::Instant::now();
+    let err = batch
+        .flush_within(&mut ledger, Some(std::time::Duration::from_millis(400)))
+        .expect_err("the stalled flush runs out of time");
+    let took = started.elapsed();
+    assert!(
+        matches!(err, SinkError::OutOfTime { time_left_ms: 400 }),
+        "{err}"
+    );
+    assert!(err.is_transient());
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "cancelled when the time ran out, not after the stall: {took:?}"
+    );
+    assert_eq!(
+        counter(&metrics, "retries"),
+        0,
+        "no retry past the time left"
+    );
+    assert_eq!(counter(&metrics, "failures"), 1);
+    assert_eq!(t.recorded_ids("app"), 0, "nothing recorded");
+    assert!(t.rows_per_id().is_empty(), "nothing applied");
+    assert_eq!(batch.len(), 30, "the batch keeps its effects");
+
+    let report = batch
+        .flush_within(&mut ledger, Some(std::time::Duration::from_secs(10)))
+        .expect("the next flush");
+    assert_eq!((report.new_ids, report.applied_effects), (30, 30));
+    t.assert_exact(&all);
+}
+
 #[test]
 fn connection_dropped_mid_transaction_is_retried_on_a_new_connection() {
     let Some(url) = require_postgres("pg_conn_dropped") else {
@@ -200,6 +248,7 @@ fn driver(t: &Tables, sink: exactly_sinks::PgSink) -> TestDriver<Factory> {
                 ledger: ledger.clone(),
                 balances: balances.clone(),
                 fail_next: None,
+                stall_secs: None,
                 applies: 0,
             }),
         )

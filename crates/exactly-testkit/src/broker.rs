@@ -374,8 +374,23 @@ pub fn committed_offsets(bs: &str, group: &str, topic: &str, partitions: i32) ->
         .collect()
 }
 
+/// Log start offsets (low watermarks) of every partition of `topic`: where retention or
+/// DeleteRecords moved them.
+pub fn start_offsets(bs: &str, topic: &str, partitions: i32) -> HashMap<i32, i64> {
+    watermark_of(bs, topic, partitions, |(low, _)| low)
+}
+
 /// High watermarks of every partition of `topic`.
 pub fn end_offsets(bs: &str, topic: &str, partitions: i32) -> HashMap<i32, i64> {
+    watermark_of(bs, topic, partitions, |(_, high)| high)
+}
+
+fn watermark_of(
+    bs: &str,
+    topic: &str,
+    partitions: i32,
+    pick: fn((i64, i64)) -> i64,
+) -> HashMap<i32, i64> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bs)
         .set("isolation.level", "read_uncommitted")
@@ -385,10 +400,11 @@ pub fn end_offsets(bs: &str, topic: &str, partitions: i32) -> HashMap<i32, i64> 
         .map(|p| {
             (
                 p,
-                consumer
-                    .fetch_watermarks(topic, p, Duration::from_secs(10))
-                    .expect("watermarks")
-                    .1,
+                pick(
+                    consumer
+                        .fetch_watermarks(topic, p, Duration::from_secs(10))
+                        .expect("watermarks"),
+                ),
             )
         })
         .collect()

@@ -23,6 +23,8 @@ struct External {
     /// The next `fail_flushes` flushes fail with this error before touching anything.
     fail_flushes: u32,
     fail_with: Option<ProcessError>,
+    /// What each flush was told of its transaction's time left.
+    time_left: Vec<Option<std::time::Duration>>,
 }
 
 type Shared = Arc<Mutex<External>>;
@@ -46,6 +48,7 @@ impl Processor for SinkProcessor {
     fn flush(&mut self, ctx: &mut FlushContext<'_>) -> Result<(), ProcessError> {
         let mut ext = self.external.lock().expect("external lock");
         ext.flushes += 1;
+        ext.time_left.push(ctx.time_left());
         if ext.fail_flushes > 0 {
             ext.fail_flushes -= 1;
             return Err(ext
@@ -130,6 +133,25 @@ fn flush_runs_before_every_commit_and_each_effect_applies_once() {
     // Every commit flushed both tasks first.
     assert_eq!(u64::from(ext.flushes), 2 * d.stats().commits);
     assert_eq!(d.stats().duplicates_dropped, 7);
+}
+
+/// A flush is told how long its transaction has left: until four fifths of the driver's 60 s
+/// `transaction.timeout.ms` after it began (the driver's clock does not move within a step).
+#[test]
+fn each_flush_is_told_the_time_its_transaction_has_left() {
+    let (mut d, external) = driver(2, 5);
+    pipe_payments(&mut d, 20);
+    d.run_until_idle().unwrap();
+    let ext = external.lock().unwrap();
+    assert_eq!(ext.time_left.len(), ext.flushes as usize);
+    assert!(ext.flushes > 0);
+    assert!(
+        ext.time_left
+            .iter()
+            .all(|t| *t == Some(std::time::Duration::from_secs(48))),
+        "{:?}",
+        ext.time_left
+    );
 }
 
 #[test]

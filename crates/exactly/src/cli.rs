@@ -46,6 +46,10 @@ pub struct RunArgs {
     /// repartitioned by message ID first; docs/state.md).
     #[arg(long, value_enum, default_value_t = DedupScopeArg::Partition)]
     pub dedup_scope: DedupScopeArg,
+    /// With `--dedup-scope global`: how often the repartition records the tasks committed past
+    /// are deleted, in milliseconds (as Kafka Streams' `repartition.purge.interval.ms`).
+    #[arg(long, default_value_t = 30_000)]
+    pub repartition_purge_interval_ms: u64,
     /// Where a trusted dedup store's restore starts reading its changelog: its checkpoint
     /// (only the tail), or the changelog's start (for the local test broker, whose
     /// read_committed fetches after an aborted transaction skip records; its scripts set it).
@@ -127,6 +131,8 @@ impl RunArgs {
             });
         app.config_mut().startup_timeout = Duration::from_millis(self.startup_timeout_ms);
         app.config_mut().static_membership = self.static_membership;
+        app.config_mut().repartition_purge_interval =
+            Duration::from_millis(self.repartition_purge_interval_ms);
         app.config_mut().restore_from = match self.restore_from {
             RestoreFromArg::Checkpoint => RestoreFrom::Checkpoint,
             RestoreFromArg::Start => RestoreFrom::Start,

@@ -160,6 +160,10 @@ pub struct DedupSection {
     pub retention_ms: Option<u64>,
     /// `partition` (default) or `global` (repartition by message ID first).
     pub scope: Option<String>,
+    /// With `global`: how often the repartition records stage 2 committed past are deleted,
+    /// in milliseconds (default 30000).
+    #[serde(deserialize_with = "millis")]
+    pub repartition_purge_interval_ms: Option<u64>,
 }
 
 /// The `[dead_letter]` section.
@@ -440,6 +444,7 @@ const KEYS: &[KeySpec] = &[
     key("errors.retry_max_backoff_ms", Kind::Int, NON_NEGATIVE),
     key("dedup.retention_ms", Kind::Int, POSITIVE),
     key("dedup.scope", Kind::Str, "set it to \"partition\" or \"global\""),
+    key("dedup.repartition_purge_interval_ms", Kind::Int, POSITIVE),
     key("dead_letter.topic", Kind::Str, "set it to a topic name"),
     key("dead_letter.enabled", Kind::Bool, BOOL),
     key("dead_letter.create", Kind::Bool, BOOL),
@@ -850,6 +855,10 @@ impl Checker<'_> {
                 ],
             )?;
         }
+        if let Some(ms) = file.dedup.repartition_purge_interval_ms {
+            runtime.repartition_purge_interval =
+                Duration::from_millis(self.positive("dedup.repartition_purge_interval_ms", ms)?);
+        }
         let metrics_addr = file
             .metrics_addr
             .map(|addr| {
@@ -1202,6 +1211,10 @@ pub fn redacted(config: &RuntimeConfig) -> String {
                 DedupScope::Partition => "partition",
                 DedupScope::Global => "global",
             })
+        ),
+        format!(
+            "repartition_purge_interval_ms = {}",
+            config.repartition_purge_interval.as_millis()
         ),
         String::new(),
         "[dead_letter]".to_owned(),

@@ -65,6 +65,7 @@ startup_timeout_ms, replication_factor, block_cache_bytes, write_buffer_bytes, i
 ids.max_len, ids.on_invalid, errors.on_error, errors.on_production_error, \
 errors.production_attempts, errors.retry_max_attempts, \
 errors.retry_initial_backoff_ms, errors.retry_max_backoff_ms, dedup.retention_ms, dedup.scope, \
+dedup.repartition_purge_interval_ms, \
 dead_letter.topic, dead_letter.enabled, dead_letter.create, kafka.<librdkafka property>";
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -623,6 +624,7 @@ retry_max_backoff_ms = 1000
 [dedup]
 retention_ms = 604800000
 scope = "partition"
+repartition_purge_interval_ms = 30000
 
 [dead_letter]
 enabled = true

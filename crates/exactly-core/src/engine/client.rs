@@ -251,9 +251,13 @@ pub trait StreamClients {
     /// returned after it.
     fn seek(&self, partition: &TopicPartition, to: SeekTo) -> Result<(), ClientError>;
     /// The group's committed offsets of `partitions` (`None`: none committed). A stable read:
-    /// it waits for, or fails retriably while, an open transaction holds offsets for one of
-    /// them (KIP-447).
-    fn committed(&self, partitions: &[TopicPartition]) -> Result<Vec<Option<i64>>, ClientError>;
+    /// while an open transaction holds offsets for one of them (KIP-447), or no broker
+    /// answers, it waits, at most `within`, and then fails retriably.
+    fn committed(
+        &self,
+        partitions: &[TopicPartition],
+        within: Duration,
+    ) -> Result<Vec<Option<i64>>, ClientError>;
     /// Commits consumer offsets outside any transaction (at-least-once mode).
     fn commit_offsets(&self, offsets: &[(TopicPartition, i64)]) -> Result<(), ClientError>;
     /// Whether the group took this member's assignment away (its offsets would be refused).
@@ -265,8 +269,17 @@ pub trait StreamClients {
     fn begin_transaction(&self) -> Result<(), ClientError>;
     /// Sends a record (in the open transaction, if one is open). `seq` numbers the sends of a
     /// transaction (or at-least-once batch) from 0: an error about this record, now or when
-    /// the transaction commits, carries it as [`ClientError::record`].
-    fn send(&self, kind: RecordKind, record: &Output, seq: u64) -> Result<(), ClientError>;
+    /// the transaction commits, carries it as [`ClientError::record`]. While the producer's
+    /// local queue is full (the brokers take records slower than they come, or none answers)
+    /// it waits for room at most `within`, and then fails as
+    /// [`Abortable`](ClientErrorKind::Abortable).
+    fn send(
+        &self,
+        kind: RecordKind,
+        record: &Output,
+        seq: u64,
+        within: Duration,
+    ) -> Result<(), ClientError>;
     /// Adds consumer offsets to the open transaction, with the group consumer's metadata
     /// (member id, generation: KIP-447).
     fn send_offsets_to_transaction(
@@ -274,8 +287,11 @@ pub trait StreamClients {
         offsets: &[(TopicPartition, i64)],
     ) -> Result<(), ClientError>;
     /// Commits the open transaction, after every record was delivered; returns what the
-    /// delivery reports said.
-    fn commit_transaction(&self) -> Result<Delivered, ClientError>;
+    /// delivery reports said. It waits for the deliveries at most `within`: records still
+    /// undelivered then fail the call as [`Abortable`](ClientErrorKind::Abortable), before the
+    /// commit is requested (nothing is committed). A [`Retriable`](ClientErrorKind::Retriable)
+    /// failure means the commit was requested and its outcome is not known yet.
+    fn commit_transaction(&self, within: Duration) -> Result<Delivered, ClientError>;
     /// Aborts the open transaction (its records are discarded by read_committed readers).
     fn abort_transaction(&self) -> Result<(), ClientError>;
     /// Waits until every record sent is delivered (at-least-once mode).
@@ -299,12 +315,22 @@ pub trait StreamClients {
     ) -> Result<Self::ChangelogRecords<'_>, ClientError>;
     /// The restore consumer's position in a changelog partition, once it reads it.
     fn restore_position(&self, partition: &TopicPartition) -> Option<i64>;
-    /// The (low, end) offsets of a partition; the end per `isolation`.
+    /// The (low, end) offsets of a partition; the end per `isolation`. Waits for an answer at
+    /// most `within`.
     fn watermarks(
         &self,
         partition: &TopicPartition,
         isolation: Isolation,
+        within: Duration,
     ) -> Result<(i64, i64), ClientError>;
+
+    /// Deletes the records of each partition before its offset (DeleteRecords: the log start
+    /// moves there), waiting for the answer at most `within`.
+    fn delete_records(
+        &self,
+        offsets: &[(TopicPartition, i64)],
+        within: Duration,
+    ) -> Result<(), ClientError>;
 
     /// The high watermark of an assigned input partition as the group consumer's last fetch
     /// response reported it: no request, so that reporting lag never waits on the broker

@@ -4,6 +4,7 @@
 use super::client::{ClientError, ClientErrorKind, Step, StreamClients, TopicPartition};
 use super::error::{EngineError, Fault};
 use super::Engine;
+use crate::clock::Clock;
 use crate::error::{ErrorPolicy, TaskError};
 use crate::processor::ProcessorFactory;
 use crate::record::{Output, Record, RecordKind};
@@ -104,6 +105,10 @@ impl Origins {
 /// tell a fenced producer from a full queue or a refused record.
 struct ClientWriter<'c, C: StreamClients> {
     clients: &'c C,
+    clock: &'c dyn Clock,
+    /// When a send must stop waiting for room in the producer's queue (monotonic): the
+    /// transaction's deadline (exactly-once).
+    deadline: Option<Duration>,
     task: &'c TopicPartition,
     origins: &'c mut Origins,
     source: Option<i64>,
@@ -113,7 +118,10 @@ struct ClientWriter<'c, C: StreamClients> {
 impl<C: StreamClients> TxnWriter for ClientWriter<'_, C> {
     fn send(&mut self, kind: RecordKind, record: &Output) -> Result<(), String> {
         let seq = self.origins.next(self.task, self.source.take());
-        self.clients.send(kind, record, seq).map_err(|e| {
+        let within = self.deadline.map_or(super::REQUEST_WAIT, |d| {
+            d.saturating_sub(self.clock.monotonic())
+        });
+        self.clients.send(kind, record, seq, within).map_err(|e| {
             let message = e.to_string();
             self.failure = Some(e);
             message
@@ -159,9 +167,16 @@ impl<F: ProcessorFactory> Engine<F> {
         run: &[Record<'_>],
     ) -> Result<usize, Fault> {
         let until = self.txn_time_bound();
+        let deadline = if self.cfg.exactly_once() {
+            self.txn_deadline()
+        } else {
+            None
+        };
         let slot = self.tasks.get_mut(tp).expect("the caller found the task");
         let mut writer = ClientWriter {
             clients,
+            clock: self.env.clock.as_ref(),
+            deadline,
             task: tp,
             origins: &mut self.origins,
             source: None,
@@ -213,8 +228,15 @@ impl<F: ProcessorFactory> Engine<F> {
             return Ok(());
         }
         // 1.
+        let deadline = self
+            .cfg
+            .exactly_once()
+            .then(|| self.txn_deadline())
+            .flatten();
+        let clock = self.env.clock.clone();
         for (tp, slot) in self.tasks.iter_mut().filter(|(_, s)| s.is_running()) {
-            slot.task.flush().map_err(|error| Fault::Task {
+            let time_left = deadline.map(|d| d.saturating_sub(clock.monotonic()));
+            slot.task.flush(time_left).map_err(|error| Fault::Task {
                 task: tp.clone(),
                 error,
             })?;
@@ -254,8 +276,10 @@ impl<F: ProcessorFactory> Engine<F> {
                     })?;
             }
             clients.reached(Step::DuringCommit)?;
+            // Deliveries are awaited until the transaction's deadline at most: the abort
+            // that follows a failed wait still reaches the coordinator in time.
             self.retrying(started + self.cfg.txn_retry_limit, || {
-                clients.commit_transaction()
+                clients.commit_transaction(self.wait_until(self.txn_deadline()))
             })
             .map_err(|e| match e.kind {
                 ClientErrorKind::Retriable => Fault::OutcomeUnknown(e),
@@ -273,6 +297,9 @@ impl<F: ProcessorFactory> Engine<F> {
         };
         self.consecutive_failures = 0;
         self.fences_since_commit = 0;
+        if self.cfg.exactly_once() {
+            self.note_committed(&offsets);
+        }
         for (tp, next) in &offsets {
             if self.refused.get(tp).is_some_and(|r| r.offset < *next) {
                 self.refused.remove(tp);
@@ -311,11 +338,12 @@ impl<F: ProcessorFactory> Engine<F> {
         // 7.
         if !self.cfg.exactly_once() && !offsets.is_empty() {
             // A crash before this line re-delivers records whose IDs the stores now hold.
-            if let Err(e) = clients.commit_offsets(&offsets) {
-                if e.is_terminated() {
-                    return Err(e.into());
+            match clients.commit_offsets(&offsets) {
+                Ok(()) => self.note_committed(&offsets),
+                Err(e) if e.is_terminated() => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(thread = self.cfg.thread, error = %e, "offset commit failed; the next commit covers these records");
                 }
-                tracing::warn!(thread = self.cfg.thread, error = %e, "offset commit failed; the next commit covers these records");
             }
         }
         Ok(())

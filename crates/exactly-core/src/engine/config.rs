@@ -95,6 +95,10 @@ pub struct EngineConfig {
     pub txn_retry_limit: Duration,
     /// How often running tasks expire IDs (and state entries) older than their retention.
     pub expiry_interval: Duration,
+    /// How often the records of repartition topics (global dedup scope) that the tasks
+    /// reading them have committed past are deleted (DeleteRecords; Kafka Streams'
+    /// `repartition.purge.interval.ms`).
+    pub purge_interval: Duration,
     /// Where a trusted dedup store's restore starts (state stores are always replayed from
     /// the start of their changelogs).
     pub restore_from: RestoreFrom,
@@ -124,6 +128,7 @@ impl EngineConfig {
             fence_check: Duration::from_secs(7),
             txn_retry_limit: Duration::from_secs(60),
             expiry_interval: Duration::from_secs(60),
+            purge_interval: Duration::from_secs(30),
             restore_from: RestoreFrom::Checkpoint,
             offset_reset: OffsetReset::Fail,
             task: Arc::new(TaskConfig::default()),
@@ -154,6 +159,16 @@ impl EngineConfig {
                 .map(|s| crate::state::state_changelog_topic(&self.app_id, topic, &s.name)),
         );
         out
+    }
+
+    /// Whether `topic` is a repartition topic of this app (read by stage 2 of the global
+    /// dedup scope).
+    pub fn is_repartition_topic(&self, topic: &str) -> bool {
+        self.dedup_scope == DedupScope::Global
+            && self
+                .inputs
+                .iter()
+                .any(|i| repartition_topic(&self.app_id, i) == topic)
     }
 
     /// Whether tasks of `topic` repartition (stage 1 of the global dedup scope).

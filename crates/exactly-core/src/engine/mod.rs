@@ -56,6 +56,11 @@ use tasks::Slot;
 const POLL_WAIT: Duration = Duration::from_millis(20);
 /// How often lag and store sizes are reported.
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest a client call waits when no open transaction bounds it.
+const REQUEST_WAIT: Duration = Duration::from_secs(30);
+/// How long a purge of repartition records waits for its answer (between transactions; the
+/// next interval tries again).
+const PURGE_WAIT: Duration = Duration::from_secs(2);
 
 /// What the engine needs besides its clients: where processors, stores, time and metrics come
 /// from.
@@ -148,6 +153,10 @@ pub struct Engine<F: ProcessorFactory> {
     fences_since_commit: usize,
     last_expiry: Duration,
     last_report: Duration,
+    /// Per repartition partition, the offset its task committed that its records are to be
+    /// deleted up to; deleted every `purge_interval`.
+    purge: BTreeMap<TopicPartition, i64>,
+    last_purge: Duration,
     /// The progress of the current `run_once`.
     progress: Progress,
 }
@@ -188,6 +197,8 @@ impl<F: ProcessorFactory> Engine<F> {
             fences_since_commit: 0,
             last_expiry: now,
             last_report: now,
+            purge: BTreeMap::new(),
+            last_purge: now,
             progress: Progress::default(),
         }
     }
@@ -371,6 +382,27 @@ impl<F: ProcessorFactory> Engine<F> {
         }
     }
 
+    /// How long a client call made now may wait: until `until` (monotonic; `None`: no bound
+    /// but [`REQUEST_WAIT`]), at most [`REQUEST_WAIT`].
+    pub(crate) fn wait_until(&self, until: Option<Duration>) -> Duration {
+        until.map_or(REQUEST_WAIT, |until| {
+            until
+                .saturating_sub(self.env.clock.monotonic())
+                .min(REQUEST_WAIT)
+        })
+    }
+
+    /// How long a request of a task's open or restore may wait now. Inside an open
+    /// transaction: until its time bound, and at most one commit interval, since the running
+    /// tasks wait meanwhile (the restore asks again at its next step). Otherwise
+    /// [`REQUEST_WAIT`].
+    pub(crate) fn restore_wait(&self) -> Duration {
+        match self.txn_time_bound() {
+            None => REQUEST_WAIT,
+            Some(bound) => self.wait_until(Some(bound)).min(self.cfg.commit_interval),
+        }
+    }
+
     /// Whether the open transaction is due for a commit.
     fn commit_due(&self) -> bool {
         match &self.txn {
@@ -397,13 +429,64 @@ impl<F: ProcessorFactory> Engine<F> {
             self.last_expiry = now;
             self.expire_now();
         }
+        if matches!(self.txn, Txn::Idle)
+            && !self.purge.is_empty()
+            && now.saturating_sub(self.last_purge) >= self.cfg.purge_interval
+        {
+            self.last_purge = now;
+            self.purge_repartition_records(clients);
+        }
     }
 
-    /// Ends the thread's work: commits the open transaction (aborts it if that fails) and
-    /// closes the tasks; their stores keep their files.
+    /// Deletes the repartition records the tasks reading them committed past (Kafka Streams'
+    /// purge after commit): the repartition topic never holds more than its readers lag
+    /// behind, and its records need no retention that a lagging reader could outrun. Only
+    /// committed offsets are purged up to, so every owner of a partition, now or later,
+    /// starts at or after the log start. A failure is logged and the next interval tries
+    /// again.
+    fn purge_repartition_records<C: StreamClients>(&mut self, clients: &C) {
+        let offsets: Vec<(TopicPartition, i64)> =
+            std::mem::take(&mut self.purge).into_iter().collect();
+        match clients.delete_records(&offsets, PURGE_WAIT) {
+            Ok(()) => {
+                tracing::debug!(
+                    thread = self.cfg.thread,
+                    partitions = offsets.len(),
+                    "repartition records purged up to the committed offsets"
+                );
+            }
+            Err(e) if e.is_terminated() => {}
+            Err(e) => {
+                tracing::warn!(thread = self.cfg.thread, error = %e, "could not delete repartition records the tasks committed past; trying again in the next purge interval");
+                for (tp, offset) in offsets {
+                    let entry = self.purge.entry(tp).or_insert(offset);
+                    *entry = (*entry).max(offset);
+                }
+            }
+        }
+    }
+
+    /// Notes offsets that committed: records of repartition topics before them are purged.
+    fn note_committed(&mut self, offsets: &[(TopicPartition, i64)]) {
+        for (tp, offset) in offsets {
+            if self.cfg.is_repartition_topic(&tp.topic) {
+                let entry = self.purge.entry(tp.clone()).or_insert(*offset);
+                *entry = (*entry).max(*offset);
+            }
+        }
+    }
+
+    /// Ends the thread's work: commits the open transaction (aborts it if that fails), purges
+    /// the repartition records committed past (global scope), and closes the tasks; their
+    /// stores keep their files.
     pub fn shutdown<C: StreamClients>(&mut self, clients: &C) -> Result<(), EngineError> {
         self.report_ready(false);
         let ended = self.end_transaction(clients, "shutdown");
+        if ended.is_ok() && !self.purge.is_empty() {
+            // What the last transactions committed past, so a stopped app leaves no read
+            // repartition records behind.
+            self.purge_repartition_records(clients);
+        }
         self.close_all();
         ended
     }

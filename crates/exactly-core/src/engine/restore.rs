@@ -213,6 +213,10 @@ impl<F: ProcessorFactory> Engine<F> {
     ) -> Result<(), Fault> {
         let now = self.env.clock.monotonic();
         let observer = self.env.observer.clone();
+        // This check's requests wait at most until then, together.
+        let wait_end = now + self.restore_wait();
+        let clock = self.env.clock.clone();
+        let within = move || wait_end.saturating_sub(clock.monotonic());
         let slot = self.tasks.get_mut(tp).expect("listed by the caller");
         let Phase::Restoring(r) = &mut slot.phase else {
             return Ok(());
@@ -251,8 +255,14 @@ impl<F: ProcessorFactory> Engine<F> {
             return Ok(());
         }
         r.last_check = Some(now);
-        let at_end =
-            changelogs_at_end(clients, &slot.changelogs, tp.partition, &pos, &mut r.parts)?;
+        let at_end = changelogs_at_end(
+            clients,
+            &slot.changelogs,
+            tp.partition,
+            &pos,
+            &mut r.parts,
+            &within,
+        )?;
         r.retry = None;
         match at_end {
             AtEnd::Behind => return Ok(()),
@@ -271,7 +281,7 @@ impl<F: ProcessorFactory> Engine<F> {
         // `committed()` waits for a predecessor's transaction that holds offsets for this
         // partition (KIP-447), and that transaction wrote its changelog records before it
         // committed. If an end moved, the stores are not complete for those offsets yet.
-        let offset = match clients.committed(std::slice::from_ref(tp)) {
+        let offset = match clients.committed(std::slice::from_ref(tp), within()) {
             Ok(offsets) => offsets.into_iter().next().flatten(),
             // Pending transactional offsets (a stable read not possible yet): try again.
             Err(e) if e.kind == super::ClientErrorKind::Retriable => {
@@ -280,7 +290,14 @@ impl<F: ProcessorFactory> Engine<F> {
             }
             Err(e) => return Err(e.into()),
         };
-        match changelogs_at_end(clients, &slot.changelogs, tp.partition, &pos, &mut r.parts)? {
+        match changelogs_at_end(
+            clients,
+            &slot.changelogs,
+            tp.partition,
+            &pos,
+            &mut r.parts,
+            &within,
+        )? {
             AtEnd::Yes => {}
             AtEnd::Behind | AtEnd::OpenTransaction { .. } => {
                 tracing::info!(task = %tp, "a changelog grew while reading committed offsets; restoring on");
@@ -322,7 +339,8 @@ impl<F: ProcessorFactory> Engine<F> {
                 Ok(None)
             }
             super::OffsetReset::Latest => {
-                let (_, end) = clients.watermarks(tp, Isolation::ReadCommitted)?;
+                let (_, end) =
+                    clients.watermarks(tp, Isolation::ReadCommitted, self.restore_wait())?;
                 tracing::warn!(task = %tp, changelog, ids, end, "no committed offset although the restored store holds committed IDs: skipping to the input's end (offset_reset = latest)");
                 Ok(Some(end))
             }
@@ -415,15 +433,16 @@ fn changelogs_at_end<C: StreamClients>(
     partition: i32,
     pos: &[i64],
     parts: &mut [Part],
+    within: &dyn Fn() -> Duration,
 ) -> Result<AtEnd, Fault> {
     for ((changelog, pos), part) in changelogs.iter().zip(pos).zip(parts.iter_mut()) {
         let cp = TopicPartition::new(changelog.as_str(), partition);
-        let (_, lso) = clients.watermarks(&cp, Isolation::ReadCommitted)?;
+        let (_, lso) = clients.watermarks(&cp, Isolation::ReadCommitted, within())?;
         part.end = lso;
         if *pos < lso {
             return Ok(AtEnd::Behind);
         }
-        let (_, hw) = clients.watermarks(&cp, Isolation::ReadUncommitted)?;
+        let (_, hw) = clients.watermarks(&cp, Isolation::ReadUncommitted, within())?;
         if hw > lso {
             return Ok(AtEnd::OpenTransaction {
                 changelog: changelog.clone(),

@@ -187,7 +187,8 @@ impl<F: ProcessorFactory> Engine<F> {
         let mut bounds = Vec::with_capacity(changelogs.len());
         for changelog in changelogs {
             let part = TopicPartition::new(changelog.as_str(), tp.partition);
-            bounds.push(clients.watermarks(&part, Isolation::ReadCommitted)?);
+            let within = self.restore_wait();
+            bounds.push(clients.watermarks(&part, Isolation::ReadCommitted, within)?);
         }
         self.restores += 1;
         Ok(Restore::new(

@@ -30,6 +30,7 @@ use crate::store::{
 };
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
 
 mod counters;
 mod process;
@@ -452,12 +453,13 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
     /// runtime calls it for every running task right before it commits the transaction; on
     /// `Err` it must abort the transaction instead. `ProcessError::Fatal` (or a panic with
     /// the error policy `fail`) is a fatal [`TaskError::Processor`]; anything else is a
-    /// retriable [`TaskError::Flush`].
-    pub fn flush(&mut self) -> Result<(), TaskError> {
+    /// retriable [`TaskError::Flush`]. `time_left` is what the processor sees as
+    /// [`FlushContext::time_left`].
+    pub fn flush(&mut self, time_left: Option<Duration>) -> Result<(), TaskError> {
         if self.state != TaskState::Running {
             return Err(self.wrong_state("flush"));
         }
-        let mut ctx = FlushContext::new(&self.id, self.pending_offset);
+        let mut ctx = FlushContext::new(&self.id, self.pending_offset).with_time_left(time_left);
         let Some(processor) = self.processor.as_mut() else {
             return Ok(());
         };

@@ -19,6 +19,8 @@ use exactly_core::engine::{
 use exactly_core::{Output, RecordKind};
 use member::{is_missing_topic, offset_of, tpl_of, LogContext, MemberContext};
 use producer::{ProducerMaker, REQUEST_TIMEOUT};
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
@@ -145,6 +147,14 @@ pub(crate) struct KafkaClients {
     restore: RestoreReader,
     /// Asks for high watermarks (read_uncommitted), to see open transactions.
     watermarks: BaseConsumer<LogContext>,
+    /// Deletes purged repartition records; made at its first use (only the global dedup
+    /// scope purges).
+    admin: std::cell::OnceCell<AdminClient<DefaultClientContext>>,
+    admin_config: ClientConfig,
+    /// librdkafka's `commit_transaction` was called in the open transaction (and returned
+    /// "retry call to resume"): the commit may be in progress, and must be resumed, never
+    /// replaced by an abort.
+    commit_called: std::cell::Cell<bool>,
     transaction_timeout: Duration,
 }
 
@@ -229,6 +239,9 @@ impl KafkaClients {
             maker,
             restore: RestoreReader::new(restore),
             watermarks,
+            admin: std::cell::OnceCell::new(),
+            admin_config: client_config(config, txn_id, "admin"),
+            commit_called: std::cell::Cell::new(false),
             transaction_timeout: config.transaction_timeout,
         })
     }
@@ -340,12 +353,17 @@ impl StreamClients for KafkaClients {
         }
     }
 
-    fn committed(&self, partitions: &[TopicPartition]) -> Result<Vec<Option<i64>>, ClientError> {
+    fn committed(
+        &self,
+        partitions: &[TopicPartition],
+        within: Duration,
+    ) -> Result<Vec<Option<i64>>, ClientError> {
         // With `isolation.level=read_committed` librdkafka asks for stable offsets: the broker
-        // answers only once no open transaction holds offsets for the partition (KIP-447).
+        // answers only once no open transaction holds offsets for the partition (KIP-447);
+        // librdkafka asks again until the timeout.
         let committed = self
             .consumer
-            .committed_offsets(tpl_of(partitions), REQUEST_TIMEOUT)
+            .committed_offsets(tpl_of(partitions), within.min(REQUEST_TIMEOUT))
             .map_err(read("committed offsets"))?;
         if let Some(e) = committed.elements().iter().find_map(|e| e.error().err()) {
             return Err(read("committed offsets")(e));
@@ -367,15 +385,31 @@ impl StreamClients for KafkaClients {
     }
 
     fn begin_transaction(&self) -> Result<(), ClientError> {
+        self.commit_called.set(false);
         self.producer
             .borrow()
             .begin_transaction()
             .map_err(write("begin_transaction"))
     }
 
-    fn send(&self, _kind: RecordKind, record: &Output, seq: u64) -> Result<(), ClientError> {
-        producer::send(&self.producer.borrow(), record, seq)
-            .map_err(|e| record_error("send", e, seq))
+    fn send(
+        &self,
+        _kind: RecordKind,
+        record: &Output,
+        seq: u64,
+        within: Duration,
+    ) -> Result<(), ClientError> {
+        producer::send(&self.producer.borrow(), record, seq, within).map_err(|e| match e {
+            producer::SendError::Kafka(e) => record_error("send", e, seq),
+            producer::SendError::QueueFull(waited) => ClientError::new(
+                ClientErrorKind::Abortable,
+                "send",
+                format!(
+                    "the producer's queue stayed full for {} ms (the brokers take records slower than the app sends them, or none answers): the transaction aborts before it times out",
+                    waited.as_millis()
+                ),
+            ),
+        })
     }
 
     fn send_offsets_to_transaction(
@@ -393,28 +427,50 @@ impl StreamClients for KafkaClients {
         p.send_offsets_to_transaction(&offsets_tpl(offsets)?, &metadata, REQUEST_TIMEOUT)
             .map_err(|e| {
                 // A failed delivery makes the transaction abortable: say which record it was.
-                producer::drain_deliveries(&p);
+                producer::drain_deliveries(&p, REQUEST_TIMEOUT);
                 self.refused_delivery(&p)
                     .unwrap_or_else(|| write("send_offsets_to_transaction")(e))
             })
     }
 
-    fn commit_transaction(&self) -> Result<Delivered, ClientError> {
+    fn commit_transaction(&self, within: Duration) -> Result<Delivered, ClientError> {
         let p = self.producer.borrow();
-        producer::drain_deliveries(&p);
-        if let Some(refused) = self.refused_delivery(&p) {
-            return Err(refused);
+        if !self.commit_called.get() {
+            let drained = producer::drain_deliveries(&p, within);
+            if let Some(refused) = self.refused_delivery(&p) {
+                return Err(refused);
+            }
+            // librdkafka's commit is not called yet: aborting is safe, and leaves the abort
+            // the rest of the transaction's time. (A resumed commit is not drained first: its
+            // own requests count as in flight.)
+            if !drained {
+                return Err(ClientError::new(
+                    ClientErrorKind::Abortable,
+                    "commit_transaction",
+                    format!(
+                        "{} messages were still in flight after {} ms, at the transaction's deadline: aborting it before it times out",
+                        p.in_flight_count(),
+                        within.as_millis()
+                    ),
+                ));
+            }
         }
         // Each call waits at most the transaction timeout: librdkafka recommends the remaining
         // transaction time, and no record can wait longer than that (`message.timeout.ms` <=
         // `transaction.timeout.ms`). A retriable failure leaves the commit going on: the engine
         // resumes it by calling again.
-        p.commit_transaction(self.transaction_timeout)
-            .map_err(write("commit_transaction"))?;
+        self.commit_called.set(true);
+        let committed = p.commit_transaction(self.transaction_timeout);
+        if !matches!(&committed, Err(KafkaError::Transaction(e)) if e.is_retriable()) {
+            // Committed, or failed for good (an abort or a new producer follows): over.
+            self.commit_called.set(false);
+        }
+        committed.map_err(write("commit_transaction"))?;
         Ok(producer::delivered(p.context().take()))
     }
 
     fn abort_transaction(&self) -> Result<(), ClientError> {
+        self.commit_called.set(false);
         let p = self.producer.borrow();
         let result = producer::abort_transaction(&p).map_err(write("abort_transaction"));
         let _ = p.context().take();
@@ -423,7 +479,7 @@ impl StreamClients for KafkaClients {
 
     fn flush(&self) -> Result<Delivered, ClientError> {
         let p = self.producer.borrow();
-        producer::drain_deliveries(&p);
+        producer::drain_deliveries(&p, REQUEST_TIMEOUT);
         let flushed = p.flush(REQUEST_TIMEOUT).map_err(write("flush"));
         if let Some((e, seq)) = p.context().take_error() {
             let _ = p.context().take();
@@ -434,6 +490,7 @@ impl StreamClients for KafkaClients {
     }
 
     fn reset_producer(&self) -> Result<(), ClientError> {
+        self.commit_called.set(false);
         let fresh = self
             .maker
             .make()
@@ -468,6 +525,7 @@ impl StreamClients for KafkaClients {
         &self,
         tp: &TopicPartition,
         isolation: Isolation,
+        within: Duration,
     ) -> Result<(i64, i64), ClientError> {
         // The read_committed restore consumer reports the last stable offset as the end, the
         // read_uncommitted client the high watermark.
@@ -476,8 +534,33 @@ impl StreamClients for KafkaClients {
             Isolation::ReadUncommitted => &self.watermarks,
         };
         client
-            .fetch_watermarks(&tp.topic, tp.partition, REQUEST_TIMEOUT)
+            .fetch_watermarks(&tp.topic, tp.partition, within.min(REQUEST_TIMEOUT))
             .map_err(read("reading watermarks"))
+    }
+
+    fn delete_records(
+        &self,
+        offsets: &[(TopicPartition, i64)],
+        within: Duration,
+    ) -> Result<(), ClientError> {
+        let admin = match self.admin.get() {
+            Some(admin) => admin,
+            None => {
+                let admin = self
+                    .admin_config
+                    .create()
+                    .map_err(read("creating an admin client"))?;
+                self.admin.get_or_init(|| admin)
+            }
+        };
+        let opts = AdminOptions::new().request_timeout(Some(within.min(REQUEST_TIMEOUT)));
+        let deleted =
+            futures_executor::block_on(admin.delete_records(&offsets_tpl(offsets)?, &opts))
+                .map_err(read("deleting records"))?;
+        match deleted.elements().iter().find_map(|e| e.error().err()) {
+            Some(e) => Err(read("deleting records")(e)),
+            None => Ok(()),
+        }
     }
 
     fn cached_high_watermark(&self, tp: &TopicPartition) -> Option<i64> {

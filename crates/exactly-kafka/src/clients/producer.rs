@@ -35,13 +35,22 @@ impl ProducerMaker {
     }
 }
 
+/// What [`send`] could not do.
+pub(crate) enum SendError {
+    /// The producer refused the record.
+    Kafka(KafkaError),
+    /// The local queue stayed full for the whole wait allowed.
+    QueueFull(Duration),
+}
+
 /// Sends a record (send number `seq` of its transaction, which its delivery report carries),
-/// serving delivery reports while the local queue is full.
+/// serving delivery reports while the local queue is full, for `within` at most.
 pub(crate) fn send(
     producer: &BaseProducer<DeliveryTracker>,
     out: &Output,
     seq: u64,
-) -> KafkaResult<()> {
+    within: Duration,
+) -> Result<(), SendError> {
     let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
     for (k, v) in &out.headers {
         headers = headers.insert(Header {
@@ -63,28 +72,37 @@ pub(crate) fn send(
     if let Some(ts) = out.timestamp {
         record = record.timestamp(ts);
     }
+    let mut deadline = None;
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                let deadline = *deadline.get_or_insert_with(|| Instant::now() + within);
+                if Instant::now() >= deadline {
+                    return Err(SendError::QueueFull(within));
+                }
                 record = r;
                 producer.poll(Duration::from_millis(5));
             }
-            Err((e, _)) => return Err(e),
+            Err((e, _)) => return Err(SendError::Kafka(e)),
         }
     }
 }
 
-/// Serves delivery reports until nothing is in flight (or [`REQUEST_TIMEOUT`] passes; the
-/// flush that follows then reports what is still missing). rdkafka's `flush`, which
-/// `commit_transaction` also calls, waits in 100 ms poll slices once the first check finds
-/// messages in flight, so every commit took at least 100 ms; 1 ms steps let it start as soon as
-/// the last report is in.
-pub(crate) fn drain_deliveries(producer: &BaseProducer<DeliveryTracker>) {
-    let deadline = Instant::now() + REQUEST_TIMEOUT;
-    while producer.in_flight_count() > 0 && Instant::now() < deadline {
+/// Serves delivery reports until nothing is in flight or `within` passes; returns whether
+/// every record sent was delivered (or failed). rdkafka's `flush`, which `commit_transaction`
+/// also calls, waits in 100 ms poll slices once the first check finds messages in flight, so
+/// every commit took at least 100 ms; 1 ms steps let it start as soon as the last report is
+/// in.
+pub(crate) fn drain_deliveries(producer: &BaseProducer<DeliveryTracker>, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while producer.in_flight_count() > 0 {
+        if Instant::now() >= deadline {
+            return false;
+        }
         producer.poll(Duration::from_millis(1));
     }
+    true
 }
 
 /// Aborts the producer's transaction. librdkafka's abort purges the queued messages and then

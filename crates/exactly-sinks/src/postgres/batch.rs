@@ -5,7 +5,7 @@ use super::{on_connection, PgSink};
 use crate::error::SinkError;
 use exactly_core::Context;
 use std::collections::HashSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio_postgres::Transaction;
 
 /// Applies effects inside the sink's database transaction.
@@ -127,6 +127,18 @@ impl<E> PgBatch<E> {
         &mut self,
         apply: &mut A,
     ) -> Result<FlushReport, SinkError> {
+        self.flush_within(apply, None)
+    }
+
+    /// [`flush`](Self::flush) within `time_left` (the Kafka transaction's
+    /// [`FlushContext::time_left`](exactly_core::FlushContext::time_left)): an attempt still
+    /// running then is cancelled, and no retry starts that would end after it; the flush
+    /// then fails transiently ([`SinkError::OutOfTime`], or the last attempt's error).
+    pub fn flush_within<A: PgApply<Effect = E>>(
+        &mut self,
+        apply: &mut A,
+        time_left: Option<Duration>,
+    ) -> Result<FlushReport, SinkError> {
         if self.staged.is_empty() {
             return Ok(FlushReport::default());
         }
@@ -135,9 +147,22 @@ impl<E> PgBatch<E> {
         let metrics = sink.metrics();
         let name = config.name.as_str();
         let started = Instant::now();
+        let deadline = time_left.map(|d| started + d);
+        let out_of_time = || SinkError::OutOfTime {
+            time_left_ms: time_left.map_or(0, |d| d.as_millis() as u64),
+        };
         let mut attempt = 1;
         loop {
-            let result = sink.block_on(flush_once(&sink, &self.topic, &self.staged, apply));
+            let once = flush_once(&sink, &self.topic, &self.staged, apply);
+            let result = match deadline {
+                None => sink.block_on(once),
+                Some(deadline) => sink.block_on(async {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    tokio::time::timeout(left, once)
+                        .await
+                        .unwrap_or_else(|_| Err(out_of_time()))
+                }),
+            };
             match result {
                 Ok(mut report) => {
                     report.attempts = attempt;
@@ -163,7 +188,12 @@ impl<E> PgBatch<E> {
                     self.staged.clear();
                     return Ok(report);
                 }
-                Err(e) if e.is_transient() && attempt < config.retry.max_attempts => {
+                Err(e)
+                    if e.is_transient()
+                        && attempt < config.retry.max_attempts
+                        && deadline
+                            .is_none_or(|d| Instant::now() + config.retry.backoff(attempt) < d) =>
+                {
                     metrics.retries_total.with_label_values(&[name]).inc();
                     let delay = config.retry.backoff(attempt);
                     tracing::warn!(sink = name, attempt, error = %e, ?delay, "sink transaction failed; retrying");

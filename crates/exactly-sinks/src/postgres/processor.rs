@@ -95,9 +95,9 @@ where
         Ok(())
     }
 
-    fn flush(&mut self, _ctx: &mut FlushContext<'_>) -> Result<(), ProcessError> {
+    fn flush(&mut self, ctx: &mut FlushContext<'_>) -> Result<(), ProcessError> {
         self.batch
-            .flush(&mut self.handler)
+            .flush_within(&mut self.handler, ctx.time_left())
             .map(drop)
             .map_err(|e| e.into_process_error())
     }

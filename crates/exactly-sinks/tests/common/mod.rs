@@ -75,6 +75,7 @@ impl Tables {
             ledger: self.ledger.clone(),
             balances: self.balances.clone(),
             fail_next: None,
+            stall_secs: None,
             applies: 0,
         }
     }
@@ -183,6 +184,9 @@ pub struct Ledger {
     pub balances: String,
     /// Called at the start of the next apply (once), e.g. to cut the connection.
     pub fail_next: Option<Box<dyn FnOnce() -> Option<SinkError> + Send>>,
+    /// The next apply first waits this many seconds in the database (`pg_sleep`), once: a
+    /// slow or stuck database.
+    pub stall_secs: Option<f64>,
     pub applies: u32,
 }
 
@@ -195,6 +199,9 @@ impl PgApply for Ledger {
         effects: &[&Payment],
     ) -> Result<(), SinkError> {
         self.applies += 1;
+        if let Some(secs) = self.stall_secs.take() {
+            txn.execute("SELECT pg_sleep($1)", &[&secs]).await?;
+        }
         let ids: Vec<&str> = effects.iter().map(|p| p.id.as_str()).collect();
         let accounts: Vec<&str> = effects.iter().map(|p| p.account.as_str()).collect();
         let cents: Vec<i64> = effects.iter().map(|p| p.cents).collect();

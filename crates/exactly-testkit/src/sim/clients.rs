@@ -84,14 +84,27 @@ struct State {
     /// produce batch as a whole, a refused record fails every record of its partition's
     /// batch, and the client reports the first of them.
     batches: HashMap<(String, i32), u64>,
+    /// Records sent while no broker answered, in send order: delivered when one does.
+    queued: Vec<Queued>,
     restore: BTreeMap<TopicPartition, i64>,
+}
+
+/// A record in the producer's queue.
+#[derive(Debug)]
+struct Queued {
+    kind: RecordKind,
+    topic: String,
+    partition: Option<i32>,
+    record: SimRecord,
+    seq: u64,
 }
 
 impl State {
     /// Ends the producer's transaction (or at-least-once batch): returns what its deliveries
-    /// said and forgets its batches and failed delivery.
+    /// said and forgets its batches, queued records and failed delivery.
     fn end_txn(&mut self) -> Delivered {
         self.batches.clear();
+        self.queued.clear();
         self.delivery_failed = None;
         std::mem::take(&mut self.delivered)
     }
@@ -144,6 +157,11 @@ fn client_error(during: &'static str, e: SimError) -> ClientError {
         SimError::Unreachable(_) => ClientErrorKind::Retriable,
     };
     ClientError::new(kind, during, e)
+}
+
+/// `d` in whole ms.
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
 }
 
 fn tp_key(tp: &TopicPartition) -> (String, i32) {
@@ -243,6 +261,87 @@ impl SimClients {
         })
     }
 
+    /// [`request`](Self::request) that waits for the brokers, at most `within`, as
+    /// librdkafka retries a request until its timeout.
+    fn request_within<T>(
+        &self,
+        during: &'static str,
+        within: Duration,
+        f: impl FnOnce(&mut SimCluster, &mut State) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        self.op(during, |c, s| {
+            if !c.wait_for_brokers(c.now_ms() + ms(within)) {
+                return Err(client_error(during, SimError::Unreachable(during)));
+            }
+            f(c, s)
+        })
+    }
+
+    /// Delivers the records queued while no broker answered, in order. A fenced producer
+    /// drops them (its transaction is over); a failed delivery is kept for the commit.
+    fn deliver_queued(&self, c: &mut SimCluster, s: &mut State) -> Result<(), ClientError> {
+        for q in std::mem::take(&mut s.queued) {
+            self.deliver(c, s, q)?;
+        }
+        Ok(())
+    }
+
+    /// Delivers one record to the cluster (in the open transaction, if transactional).
+    fn deliver(&self, c: &mut SimCluster, s: &mut State, q: Queued) -> Result<(), ClientError> {
+        let Queued {
+            kind,
+            topic,
+            partition,
+            record,
+            seq,
+        } = q;
+        let key = record.key.clone();
+        let sent = if self.cfg.transactional {
+            c.send(
+                &self.cfg.transactional_id,
+                s.epoch,
+                &topic,
+                partition,
+                record,
+            )
+        } else if c.take_fault(Request::Produce).is_some() {
+            Err(SimError::Abortable(format!("delivery to {topic} failed")))
+        } else {
+            c.accepts(&topic, &record)
+                .map(|()| c.produce(&topic, partition, record))
+        };
+        match sent {
+            Ok((p, offset)) => {
+                s.batches.entry((topic.clone(), p)).or_insert(seq);
+                if kind == RecordKind::Changelog {
+                    s.delivered.changelog_next.insert((topic, p), offset + 1);
+                } else {
+                    *s.delivered.records.entry(topic).or_default() += 1;
+                }
+                Ok(())
+            }
+            // Like librdkafka, the send is queued; the failed delivery surfaces when the
+            // transaction commits.
+            Err(e @ SimError::Abortable(_)) => {
+                s.delivery_failed
+                    .get_or_insert_with(|| client_error("delivery", e).about_record(seq));
+                Ok(())
+            }
+            Err(e @ SimError::Rejected(_)) => {
+                let p = c.target_partition(&topic, partition, key.as_deref());
+                let first = *s.batches.entry((topic, p)).or_insert(seq);
+                s.delivery_failed
+                    .get_or_insert_with(|| client_error("delivery", e).about_record(first));
+                Ok(())
+            }
+            Err(SimError::Fenced(id)) => {
+                s.producer_fenced = true;
+                Err(client_error("send", SimError::Fenced(id)))
+            }
+            Err(e) => Err(client_error("send", e)),
+        }
+    }
+
     fn producer_ok(s: &State, during: &'static str) -> Result<(), ClientError> {
         if s.producer_fenced {
             return Err(ClientError::new(
@@ -304,6 +403,10 @@ impl StreamClients for SimClients {
     fn poll(&self, max: usize, _timeout: Duration) -> Result<Polled<SimBatch>, ClientError> {
         let group = self.cfg.group.clone();
         self.op("poll", |c, s| {
+            // The coordinator aborts timed-out transactions on its own clock, whether or not
+            // anyone calls it: a transaction left open by a dead producer must not hold the
+            // last stable offset of its partitions for ever.
+            c.expire_transactions();
             if !c.reachable() {
                 // librdkafka logs the transport errors; the poll returns nothing.
                 return Ok(Polled {
@@ -425,9 +528,26 @@ impl StreamClients for SimClients {
         })
     }
 
-    fn committed(&self, partitions: &[TopicPartition]) -> Result<Vec<Option<i64>>, ClientError> {
-        self.request("committed", |c, _| {
+    fn committed(
+        &self,
+        partitions: &[TopicPartition],
+        within: Duration,
+    ) -> Result<Vec<Option<i64>>, ClientError> {
+        self.request_within("committed", within, |c, _| {
             let keys: Vec<(String, i32)> = partitions.iter().map(tp_key).collect();
+            // librdkafka asks again (every `retry.backoff.ms`, 100 ms) while the broker answers
+            // UNSTABLE_OFFSET_COMMIT, until the call's timeout.
+            let until = c.now_ms() + ms(within);
+            loop {
+                c.expire_transactions();
+                let pending = keys
+                    .iter()
+                    .any(|(t, p)| c.has_pending_offsets(&self.cfg.group, t, *p));
+                if !pending || c.now_ms() >= until {
+                    break;
+                }
+                c.sleep_until((c.now_ms() + 100).min(until));
+            }
             c.committed(&self.cfg.group, &keys, true)
                 .map_err(|e| client_error("committed", e))
         })
@@ -458,9 +578,13 @@ impl StreamClients for SimClients {
         })
     }
 
-    fn send(&self, kind: RecordKind, out: &Output, seq: u64) -> Result<(), ClientError> {
-        let txn_id = self.cfg.transactional_id.clone();
-        let transactional = self.cfg.transactional;
+    fn send(
+        &self,
+        kind: RecordKind,
+        out: &Output,
+        seq: u64,
+        within: Duration,
+    ) -> Result<(), ClientError> {
         self.op("send", |c, s| {
             Self::producer_ok(s, "send")?;
             if let Some(kind) = c.take_fault(Request::Send) {
@@ -473,55 +597,38 @@ impl StreamClients for SimClients {
                     },
                 ));
             }
-            let record = SimRecord {
-                key: out.key.clone(),
-                value: out.value.clone(),
-                headers: out.headers.clone(),
-                timestamp: out.timestamp.or(Some(c.now_ms())),
+            let q = Queued {
+                kind,
+                topic: out.topic.clone(),
+                partition: out.partition,
+                record: SimRecord {
+                    key: out.key.clone(),
+                    value: out.value.clone(),
+                    headers: out.headers.clone(),
+                    timestamp: out.timestamp.or(Some(c.now_ms())),
+                },
+                seq,
             };
-            let sent = if transactional {
-                c.send(&txn_id, s.epoch, &out.topic, out.partition, record)
-            } else if c.take_fault(Request::Produce).is_some() {
-                Err(SimError::Abortable(format!(
-                    "delivery to {} failed",
-                    out.topic
-                )))
-            } else {
-                c.accepts(&out.topic, &record)
-                    .map(|()| c.produce(&out.topic, out.partition, record))
-            };
-            match sent {
-                Ok((p, offset)) => {
-                    s.batches.entry((out.topic.clone(), p)).or_insert(seq);
-                    if kind == RecordKind::Changelog {
-                        s.delivered
-                            .changelog_next
-                            .insert((out.topic.clone(), p), offset + 1);
-                    } else {
-                        *s.delivered.records.entry(out.topic.clone()).or_default() += 1;
-                    }
-                    Ok(())
+            if !c.reachable() {
+                if s.queued.len() < c.config().producer_queue_records {
+                    s.queued.push(q);
+                    return Ok(());
                 }
-                // Like librdkafka, the send is queued; the failed delivery surfaces when the
-                // transaction commits.
-                Err(e @ SimError::Abortable(_)) => {
-                    s.delivery_failed
-                        .get_or_insert_with(|| client_error("delivery", e).about_record(seq));
-                    Ok(())
+                // The queue is full: librdkafka's produce fails with QUEUE_FULL, and the
+                // client serves deliveries and tries again until `within` has passed.
+                if !c.wait_for_brokers(c.now_ms() + ms(within)) {
+                    return Err(ClientError::new(
+                        ClientErrorKind::Abortable,
+                        "send",
+                        format!(
+                            "the producer's queue stayed full for {} ms (no broker answered)",
+                            within.as_millis()
+                        ),
+                    ));
                 }
-                Err(e @ SimError::Rejected(_)) => {
-                    let p = c.target_partition(&out.topic, out.partition, out.key.as_deref());
-                    let first = *s.batches.entry((out.topic.clone(), p)).or_insert(seq);
-                    s.delivery_failed
-                        .get_or_insert_with(|| client_error("delivery", e).about_record(first));
-                    Ok(())
-                }
-                Err(SimError::Fenced(id)) => {
-                    s.producer_fenced = true;
-                    Err(client_error("send", SimError::Fenced(id)))
-                }
-                Err(e) => Err(client_error("send", e)),
             }
+            self.deliver_queued(c, s)?;
+            self.deliver(c, s, q)
         })
     }
 
@@ -532,6 +639,7 @@ impl StreamClients for SimClients {
         let txn_id = self.cfg.transactional_id.clone();
         self.request("send_offsets_to_transaction", |c, s| {
             Self::producer_ok(s, "send_offsets_to_transaction")?;
+            self.deliver_queued(c, s)?;
             if let Some(failed) = &s.delivery_failed {
                 return Err(failed.clone());
             }
@@ -549,10 +657,30 @@ impl StreamClients for SimClients {
         })
     }
 
-    fn commit_transaction(&self) -> Result<Delivered, ClientError> {
+    fn commit_transaction(&self, within: Duration) -> Result<Delivered, ClientError> {
         let txn_id = self.cfg.transactional_id.clone();
-        self.request("commit_transaction", |c, s| {
+        self.op("commit_transaction", |c, s| {
             Self::producer_ok(s, "commit_transaction")?;
+            // The client waits for its queued records' deliveries before it asks the
+            // coordinator to commit: if they do not come within the wait, nothing was asked.
+            if !s.queued.is_empty() && !c.wait_for_brokers(c.now_ms() + ms(within)) {
+                return Err(ClientError::new(
+                    ClientErrorKind::Abortable,
+                    "commit_transaction",
+                    format!(
+                        "{} records were not delivered within {} ms (no broker answered)",
+                        s.queued.len(),
+                        within.as_millis()
+                    ),
+                ));
+            }
+            if !c.reachable() {
+                return Err(client_error(
+                    "commit_transaction",
+                    SimError::Unreachable("commit_transaction"),
+                ));
+            }
+            self.deliver_queued(c, s)?;
             if let Some(failed) = &s.delivery_failed {
                 return Err(failed.clone());
             }
@@ -583,7 +711,8 @@ impl StreamClients for SimClients {
     }
 
     fn flush(&self) -> Result<Delivered, ClientError> {
-        self.request("flush", |_, s| {
+        self.request("flush", |c, s| {
+            self.deliver_queued(c, s)?;
             if let Some(failed) = s.delivery_failed.take() {
                 s.end_txn();
                 return Err(failed);
@@ -647,8 +776,9 @@ impl StreamClients for SimClients {
         &self,
         tp: &TopicPartition,
         isolation: Isolation,
+        within: Duration,
     ) -> Result<(i64, i64), ClientError> {
-        self.request("watermarks", |c, _| {
+        self.request_within("watermarks", within, |c, _| {
             c.expire_transactions();
             match c.take_fault(Request::ListOffsets) {
                 None => {}
@@ -673,6 +803,29 @@ impl StreamClients for SimClients {
                 Isolation::ReadUncommitted => log.end(),
             };
             Ok((log.start(), end))
+        })
+    }
+
+    fn delete_records(
+        &self,
+        offsets: &[(TopicPartition, i64)],
+        within: Duration,
+    ) -> Result<(), ClientError> {
+        self.request_within("delete_records", within, |c, _| {
+            if let Some(kind) = c.take_fault(Request::DeleteRecords) {
+                return Err(client_error(
+                    "delete_records",
+                    match kind {
+                        FaultKind::Fatal => SimError::Fatal("DeleteRecords"),
+                        _ => SimError::Retriable("DeleteRecords"),
+                    },
+                ));
+            }
+            for (tp, offset) in offsets {
+                c.delete_records(&tp.topic, tp.partition, *offset)
+                    .map_err(|e| client_error("delete_records", e))?;
+            }
+            Ok(())
         })
     }
 

@@ -206,6 +206,17 @@ impl PartitionLog {
         removed
     }
 
+    /// DeleteRecords: removes every entry before `offset` (at most up to the high
+    /// watermark); the log start moves there. Returns the new log start.
+    pub(crate) fn delete_before(&mut self, offset: i64) -> i64 {
+        let to = offset.min(self.end());
+        while self.start < to {
+            self.entries[self.start as usize] = None;
+            self.start += 1;
+        }
+        self.start
+    }
+
     /// Retention: removes the oldest entries whose records are older than `retention_ms`
     /// (only below the LSO, like Kafka's segment deletion); the log start moves past them.
     pub(crate) fn apply_retention(&mut self, now_ms: i64, retention_ms: i64) -> usize {

@@ -90,6 +90,8 @@ pub enum Request {
     OffsetFetch,
     /// A watermark query.
     ListOffsets,
+    /// A DeleteRecords request (the purge of repartition records).
+    DeleteRecords,
 }
 
 /// What a fault does to its request.
@@ -145,6 +147,9 @@ pub struct SimConfig {
     pub transaction_timeout_ms: i64,
     /// Compaction keeps tombstones this long (`delete.retention.ms`).
     pub delete_retention_ms: i64,
+    /// Records a producer holds while no broker answers (librdkafka's
+    /// `queue.buffering.max.messages`): a send beyond waits for room.
+    pub producer_queue_records: usize,
 }
 
 impl Default for SimConfig {
@@ -154,6 +159,7 @@ impl Default for SimConfig {
             session_timeout_ms: 45_000,
             transaction_timeout_ms: 60_000,
             delete_retention_ms: 86_400_000,
+            producer_queue_records: 100_000,
         }
     }
 }
@@ -276,6 +282,24 @@ impl SimCluster {
         self.now_ms() >= self.down_until_ms
     }
 
+    /// A client call that blocks until the brokers answer, at most until `until_ms`: time
+    /// passes (for every process, as in any blocking call of the simulation). Returns whether
+    /// they answer.
+    pub(crate) fn wait_for_brokers(&mut self, until_ms: i64) -> bool {
+        let to = self.down_until_ms.min(until_ms);
+        self.sleep_until(to);
+        self.reachable()
+    }
+
+    /// Lets time pass until `ms` (nothing if that is not later than now).
+    pub(crate) fn sleep_until(&self, ms: i64) {
+        let now = self.now_ms();
+        if ms > now {
+            self.clock
+                .sleep(std::time::Duration::from_millis((ms - now) as u64));
+        }
+    }
+
     pub(crate) fn take_fault(&mut self, request: Request) -> Option<FaultKind> {
         let i = self.faults.iter().position(|f| f.request == request)?;
         if self.faults[i].skip > 0 {
@@ -363,6 +387,11 @@ impl SimCluster {
             .map_or(0, PartitionLog::last_stable_offset)
     }
 
+    /// The log start offset (moved by retention and DeleteRecords).
+    pub fn log_start_offset(&self, topic: &str, partition: i32) -> i64 {
+        self.log(topic, partition).map_or(0, PartitionLog::start)
+    }
+
     /// The high watermark.
     pub fn high_watermark(&self, topic: &str, partition: i32) -> i64 {
         self.log(topic, partition).map_or(0, PartitionLog::end)
@@ -430,6 +459,25 @@ impl SimCluster {
             }
         }
         removed
+    }
+
+    /// DeleteRecords: the records of `topic`/`partition` before `offset` are deleted (an
+    /// offset beyond the high watermark is refused, as Kafka does). Returns the new log start.
+    pub fn delete_records(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Result<i64, SimError> {
+        let log = self
+            .topics
+            .get_mut(topic)
+            .and_then(|t| t.partitions.get_mut(partition as usize))
+            .ok_or_else(|| SimError::UnknownTopic(format!("{topic}-{partition}")))?;
+        if offset > log.end() {
+            return Err(SimError::Fatal("DeleteRecords (OFFSET_OUT_OF_RANGE)"));
+        }
+        Ok(log.delete_before(offset))
     }
 
     /// Names of all topics.

@@ -4,7 +4,8 @@
 //! step), restarts, members joining and leaving, SIGSTOPs between turns and in the middle of a
 //! turn, zombies replaced by the same instance id or taken over by others after their session
 //! expired, transaction timeouts, request faults, broker outages (no broker answers for up to
-//! 20 s), compaction and damaged state directories.
+//! 20 s), compaction and damaged state directories; the stateless app runs with the global
+//! dedup scope in 40 % of its schedules (stage 1 repartitions, stage 2 dedups and purges).
 //! After the chaos every instance runs until the input is consumed; the oracle then counts per
 //! message ID in the read_committed output (0 duplicates, 0 losses) and, for the stateful app,
 //! compares each key's emitted totals with a sequential run over the unique IDs.
@@ -49,6 +50,9 @@ struct Counts {
     /// Unique poison IDs produced, and input records dead-lettered for them.
     poison: u64,
     poison_dead_lettered: u64,
+    /// Schedules with the global dedup scope, and repartition records they purged.
+    global: u64,
+    purged: u64,
 }
 
 impl Counts {
@@ -69,17 +73,21 @@ impl Counts {
         self.unready_turns += o.unready_turns;
         self.poison += o.poison;
         self.poison_dead_lettered += o.poison_dead_lettered;
+        self.global += o.global;
+        self.purged += o.purged;
     }
 }
 
 fn setup(rng: &mut StdRng) -> Setup {
     let static_membership = rng.gen_bool(0.85);
+    let kind = if rng.gen_bool(0.5) {
+        AppKind::Fanout
+    } else {
+        AppKind::Totals
+    };
     Setup {
-        kind: if rng.gen_bool(0.5) {
-            AppKind::Fanout
-        } else {
-            AppKind::Totals
-        },
+        kind,
+        global: kind == AppKind::Fanout && rng.gen_bool(0.4),
         partitions: rng.gen_range(4..=8),
         instances: rng.gen_range(2..=4),
         threads: rng.gen_range(1..=2),
@@ -160,6 +168,8 @@ fn run_schedule(seed: u64) -> Result<Counts, String> {
             .collect::<std::collections::HashSet<_>>()
             .len() as u64,
         poison_dead_lettered: w.dead_letters().len() as u64,
+        global: u64::from(setup.global),
+        purged: w.repartition_purged(),
     })
 }
 
@@ -372,7 +382,7 @@ fn every_message_id_is_processed_exactly_once_in_seeded_simulations_of_a_cluster
         failed[0]
     );
     println!(
-        "simulation: {} schedules ({label}) in {:.1} s: {} inputs, {} unique IDs; {} SIGKILLs, {} freezes mid-turn, {} zombie threads fenced, {} producer fences, {} rebalances, {} restores, {} store wipes; {} commits, {} aborts; {} turns ended ready, {} not ready (ready only with every task running); {} poison IDs (outputs over the topic's max.message.bytes), {} dead-lettered once each; 0 duplicates, 0 losses",
+        "simulation: {} schedules ({label}) in {:.1} s: {} inputs, {} unique IDs; {} SIGKILLs, {} freezes mid-turn, {} zombie threads fenced, {} producer fences, {} rebalances, {} restores, {} store wipes; {} commits, {} aborts; {} turns ended ready, {} not ready (ready only with every task running); {} poison IDs (outputs over the topic's max.message.bytes), {} dead-lettered once each; {} schedules with the global dedup scope, {} repartition records purged after commit; 0 duplicates, 0 losses",
         seeds.len(),
         started.elapsed().as_secs_f64(),
         total.inputs,
@@ -389,7 +399,9 @@ fn every_message_id_is_processed_exactly_once_in_seeded_simulations_of_a_cluster
         total.ready_turns,
         total.unready_turns,
         total.poison,
-        total.poison_dead_lettered
+        total.poison_dead_lettered,
+        total.global,
+        total.purged
     );
     if seeds.len() >= 1_000 {
         // A run of this size that shows none of these did not test what it claims.
@@ -404,6 +416,8 @@ fn every_message_id_is_processed_exactly_once_in_seeded_simulations_of_a_cluster
             ("turns that ended ready", total.ready_turns),
             ("turns that ended not ready", total.unready_turns),
             ("poison inputs dead-lettered", total.poison_dead_lettered),
+            ("global-scope schedules", total.global),
+            ("purged repartition records", total.purged),
         ];
         for (what, n) in shown {
             assert!(

@@ -34,6 +34,7 @@ fn world_with(
         // Transactions stay open across turns unless a scenario lets this much time pass.
         commit_interval_ms: 2_000,
         poison_rate: 0.0,
+        global: false,
     };
     change(&mut setup);
     let rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -57,6 +58,31 @@ fn run_until_tasks(w: &Shared, i: usize, partitions: &[i32]) {
         "instance {i} did not get running tasks {partitions:?}: {:?}",
         lock_world(w).tasks(i, 0)
     );
+}
+
+/// Two instances of the stateless app over 2 partitions, with dynamic membership (an
+/// instance that shuts down leaves the group at once, so the other gets its partition while
+/// its own transaction is still open), turned until each runs one task.
+fn two_instances_with_a_task_each() -> Shared {
+    let w = world_with(AppKind::Fanout, 2, 2, |s| s.static_membership = false);
+    {
+        let mut g = lock_world(&w);
+        g.start(0);
+        g.start(1);
+    }
+    for _ in 0..500 {
+        let done = {
+            let g = lock_world(&w);
+            (0..2).all(|i| g.tasks(i, 0).iter().filter(|t| t.1).count() == 1)
+        };
+        if done {
+            break;
+        }
+        lock_world(&w).advance(10);
+        step(&w, Who::Instance(0, 0), None);
+        step(&w, Who::Instance(1, 0), None);
+    }
+    w
 }
 
 /// Starts instance `i` alone with both partitions and leaves a transaction open holding `n`
@@ -571,27 +597,7 @@ fn offsets_that_stay_retriable_abort_before_the_transaction_times_out_not_after(
 /// transaction of the thread's running tasks was aborted, and the thread slept.)
 #[test]
 fn a_failed_restore_request_retries_that_task_without_aborting_the_open_transaction() {
-    // Dynamic membership: the instance that shuts down leaves the group at once, so the other
-    // gets its partition while its own transaction is still open.
-    let w = world_with(AppKind::Fanout, 2, 2, |s| s.static_membership = false);
-    {
-        let mut g = lock_world(&w);
-        g.start(0);
-        g.start(1);
-    }
-    // Both instances turn until each runs one task.
-    for _ in 0..500 {
-        let done = {
-            let g = lock_world(&w);
-            (0..2).all(|i| g.tasks(i, 0).iter().filter(|t| t.1).count() == 1)
-        };
-        if done {
-            break;
-        }
-        lock_world(&w).advance(10);
-        step(&w, Who::Instance(0, 0), None);
-        step(&w, Who::Instance(1, 0), None);
-    }
+    let w = two_instances_with_a_task_each();
     let own = lock_world(&w).tasks(0, 0);
     assert_eq!(own.len(), 1, "instance 0 runs one task: {own:?}");
     lock_world(&w).produce(40);
@@ -706,4 +712,155 @@ fn a_batch_slower_than_the_transaction_timeout_commits_early_instead_of_being_ab
     finish(&w);
     let g = lock_world(&w);
     assert_eq!(g.tally.fences.load(Ordering::Relaxed), 0);
+}
+
+/// Turns of instance 0's thread while no broker answers; returns the longest of those that
+/// began with a transaction open, in ms.
+fn longest_turn_during_outage(w: &Shared) -> i64 {
+    let mut longest = 0;
+    while !lock_world(w).cluster().reachable() {
+        lock_world(w).advance(25);
+        let (started, open) = {
+            let g = lock_world(w);
+            (g.now_ms(), g.transaction_open(0, 0))
+        };
+        step(w, Who::Instance(0, 0), None);
+        let g = lock_world(w);
+        if open {
+            longest = longest.max(g.now_ms() - started);
+        }
+        assert!(g.is_running(0), "the instance runs through the outage");
+        assert!(g.failures.is_empty(), "failures: {:?}", g.failures);
+    }
+    longest
+}
+
+/// No broker answers from the middle of a batch on (a cluster restart): the producer's queue
+/// fills and a send waits for room. It waits until the transaction's deadline (four fifths of
+/// its 5 s timeout) at most; then the transaction aborts, the thread drops its tasks, makes a
+/// new producer once the brokers answer, restores and goes on. No turn outlasts the
+/// transaction timeout, the coordinator never times the transaction out, the output is
+/// exact. (The send used to wait for room as long as the outage lasted: the turn took the
+/// outage's 20 s, and the transaction it held was timed out and its producer fenced.)
+#[test]
+fn a_send_waiting_for_room_in_the_producers_queue_gives_up_before_the_transaction_times_out() {
+    let w = world(AppKind::Fanout, 2, 1);
+    lock_world(&w).start(0);
+    run_until_tasks(&w, 0, &[0, 1]);
+    let process = lock_world(&w).process(0).expect("running");
+    let during = w.clone();
+    process.freeze_at_call("send", move || lock_world(&during).outage(20_000));
+    lock_world(&w).produce(200);
+    let started = lock_world(&w).now_ms();
+    step(&w, Who::Instance(0, 0), None);
+    {
+        let g = lock_world(&w);
+        let took = g.now_ms() - started;
+        assert!(
+            (3_500..5_000).contains(&took),
+            "the send waited until the transaction's deadline, not for the outage: {took} ms"
+        );
+        assert!(!g.cluster().reachable(), "the outage goes on");
+        assert_eq!(g.tally.aborts.load(Ordering::Relaxed), 1, "one abort");
+    }
+    let longest = longest_turn_during_outage(&w);
+    assert!(
+        longest < 5_000,
+        "a turn that held a transaction took {longest} ms"
+    );
+    finish(&w);
+    let g = lock_world(&w);
+    assert_eq!(g.tally.fences.load(Ordering::Relaxed), 0, "never fenced");
+    assert_eq!(g.tally.aborts.load(Ordering::Relaxed), 1);
+}
+
+/// An instance takes over a partition and restores it while its own transaction holds
+/// records of the partition it runs; no broker answers for 20 s from the restore's first
+/// request on. The restore's requests wait at most one commit interval (and never past the
+/// transaction's time bound), so the thread ends its transaction in time (its offsets fail
+/// until the deadline, then it aborts) and goes on after the outage: no turn that held a
+/// transaction outlasts the transaction timeout, no fence, exact output. (A restore's request used to
+/// wait up to 30 s: the turn took the outage's 20 s, and the coordinator timed the held
+/// transaction out and fenced the producer.)
+#[test]
+fn a_restore_request_during_an_outage_does_not_hold_the_open_transaction_past_its_timeout() {
+    let w = two_instances_with_a_task_each();
+    lock_world(&w).produce(40);
+    step(&w, Who::Instance(0, 0), None);
+    assert!(
+        lock_world(&w).transaction_open(0, 0),
+        "instance 0 holds a transaction"
+    );
+    // The outage starts as the new task's restore asks for its changelog's watermarks.
+    let process = lock_world(&w).process(0).expect("running");
+    let during = w.clone();
+    let began = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = began.clone();
+    process.freeze_at_call("watermarks", move || {
+        lock_world(&during).outage(20_000);
+        flag.store(true, Ordering::Relaxed);
+    });
+    lock_world(&w).shutdown(1);
+    for turn in 0.. {
+        assert!(turn < 100, "the outage never started");
+        lock_world(&w).advance(10);
+        let started = lock_world(&w).now_ms();
+        step(&w, Who::Instance(0, 0), None);
+        let g = lock_world(&w);
+        if began.load(Ordering::Relaxed) {
+            let took = g.now_ms() - started;
+            assert!(
+                took < 5_000,
+                "the turn the outage began in ended within the transaction timeout: {took} ms"
+            );
+            break;
+        }
+    }
+    let longest = longest_turn_during_outage(&w);
+    assert!(
+        longest < 5_000,
+        "a turn that held a transaction took {longest} ms"
+    );
+    finish(&w);
+    let g = lock_world(&w);
+    assert_eq!(g.tally.fences.load(Ordering::Relaxed), 0, "never fenced");
+}
+
+/// With the global dedup scope, the tasks that read the repartition topic delete its records
+/// they committed past (DeleteRecords, every purge interval), as Kafka Streams does: the topic
+/// keeps only what its readers have not committed yet, and needs no retention that a lagging
+/// reader could outrun. A failed purge is tried again at the next interval. (The repartition
+/// topic used to keep every record until its retention deleted it, whether read or not.)
+#[test]
+fn the_repartition_topic_is_purged_up_to_the_offsets_its_readers_committed() {
+    let w = world_with(AppKind::Fanout, 2, 1, |s| s.global = true);
+    // The first purge fails; a later interval's succeeds.
+    lock_world(&w).inject(Fault::new(Request::DeleteRecords, FaultKind::Retriable));
+    lock_world(&w).start(0);
+    lock_world(&w).produce(40);
+    finish(&w);
+    let repartition =
+        exactly_core::engine::repartition_topic(crate::world::APP, crate::world::INPUT);
+    let committed = |g: &World, p: i32| {
+        g.cluster()
+            .committed_offset(crate::world::APP, &repartition, p)
+            .unwrap_or(0)
+    };
+    for _ in 0..200 {
+        lock_world(&w).advance(25);
+        step(&w, Who::Instance(0, 0), None);
+    }
+    let g = lock_world(&w);
+    assert_eq!(g.cluster().pending_faults(), 0, "a purge was tried");
+    let mut total = 0;
+    for p in 0..2 {
+        let start = g.cluster().log_start_offset(&repartition, p);
+        assert_eq!(
+            start,
+            committed(&g, p),
+            "partition {p}: deleted up to the committed offset"
+        );
+        total += start;
+    }
+    assert!(total >= 40, "the 40 forwarded records were purged: {total}");
 }

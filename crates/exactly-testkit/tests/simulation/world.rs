@@ -3,7 +3,10 @@
 //! that happens to them.
 
 use crate::apps::{self, AppKind, Factory, Input};
-use exactly_core::engine::{changelog_topic, EngineConfig, FenceCause, RestoreFrom, Step};
+use exactly_core::engine::{
+    changelog_topic, repartition_topic, subscribed_topics, DedupScope, EngineConfig, FenceCause,
+    RestoreFrom, Step,
+};
 use exactly_core::state::state_changelog_topic;
 use exactly_core::Clock;
 use exactly_core::{Engine, EngineEnv, EngineError, RuntimeObserver, TaskConfig};
@@ -23,6 +26,17 @@ pub const INPUT: &str = "in";
 const HEARTBEAT_MS: i64 = 300;
 const SESSION_MS: i64 = 3_000;
 const TXN_TIMEOUT_MS: i64 = 5_000;
+/// Records a producer queues while no broker answers (a send beyond waits for room).
+pub const PRODUCER_QUEUE: usize = 64;
+
+/// The topic whose tasks dedup and run the app: the input, or its repartition topic.
+fn task_topic(global: bool) -> String {
+    if global {
+        repartition_topic(APP, INPUT)
+    } else {
+        INPUT.to_owned()
+    }
+}
 
 struct Thread {
     clients: SimClients,
@@ -147,6 +161,9 @@ pub struct Setup {
     pub commit_interval_ms: u64,
     /// Share of new inputs that are poison ([`Input::poison`]).
     pub poison_rate: f64,
+    /// `dedup.scope = "global"`: stage 1 repartitions by message ID, stage 2 dedups and runs
+    /// the app (Fanout only: per-key totals need a key's records in one task).
+    pub global: bool,
 }
 
 /// The world of one schedule.
@@ -197,6 +214,8 @@ impl World {
             session_timeout_ms: SESSION_MS,
             transaction_timeout_ms: TXN_TIMEOUT_MS,
             delete_retention_ms: 86_400_000,
+            // Small, so that outages fill it.
+            producer_queue_records: PRODUCER_QUEUE,
         };
         let mut cluster = SimCluster::new(clock.clone(), sim, setup.partitions);
         let compacted = TopicConfig {
@@ -214,10 +233,23 @@ impl World {
             },
         );
         cluster.create_topic(apps::DEAD_LETTERS, setup.partitions, TopicConfig::default());
-        cluster.create_topic(&changelog_topic(APP, INPUT), setup.partitions, compacted);
+        let task_topic = task_topic(setup.global);
+        if setup.global {
+            // Kept until read: stage 2 purges what it committed past.
+            let kept = TopicConfig {
+                retention_ms: None,
+                ..TopicConfig::default()
+            };
+            cluster.create_topic(&task_topic, setup.partitions, kept);
+        }
+        cluster.create_topic(
+            &changelog_topic(APP, &task_topic),
+            setup.partitions,
+            compacted,
+        );
         for s in apps::stores(setup.kind) {
             cluster.create_topic(
-                &state_changelog_topic(APP, INPUT, &s.name),
+                &state_changelog_topic(APP, &task_topic, &s.name),
                 setup.partitions,
                 compacted,
             );
@@ -231,6 +263,10 @@ impl World {
         engine.transaction_timeout = Duration::from_millis(TXN_TIMEOUT_MS as u64);
         engine.fence_check = Duration::from_millis(2 * HEARTBEAT_MS as u64 + 200);
         engine.restore_from = setup.restore_from;
+        if setup.global {
+            engine.dedup_scope = DedupScope::Global;
+        }
+        engine.purge_interval = Duration::from_secs(1);
         engine.task = Arc::new(TaskConfig {
             stores: apps::stores(setup.kind),
             dead_letter_topic: Some(apps::DEAD_LETTERS.to_owned()),
@@ -387,7 +423,7 @@ impl World {
                 process.clone(),
                 SimClientConfig {
                     group: APP.to_owned(),
-                    topics: vec![INPUT.to_owned()],
+                    topics: subscribed_topics(APP, self.engine.dedup_scope, &[INPUT.to_owned()]),
                     transactional_id: cfg.transactional_id.clone(),
                     transactional: true,
                     static_membership: self.setup.static_membership,
@@ -582,6 +618,7 @@ impl World {
             Request::EndTxn,
             Request::OffsetFetch,
             Request::ListOffsets,
+            Request::DeleteRecords,
         ][self.rng.gen_range(0..6)];
         let kind = [
             FaultKind::Retriable,
@@ -753,12 +790,35 @@ impl World {
         }
     }
 
-    /// The group's committed offsets have reached the end of every input partition.
+    /// Repartition records deleted (log start offsets of the repartition topic; 0 without the
+    /// global scope).
+    pub fn repartition_purged(&self) -> u64 {
+        if !self.setup.global {
+            return 0;
+        }
+        let c = self.cluster();
+        let topic = task_topic(true);
+        (0..self.setup.partitions)
+            .map(|p| c.log_start_offset(&topic, p) as u64)
+            .sum()
+    }
+
+    /// The group's committed offsets have reached the end of every input partition (and with
+    /// the global scope, no transaction is open on the repartition topic and no committed
+    /// repartition record lies at or after its partition's committed offset: stage 2 handled
+    /// everything stage 1 forwarded).
     pub fn drained(&self) -> bool {
         let c = self.cluster();
+        let repartition = task_topic(true);
         (0..self.setup.partitions).all(|p| {
-            c.committed_offset(APP, INPUT, p) == Some(c.high_watermark(INPUT, p))
-                || c.high_watermark(INPUT, p) == 0
+            let input = c.committed_offset(APP, INPUT, p) == Some(c.high_watermark(INPUT, p))
+                || c.high_watermark(INPUT, p) == 0;
+            let forwarded = !self.setup.global || {
+                let from = c.committed_offset(APP, &repartition, p).unwrap_or(0);
+                c.last_stable_offset(&repartition, p) == c.high_watermark(&repartition, p)
+                    && c.read_committed(&repartition, p, from, 1).0.is_empty()
+            };
+            input && forwarded
         })
     }
 
@@ -775,6 +835,18 @@ impl World {
                     c.last_stable_offset(&changelog_topic(APP, INPUT), p),
                     c.high_watermark(&changelog_topic(APP, INPUT), p),
                 ));
+            }
+            if self.setup.global {
+                let repartition = task_topic(true);
+                for p in 0..self.setup.partitions {
+                    out.push(format!(
+                        "repartition partition {p}: committed {:?}, log start {}, lso {}, hw {}",
+                        c.committed_offset(APP, &repartition, p),
+                        c.log_start_offset(&repartition, p),
+                        c.last_stable_offset(&repartition, p),
+                        c.high_watermark(&repartition, p),
+                    ));
+                }
             }
             out.push(format!("group assignment: {:?}", c.group_assignment(APP)));
         }
@@ -823,12 +895,50 @@ impl World {
 
     /// The oracle's findings about the committed output and dead letters.
     pub fn problems(&self) -> Vec<String> {
-        apps::check(
+        let mut problems = apps::check(
             self.setup.kind,
             &self.inputs,
             &self.outputs(),
             &self.dead_letters(),
-        )
+        );
+        if self.setup.global && !problems.is_empty() {
+            // Where the forwarded copies are, to tell stage 1 from stage 2.
+            let c = self.cluster();
+            let topic = task_topic(true);
+            let forwarded: std::collections::HashSet<Vec<u8>> = c
+                .committed_records(&topic)
+                .iter()
+                .filter_map(|(_, _, r)| r.header("message-id").map(<[u8]>::to_vec))
+                .collect();
+            for (p, o, r) in c.committed_records(INPUT) {
+                let id = r.header("message-id").unwrap_or_default();
+                if !forwarded.contains(id) {
+                    problems.push(format!(
+                        "never forwarded: {} at {INPUT}-{p}@{o} (committed offset {:?})",
+                        String::from_utf8_lossy(id),
+                        c.committed_offset(APP, INPUT, p)
+                    ));
+                }
+            }
+            for p in 0..self.setup.partitions {
+                problems.push(format!(
+                    "{topic}-{p}: lso {}, hw {}, open transactions anywhere: {}",
+                    c.last_stable_offset(&topic, p),
+                    c.high_watermark(&topic, p),
+                    c.has_open_transactions()
+                ));
+            }
+            for (p, o, r) in c.committed_records(&topic) {
+                let id = String::from_utf8_lossy(r.header("message-id").unwrap_or_default())
+                    .into_owned();
+                problems.push(format!(
+                    "forwarded {id} at {topic}-{p}@{o} (committed offset {:?}, log start {})",
+                    c.committed_offset(APP, &topic, p),
+                    c.log_start_offset(&topic, p)
+                ));
+            }
+        }
+        problems
     }
 }
 
