@@ -34,6 +34,7 @@ fn plan(unique: u64, actions: u64, extra_args: &[&str]) -> ChaosPlan {
         accounts: 0,
         state_stores: Vec::new(),
         extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+        soak: None,
     }
 }
 

@@ -108,6 +108,7 @@ fn stateful_chaos_with_sigkill_keeps_outputs_and_state_equal_to_a_sequential_run
         accounts: 200,
         state_stores: vec!["totals".into()],
         extra_args: Vec::new(),
+        soak: None,
     };
     println!(
         "state chaos seed {} (replay with EXACTLY_CHAOS_SEED={})",

@@ -489,6 +489,16 @@ impl PrivateBroker {
         Some(b)
     }
 
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its data dir.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
     /// Stops it gracefully and waits until the server process exited (its data is kept).
     pub fn down(&self) {
         self.script("down").unwrap_or_else(|e| panic!("{e}"));

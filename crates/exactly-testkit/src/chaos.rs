@@ -292,6 +292,20 @@ pub fn wait_caught_up(
     timeout: Duration,
     instances: &mut [AppProcess],
 ) {
+    wait_caught_up_with(bs, group, topic, ends, timeout, instances, None);
+}
+
+/// [`wait_caught_up`]; with `exits`, an instance that exits is started again (as an
+/// orchestrator would) and its exit is noted there instead of failing.
+fn wait_caught_up_with(
+    bs: &str,
+    group: &str,
+    topic: &str,
+    ends: &HashMap<i32, i64>,
+    timeout: Duration,
+    instances: &mut [AppProcess],
+    mut exits: Option<&mut Vec<String>>,
+) {
     let partitions = ends.len() as i32;
     let deadline = Instant::now() + timeout;
     loop {
@@ -301,11 +315,14 @@ pub fn wait_caught_up(
         }
         for inst in instances.iter_mut() {
             if let Some(status) = inst.exited() {
-                panic!(
-                    "instance {} exited unexpectedly ({status}); log tail:\n{}",
-                    inst.id,
-                    inst.log_tail(30)
-                );
+                match exits.as_deref_mut() {
+                    Some(exits) => restart_exited(inst, status, exits),
+                    None => panic!(
+                        "instance {} exited unexpectedly ({status}); log tail:\n{}",
+                        inst.id,
+                        inst.log_tail(30)
+                    ),
+                }
             }
         }
         assert!(Instant::now() < deadline, "group {group} did not catch up within {timeout:?}: committed {committed:?}, ends {ends:?}");
@@ -549,6 +566,24 @@ pub struct ChaosPlan {
     /// More options for every instance, after the standard ones (e.g. `--threads 2`,
     /// `--guarantee at-least-once`).
     pub extra_args: Vec<String>,
+    /// A soak instead of `actions` disruptions over `unique` IDs (see [`Soak`]).
+    pub soak: Option<Soak>,
+}
+
+/// A soak: disruptions go on for `duration`, each after a round of `unique` fresh IDs (with
+/// resends), and the mix adds pauses longer than the session timeout (the instance is
+/// removed from the group and resumes as a zombie) and, with `broker_script`, broker
+/// restarts. Every instance serves `/ready`, and the report counts how long each was not
+/// ready.
+#[derive(Debug, Clone)]
+pub struct Soak {
+    /// How long disruptions go on (then the group catches up and the output is verified).
+    pub duration: Duration,
+    /// A script that stops the broker gracefully with `down` and starts it with `up`
+    /// (`scripts/broker.sh`); `None`: no broker restarts. The local test broker is restarted
+    /// only once the group has caught up: stopped under open transactions, it hid committed
+    /// records from read_committed readers afterwards (docs/reliability.md).
+    pub broker_script: Option<PathBuf>,
 }
 
 /// The amount of payment `m{i}` in a run with [`ChaosPlan::accounts`] set.
@@ -585,6 +620,20 @@ pub struct ChaosReport {
     pub pauses: u32,
     /// Graceful SIGTERM restarts.
     pub terminations: u32,
+    /// SIGSTOPs longer than the session timeout (soak).
+    pub long_pauses: u32,
+    /// Broker restarts (soak with a broker script).
+    pub broker_restarts: u32,
+    /// Process starts, the first ones included.
+    pub starts: u32,
+    /// Transactions the instances aborted (their "transaction aborted" log lines).
+    pub aborts: u32,
+    /// Per instance, seconds its `/ready` did not answer 200 (soak), killed or paused time
+    /// included.
+    pub not_ready_seconds: Vec<f64>,
+    /// Instances that exited on their own during a soak (restarted, as an orchestrator
+    /// would): which, with their status and error line.
+    pub exits: Vec<String>,
     /// The per-ID comparison of input and output (read_committed).
     pub verification: Verification,
     /// The input topic, read_committed.
@@ -618,8 +667,94 @@ impl ChaosReport {
             v.missing.len(),
             v.unexpected.len(),
             self.seconds
-        )
+        ) + &if self.not_ready_seconds.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; soak: {} long SIGSTOPs (past the session timeout), {} broker restarts, {} process starts, {} exits on their own (restarted), {} aborted transactions, not ready {} s per instance",
+                self.long_pauses,
+                self.broker_restarts,
+                self.starts,
+                self.exits.len(),
+                self.aborts,
+                self.not_ready_seconds
+                    .iter()
+                    .map(|s| format!("{s:.0}"))
+                    .collect::<Vec<_>>()
+                    .join("/")
+            )
+        }
     }
+}
+
+/// Polls every instance's `/ready` (one thread each: a paused instance's server accepts a
+/// connection and answers nothing until it resumes) and adds up how long each did not answer
+/// 200.
+struct ReadyWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handles: Vec<std::thread::JoinHandle<f64>>,
+}
+
+impl ReadyWatch {
+    const EVERY: Duration = Duration::from_millis(250);
+
+    fn start(addrs: Vec<String>) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handles = addrs
+            .into_iter()
+            .map(|addr| {
+                let flag = stop.clone();
+                std::thread::spawn(move || {
+                    let mut not_ready = 0.0;
+                    let mut last = Instant::now();
+                    while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::thread::sleep(Self::EVERY);
+                        let ready = matches!(http_get(&addr, "/ready"), Some((200, _)));
+                        let now = Instant::now();
+                        if !ready {
+                            not_ready += now.duration_since(last).as_secs_f64();
+                        }
+                        last = now;
+                    }
+                    not_ready
+                })
+            })
+            .collect();
+        Self { stop, handles }
+    }
+
+    fn finish(self) -> Vec<f64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handles
+            .into_iter()
+            .map(|h| h.join().expect("the ready watch does not panic"))
+            .collect()
+    }
+}
+
+/// Runs the broker script with `verb` (`down` or `up`); panics if it fails.
+fn broker_script(script: &Path, verb: &str) {
+    let status = Command::new(script)
+        .arg(verb)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {} {verb}: {e}", script.display()));
+    assert!(
+        status.success(),
+        "{} {verb} failed: {status}",
+        script.display()
+    );
+}
+
+/// Round `round`'s messages of a soak: fresh IDs `r{round}-m{i}` (key = ID) with resends.
+fn soak_round(unique: usize, dup_share: f64, seed: u64, round: usize) -> Vec<TestMessage> {
+    let mut messages = messages_with_duplicates(unique, dup_share, seed.wrapping_add(round as u64));
+    for m in &mut messages {
+        let id = format!("r{round}-{}", m.id.as_deref().unwrap_or_default());
+        m.key = Some(id.clone().into_bytes());
+        m.id = Some(id);
+    }
+    messages
 }
 
 /// See [`AppProcess::starting_or_restoring`].
@@ -644,6 +779,27 @@ fn restoring_in(log: &str) -> bool {
         }
     }
     last.values().any(|r| *r)
+}
+
+/// The last `error:` line `inst` logged since its last start.
+fn exit_reason(inst: &AppProcess) -> String {
+    inst.log_since_start()
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or("no error line")
+        .to_owned()
+}
+
+/// Notes why `inst` exited (its status and last `error:` line) and starts it again.
+fn restart_exited(inst: &mut AppProcess, status: ExitStatus, exits: &mut Vec<String>) {
+    exits.push(format!(
+        "instance {} ({status}): {}",
+        inst.id,
+        exit_reason(inst)
+    ));
+    inst.kill9(); // reaps it
+    inst.start();
 }
 
 /// SIGKILLs `inst` and counts what the kill hit.
@@ -685,6 +841,12 @@ pub fn run_observed(
         as_payments(&mut messages, plan.accounts);
     }
     let prefix: Vec<&str> = plan.prefix_args.iter().map(String::as_str).collect();
+    let ready_addrs: Vec<String> = match plan.soak {
+        Some(_) => (0..plan.instances)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect(),
+        None => Vec::new(),
+    };
     let mut instances: Vec<AppProcess> = (0..plan.instances)
         .map(|i| {
             let mut args = instance_args(
@@ -694,28 +856,84 @@ pub fn run_observed(
                 &app,
                 &work_dir.join(format!("state-{i}")),
             );
+            if let Some(addr) = ready_addrs.get(i) {
+                args.extend(["--metrics-addr".to_owned(), addr.clone()]);
+            }
             args.extend(plan.extra_args.iter().cloned());
             AppProcess::new(&plan.program, &prefix, &i.to_string(), args, work_dir)
         })
         .collect();
     instances.iter_mut().for_each(AppProcess::start);
+    let watch = (!ready_addrs.is_empty()).then(|| ReadyWatch::start(ready_addrs.clone()));
     let started = Instant::now();
     let mut report = ChaosReport {
         seed: plan.seed,
         ..ChaosReport::default()
     };
-    for (done, chunk) in messages
-        .chunks(messages.len().div_ceil(plan.actions.max(1)))
-        .enumerate()
-    {
+    let mut chunks = messages.chunks(messages.len().div_ceil(plan.actions.max(1)));
+    for done in 0.. {
+        let round;
+        let chunk: &[TestMessage] = match &plan.soak {
+            None => match chunks.next() {
+                Some(c) => c,
+                None => break,
+            },
+            Some(soak) => {
+                if started.elapsed() >= soak.duration {
+                    break;
+                }
+                round = soak_round(plan.unique, plan.dup_share, plan.seed, done);
+                &round
+            }
+        };
         broker::produce(bs, &input, chunk);
         let victim = rng.gen_range(0..instances.len());
         std::thread::sleep(Duration::from_millis(rng.gen_range(100..1500)));
+        if plan.soak.is_some() {
+            for inst in instances.iter_mut() {
+                if let Some(status) = inst.exited() {
+                    restart_exited(inst, status, &mut report.exits);
+                }
+            }
+        }
         if let Some(status) = instances[victim].exited() {
             panic!(
                 "instance {victim} exited on its own ({status}); log tail:\n{}",
                 instances[victim].log_tail(30)
             );
+        }
+        if let Some(soak) = &plan.soak {
+            let roll = rng.gen_range(0..100);
+            if roll < 8 {
+                if let Some(script) = &soak.broker_script {
+                    progress(done, "broker restart (once caught up)");
+                    let ends = broker::end_offsets(bs, &input, plan.partitions);
+                    wait_caught_up_with(
+                        bs,
+                        &app,
+                        &input,
+                        &ends,
+                        Duration::from_secs(600),
+                        &mut instances,
+                        Some(&mut report.exits),
+                    );
+                    broker_script(script, "down");
+                    std::thread::sleep(Duration::from_millis(rng.gen_range(1_000..8_000)));
+                    broker_script(script, "up");
+                    report.broker_restarts += 1;
+                    continue;
+                }
+            } else if roll < 16 {
+                progress(done, &format!("long SIGSTOP instance {victim}"));
+                // Past the 6 s session timeout: the group moves its partitions, and it resumes
+                // as a zombie that must be fenced.
+                let inst = &mut instances[victim];
+                inst.freeze();
+                std::thread::sleep(Duration::from_millis(rng.gen_range(7_000..12_000)));
+                inst.resume();
+                report.long_pauses += 1;
+                continue;
+            }
         }
         let inst = &mut instances[victim];
         match rng.gen_range(0..100) {
@@ -742,12 +960,21 @@ pub fn run_observed(
             _ => {
                 progress(done, &format!("SIGTERM instance {victim}"));
                 let status = inst.terminate(Duration::from_secs(60)).expect("running");
-                assert!(
-                    status.success(),
-                    "instance {} exited with {status} after SIGTERM; log tail:\n{}",
-                    inst.id,
-                    inst.log_tail(30)
-                );
+                if plan.soak.is_some() && !status.success() {
+                    // It was exiting on its own (or still starting) when the signal came.
+                    report.exits.push(format!(
+                        "instance {} ({status}, at a SIGTERM): {}",
+                        inst.id,
+                        exit_reason(inst)
+                    ));
+                } else {
+                    assert!(
+                        status.success(),
+                        "instance {} exited with {status} after SIGTERM; log tail:\n{}",
+                        inst.id,
+                        inst.log_tail(30)
+                    );
+                }
                 report.terminations += 1;
                 inst.start();
             }
@@ -758,22 +985,42 @@ pub fn run_observed(
         "waiting until every input offset is committed",
     );
     let ends = broker::end_offsets(bs, &input, plan.partitions);
-    wait_caught_up(
+    let exits = plan.soak.is_some().then_some(&mut report.exits);
+    wait_caught_up_with(
         bs,
         &app,
         &input,
         &ends,
         Duration::from_secs(600),
         &mut instances,
+        exits,
     );
+    if let Some(watch) = watch {
+        report.not_ready_seconds = watch.finish();
+    }
     for inst in &mut instances {
         let status = inst.terminate(Duration::from_secs(60)).expect("running");
-        assert!(
-            status.success(),
-            "instance {} exited with {status} after SIGTERM; log tail:\n{}",
-            inst.id,
-            inst.log_tail(30)
-        );
+        if plan.soak.is_some() && !status.success() {
+            // It exited on its own after the group caught up (a long pause's fence).
+            report.exits.push(format!(
+                "instance {} ({status}, at the final SIGTERM): {}",
+                inst.id,
+                exit_reason(inst)
+            ));
+        } else {
+            assert!(
+                status.success(),
+                "instance {} exited with {status} after SIGTERM; log tail:\n{}",
+                inst.id,
+                inst.log_tail(30)
+            );
+        }
+        report.starts += inst.starts;
+        report.aborts += inst
+            .log()
+            .lines()
+            .filter(|l| l.contains("transaction aborted"))
+            .count() as u32;
     }
     report.inputs = broker::read_committed(bs, &input);
     report.outputs = broker::read_committed(bs, &output);

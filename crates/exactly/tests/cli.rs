@@ -338,18 +338,26 @@ fn verify_and_topics_connect_with_the_config_files_kafka_table_and_never_log_its
     }
 }
 
-/// The figure before `label` in a chaos summary ("…, 12 duplicates, 0 missing, …").
-fn summary_count(text: &str, label: &str) -> u64 {
-    let line = text
-        .lines()
+/// The chaos summary line of a run's output.
+fn summary_line(text: &str) -> &str {
+    text.lines()
         .find(|l| l.starts_with("chaos seed "))
-        .unwrap_or_else(|| panic!("no summary line:\n{text}"));
-    let before = &line[..line.find(&format!(" {label},")).expect(label)];
+        .unwrap_or_else(|| panic!("no summary line:\n{text}"))
+}
+
+/// The number right before `needle` in `part`.
+fn number_before(part: &str, needle: &str) -> u64 {
+    let before = &part[..part.find(needle).expect(needle)];
     before
         .rsplit(' ')
         .next()
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no count before `{label}` in {line}"))
+        .unwrap_or_else(|| panic!("no count before `{needle}` in {part}"))
+}
+
+/// The figure before `label` in a chaos summary ("…, 12 duplicates, 0 missing, …").
+fn summary_count(text: &str, label: &str) -> u64 {
+    number_before(summary_line(text), &format!(" {label},"))
 }
 
 #[test]
@@ -389,4 +397,67 @@ fn chaos_exits_zero_when_every_id_is_output_once_and_one_when_the_app_duplicates
         "{duplicates} duplicates: {t}"
     );
     assert_eq!(summary_count(&t, "missing"), 0, "{t}");
+}
+
+/// The figure before `label` in the soak part of a chaos summary ("…; soak: 1 long SIGSTOPs …").
+fn soak_count(text: &str, label: &str) -> u64 {
+    let line = summary_line(text);
+    let soak = line
+        .split("; soak: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no soak figures in {line}"));
+    number_before(soak, &format!(" {label}"))
+}
+
+/// `exactly chaos --minutes` on a broker of the test's own, restarted by the soak through
+/// `--broker-script`: seed 82's schedule restarts the broker at its first disruption and
+/// pauses an instance past its session timeout at its third. Every ID is output once, and the
+/// summary reports the soak's figures.
+#[test]
+fn a_chaos_soak_with_broker_restarts_and_long_pauses_outputs_every_id_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(private) = broker::PrivateBroker::start("cli-soak", &dir.path().join("broker")) else {
+        return;
+    };
+    // The script the soak calls with `down` / `up`: scripts/broker.sh on this broker.
+    let script = dir.path().join("broker-ctl.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nunset KAFKA_BOOTSTRAP\nBROKER_PORT={} BROKER_DATA_DIR={} exec bash {} \"$@\"\n",
+            private.port(),
+            private.data_dir().display(),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/broker.sh"),
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let script = script.display().to_string();
+    let out = run(
+        &[
+            "chaos",
+            "--minutes",
+            "0.5",
+            "--round-ids",
+            "300",
+            "--seed",
+            "82",
+            "--broker-script",
+            &script,
+        ],
+        &[
+            ("KAFKA_BOOTSTRAP", private.bs.as_str()),
+            ("EXACTLY_RESTORE_FROM", "start"),
+        ],
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(t.contains("exactly once: 0 duplicates, 0 missing"), "{t}");
+    assert!(soak_count(&t, "broker restarts") >= 1, "{t}");
+    assert!(soak_count(&t, "long SIGSTOPs") >= 1, "{t}");
+    assert!(soak_count(&t, "process starts") >= 2, "{t}");
+    println!("{t}");
 }

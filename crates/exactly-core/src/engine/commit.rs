@@ -394,6 +394,7 @@ impl<F: ProcessorFactory> Engine<F> {
         }
         self.txn = Txn::Idle;
         if was_open {
+            tracing::info!(thread = self.cfg.thread, reason, "transaction aborted");
             self.env.observer.aborted(reason);
             self.progress.aborted = Some(reason.to_owned());
         }

@@ -15,7 +15,7 @@ pub enum EngineError {
     #[error("kafka error: {0}. Nothing more is committed; check the cluster and the configuration, then restart")]
     Client(ClientError),
     /// This thread is a zombie: a newer process runs with its instance id.
-    #[error("stream thread {thread} was fenced: {reason}. Another process runs with transactional.id {transactional_id}; each instance needs its own stable `instance_id`. This process stops without committing anything more")]
+    #[error("stream thread {thread} was fenced: {reason}. If another process runs with transactional.id {transactional_id}, each instance needs its own stable `instance_id`. This process stops without committing anything more")]
     Fenced {
         /// Thread index.
         thread: usize,

@@ -58,6 +58,9 @@ const POLL_WAIT: Duration = Duration::from_millis(20);
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// The longest a client call waits when no open transaction bounds it.
 const REQUEST_WAIT: Duration = Duration::from_secs(30);
+/// How soon after this member lost its session a fence of its consumer may be librdkafka's
+/// own rejoin being refused rather than a newer process (see `Engine::zombie`).
+const SESSION_FENCE_WINDOW: Duration = Duration::from_secs(60);
 /// How long a purge of repartition records waits for its answer (between transactions; the
 /// next interval tries again).
 const PURGE_WAIT: Duration = Duration::from_secs(2);
@@ -157,6 +160,8 @@ pub struct Engine<F: ProcessorFactory> {
     /// deleted up to; deleted every `purge_interval`.
     purge: BTreeMap<TopicPartition, i64>,
     last_purge: Duration,
+    /// When this member last lost its partitions (its session ended).
+    lost_at: Option<Duration>,
     /// The progress of the current `run_once`.
     progress: Progress,
 }
@@ -199,6 +204,7 @@ impl<F: ProcessorFactory> Engine<F> {
             last_report: now,
             purge: BTreeMap::new(),
             last_purge: now,
+            lost_at: None,
             progress: Progress::default(),
         }
     }
@@ -459,8 +465,7 @@ impl<F: ProcessorFactory> Engine<F> {
             Err(e) => {
                 tracing::warn!(thread = self.cfg.thread, error = %e, "could not delete repartition records the tasks committed past; trying again in the next purge interval");
                 for (tp, offset) in offsets {
-                    let entry = self.purge.entry(tp).or_insert(offset);
-                    *entry = (*entry).max(offset);
+                    self.purge_up_to(tp, offset);
                 }
             }
         }
@@ -470,10 +475,15 @@ impl<F: ProcessorFactory> Engine<F> {
     fn note_committed(&mut self, offsets: &[(TopicPartition, i64)]) {
         for (tp, offset) in offsets {
             if self.cfg.is_repartition_topic(&tp.topic) {
-                let entry = self.purge.entry(tp.clone()).or_insert(*offset);
-                *entry = (*entry).max(*offset);
+                self.purge_up_to(tp.clone(), *offset);
             }
         }
+    }
+
+    /// Records of `tp` before `offset` are to be purged (a later offset wins).
+    fn purge_up_to(&mut self, tp: TopicPartition, offset: i64) {
+        let entry = self.purge.entry(tp).or_insert(offset);
+        *entry = (*entry).max(offset);
     }
 
     /// Ends the thread's work: commits the open transaction (aborts it if that fails), purges

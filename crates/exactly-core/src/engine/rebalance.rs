@@ -3,7 +3,7 @@
 use super::client::{ClientError, ClientErrorKind, GroupEvent, StreamClients, TopicPartition};
 use super::commit::ABORT_LOST;
 use super::error::{EngineError, Fault, FenceCause};
-use super::{Engine, Mode};
+use super::{Engine, Mode, SESSION_FENCE_WINDOW};
 use crate::processor::ProcessorFactory;
 use std::time::Duration;
 
@@ -84,6 +84,7 @@ impl<F: ProcessorFactory> Engine<F> {
         partitions: Vec<TopicPartition>,
     ) -> Result<(), EngineError> {
         self.env.observer.rebalance();
+        self.lost_at = Some(self.env.clock.monotonic());
         tracing::warn!(
             thread = self.cfg.thread,
             lost = partitions.len(),
@@ -217,6 +218,7 @@ impl<F: ProcessorFactory> Engine<F> {
         reason: &'static str,
     ) -> Result<(), EngineError> {
         tracing::warn!(thread = %self.cfg.transactional_id, error = %e, "the open transaction could not be aborted (no broker answered): dropped this thread's tasks without applying it; a new producer ends it once the brokers answer, then the tasks restore");
+        tracing::info!(thread = self.cfg.thread, reason, "transaction aborted");
         self.env.observer.aborted(reason);
         self.progress.aborted = Some(reason.to_owned());
         self.drop_tasks_unapplied();
@@ -233,14 +235,26 @@ impl<F: ProcessorFactory> Engine<F> {
     /// A newer member joined with this member's `group.instance.id`: this process is a zombie.
     /// It writes nothing more.
     pub(crate) fn zombie<C: StreamClients>(&mut self, clients: &C, e: ClientError) -> EngineError {
-        tracing::error!(thread = self.cfg.thread, error = %e, "fenced: a newer member joined with this thread's group.instance.id");
+        tracing::error!(thread = self.cfg.thread, error = %e, "fenced: the group refused this thread's group.instance.id");
         self.env.observer.fenced();
         self.stop(clients);
+        let now = self.env.clock.monotonic();
+        let after_loss = self
+            .lost_at
+            .is_some_and(|t| now.saturating_sub(t) < SESSION_FENCE_WINDOW);
+        let reason = if after_loss {
+            // librdkafka answers a session that timed out (the process was paused or cut off
+            // longer than `session.timeout.ms`) by rejoining, and then takes the refusal of
+            // its own stale member id as a fence of the consumer (librdkafka issue #3437).
+            format!("the group refused this thread's group.instance.id as fenced right after this member lost its session ({e}): either a newer member joined with this thread's group.instance.id (another process runs with this instance id), or this process was paused or cut off longer than session.timeout.ms and librdkafka's own rejoin was refused (its consumer cannot go on; a restart resumes from the committed offsets)")
+        } else {
+            format!("a newer member joined with this thread's group.instance.id ({e})")
+        };
         EngineError::Fenced {
             thread: self.cfg.thread,
             transactional_id: self.cfg.transactional_id.clone(),
             cause: FenceCause::NewerMember,
-            reason: format!("a newer member joined with this thread's group.instance.id ({e})"),
+            reason,
         }
     }
 

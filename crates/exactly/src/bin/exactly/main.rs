@@ -70,6 +70,18 @@ struct ChaosArgs {
     /// `--app-arg=--threads --app-arg=2` or `--app-arg=--guarantee --app-arg=at-least-once`).
     #[arg(long = "app-arg", value_name = "ARG", allow_hyphen_values = true)]
     app_args: Vec<String>,
+    /// A soak: disruptions go on for this many minutes instead of `--kills` of them, each
+    /// after a round of `--round-ids` fresh IDs; pauses past the session timeout join the mix,
+    /// and each instance's time not ready (`/ready`) is reported.
+    #[arg(long)]
+    minutes: Option<f64>,
+    /// Soak: distinct IDs produced before each disruption.
+    #[arg(long, default_value_t = 2_000)]
+    round_ids: usize,
+    /// Soak: a script that stops (`down`) and starts (`up`) the broker, e.g.
+    /// `scripts/broker.sh`, to restart it between disruptions (once the group caught up).
+    #[arg(long)]
+    broker_script: Option<std::path::PathBuf>,
 }
 
 /// A dedup-forward instance.
@@ -133,7 +145,15 @@ fn run_chaos(a: ChaosArgs) -> anyhow::Result<ExitCode> {
         exactly_testkit::broker::reachable(&bs, std::time::Duration::from_secs(10)),
         "no Kafka broker answers at {bs}: start the local one with `scripts/broker.sh up`, or set KAFKA_BOOTSTRAP"
     );
-    let plan = exactly_testkit::chaos::ChaosPlan {
+    anyhow::ensure!(
+        a.minutes.is_none_or(|m| m > 0.0),
+        "--minutes must be positive"
+    );
+    anyhow::ensure!(
+        a.broker_script.is_none() || a.minutes.is_some(),
+        "--broker-script restarts the broker in a soak: give --minutes too"
+    );
+    let mut plan = exactly_testkit::chaos::ChaosPlan {
         program: std::env::current_exe()?,
         prefix_args: vec!["forward".into()],
         instances: a.instances,
@@ -145,7 +165,14 @@ fn run_chaos(a: ChaosArgs) -> anyhow::Result<ExitCode> {
         accounts: 0,
         state_stores: Vec::new(),
         extra_args: a.app_args.clone(),
+        soak: a.minutes.map(|m| exactly_testkit::chaos::Soak {
+            duration: std::time::Duration::from_secs_f64(m * 60.0),
+            broker_script: a.broker_script.clone(),
+        }),
     };
+    if plan.soak.is_some() {
+        plan.unique = a.round_ids;
+    }
     println!(
         "chaos: seed {} (replay with --seed {}), {} instances, {} partitions",
         plan.seed, plan.seed, plan.instances, plan.partitions
@@ -155,19 +182,37 @@ fn run_chaos(a: ChaosArgs) -> anyhow::Result<ExitCode> {
         .tempdir()?
         .keep();
     println!("work dir (state and logs): {}", work.display());
-    let bar = indicatif::ProgressBar::new(plan.actions as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} disruptions  {msg}",
-        )
-        .expect("a valid template"),
-    );
+    let bar = match &plan.soak {
+        None => {
+            let bar = indicatif::ProgressBar::new(plan.actions as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} disruptions  {msg}",
+                )
+                .expect("a valid template"),
+            );
+            bar
+        }
+        Some(_) => {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {pos} disruptions  {msg}",
+                )
+                .expect("a valid template"),
+            );
+            bar
+        }
+    };
     let report = exactly_testkit::chaos::run_observed(&bs, &plan, &work, &mut |done, what| {
         bar.set_position(done as u64);
         bar.set_message(what.to_owned());
     });
     bar.finish_and_clear();
     println!("{}", report.summary());
+    for exit in &report.exits {
+        println!("exited on its own: {exit}");
+    }
     if report.verification.is_exact() {
         let _ = std::fs::remove_dir_all(&work);
         println!("exactly once: 0 duplicates, 0 missing");
