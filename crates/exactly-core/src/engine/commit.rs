@@ -167,11 +167,7 @@ impl<F: ProcessorFactory> Engine<F> {
         run: &[Record<'_>],
     ) -> Result<usize, Fault> {
         let until = self.txn_time_bound();
-        let deadline = if self.cfg.exactly_once() {
-            self.txn_deadline()
-        } else {
-            None
-        };
+        let deadline = self.coordinator_deadline();
         let slot = self.tasks.get_mut(tp).expect("the caller found the task");
         let mut writer = ClientWriter {
             clients,
@@ -228,11 +224,7 @@ impl<F: ProcessorFactory> Engine<F> {
             return Ok(());
         }
         // 1.
-        let deadline = self
-            .cfg
-            .exactly_once()
-            .then(|| self.txn_deadline())
-            .flatten();
+        let deadline = self.coordinator_deadline();
         let clock = self.env.clock.clone();
         for (tp, slot) in self.tasks.iter_mut().filter(|(_, s)| s.is_running()) {
             let time_left = deadline.map(|d| d.saturating_sub(clock.monotonic()));
@@ -380,6 +372,15 @@ impl<F: ProcessorFactory> Engine<F> {
             Txn::Open { started, .. } => Some(*started + self.cfg.transaction_timeout * 4 / 5),
             Txn::Idle => None,
         }
+    }
+
+    /// [`txn_deadline`](Self::txn_deadline) where a coordinator times transactions out
+    /// (exactly-once); `None` in at-least-once mode, whose batches have no timeout.
+    fn coordinator_deadline(&self) -> Option<Duration> {
+        self.cfg
+            .exactly_once()
+            .then(|| self.txn_deadline())
+            .flatten()
     }
 
     /// Aborts the open transaction and rewinds every running task to its committed offset.

@@ -151,9 +151,9 @@ pub(crate) struct KafkaClients {
     /// scope purges).
     admin: std::cell::OnceCell<AdminClient<DefaultClientContext>>,
     admin_config: ClientConfig,
-    /// librdkafka's `commit_transaction` was called in the open transaction (and returned
-    /// "retry call to resume"): the commit may be in progress, and must be resumed, never
-    /// replaced by an abort.
+    /// librdkafka's `commit_transaction` was called in the open transaction: a resumed
+    /// commit (after "retry call to resume") may be in progress and is not drained again.
+    /// Cleared when the next transaction begins.
     commit_called: std::cell::Cell<bool>,
     transaction_timeout: Duration,
 }
@@ -460,17 +460,12 @@ impl StreamClients for KafkaClients {
         // `transaction.timeout.ms`). A retriable failure leaves the commit going on: the engine
         // resumes it by calling again.
         self.commit_called.set(true);
-        let committed = p.commit_transaction(self.transaction_timeout);
-        if !matches!(&committed, Err(KafkaError::Transaction(e)) if e.is_retriable()) {
-            // Committed, or failed for good (an abort or a new producer follows): over.
-            self.commit_called.set(false);
-        }
-        committed.map_err(write("commit_transaction"))?;
+        p.commit_transaction(self.transaction_timeout)
+            .map_err(write("commit_transaction"))?;
         Ok(producer::delivered(p.context().take()))
     }
 
     fn abort_transaction(&self) -> Result<(), ClientError> {
-        self.commit_called.set(false);
         let p = self.producer.borrow();
         let result = producer::abort_transaction(&p).map_err(write("abort_transaction"));
         let _ = p.context().take();
@@ -490,7 +485,6 @@ impl StreamClients for KafkaClients {
     }
 
     fn reset_producer(&self) -> Result<(), ClientError> {
-        self.commit_called.set(false);
         let fresh = self
             .maker
             .make()

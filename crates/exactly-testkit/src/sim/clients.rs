@@ -160,7 +160,7 @@ fn client_error(during: &'static str, e: SimError) -> ClientError {
 }
 
 /// `d` in whole ms.
-fn ms(d: Duration) -> i64 {
+pub(super) fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
 }
 
@@ -270,7 +270,7 @@ impl SimClients {
         f: impl FnOnce(&mut SimCluster, &mut State) -> Result<T, ClientError>,
     ) -> Result<T, ClientError> {
         self.op(during, |c, s| {
-            if !c.wait_for_brokers(c.now_ms() + ms(within)) {
+            if !c.wait_for_brokers(within) {
                 return Err(client_error(during, SimError::Unreachable(during)));
             }
             f(c, s)
@@ -616,7 +616,7 @@ impl StreamClients for SimClients {
                 }
                 // The queue is full: librdkafka's produce fails with QUEUE_FULL, and the
                 // client serves deliveries and tries again until `within` has passed.
-                if !c.wait_for_brokers(c.now_ms() + ms(within)) {
+                if !c.wait_for_brokers(within) {
                     return Err(ClientError::new(
                         ClientErrorKind::Abortable,
                         "send",
@@ -663,7 +663,7 @@ impl StreamClients for SimClients {
             Self::producer_ok(s, "commit_transaction")?;
             // The client waits for its queued records' deliveries before it asks the
             // coordinator to commit: if they do not come within the wait, nothing was asked.
-            if !s.queued.is_empty() && !c.wait_for_brokers(c.now_ms() + ms(within)) {
+            if !s.queued.is_empty() && !c.wait_for_brokers(within) {
                 return Err(ClientError::new(
                     ClientErrorKind::Abortable,
                     "commit_transaction",
@@ -780,18 +780,8 @@ impl StreamClients for SimClients {
     ) -> Result<(i64, i64), ClientError> {
         self.request_within("watermarks", within, |c, _| {
             c.expire_transactions();
-            match c.take_fault(Request::ListOffsets) {
-                None => {}
-                Some(FaultKind::Fatal) => {
-                    return Err(client_error("watermarks", SimError::Fatal("ListOffsets")))
-                }
-                Some(_) => {
-                    return Err(client_error(
-                        "watermarks",
-                        SimError::Retriable("ListOffsets"),
-                    ))
-                }
-            }
+            c.read_fault(Request::ListOffsets, "ListOffsets")
+                .map_err(|e| client_error("watermarks", e))?;
             let Some(log) = c.log(&tp.topic, tp.partition) else {
                 return Err(client_error(
                     "watermarks",
@@ -812,15 +802,8 @@ impl StreamClients for SimClients {
         within: Duration,
     ) -> Result<(), ClientError> {
         self.request_within("delete_records", within, |c, _| {
-            if let Some(kind) = c.take_fault(Request::DeleteRecords) {
-                return Err(client_error(
-                    "delete_records",
-                    match kind {
-                        FaultKind::Fatal => SimError::Fatal("DeleteRecords"),
-                        _ => SimError::Retriable("DeleteRecords"),
-                    },
-                ));
-            }
+            c.read_fault(Request::DeleteRecords, "DeleteRecords")
+                .map_err(|e| client_error("delete_records", e))?;
             for (tp, offset) in offsets {
                 c.delete_records(&tp.topic, tp.partition, *offset)
                     .map_err(|e| client_error("delete_records", e))?;

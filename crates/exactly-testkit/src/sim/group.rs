@@ -2,7 +2,7 @@
 //! timeouts, committed offsets and the KIP-447 checks of transactional offset commits.
 
 use super::process::SimProcess;
-use super::{FaultKind, Request, SimCluster, SimError};
+use super::{Request, SimCluster, SimError};
 use exactly_core::engine::{GroupEvent, TopicPartition};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -453,11 +453,7 @@ impl SimCluster {
         stable: bool,
     ) -> Result<Vec<Option<i64>>, SimError> {
         self.expire_transactions();
-        match self.take_fault(Request::OffsetFetch) {
-            None => {}
-            Some(FaultKind::Fatal) => return Err(SimError::Fatal("OffsetFetch")),
-            Some(_) => return Err(SimError::Retriable("OffsetFetch")),
-        }
+        self.read_fault(Request::OffsetFetch, "OffsetFetch")?;
         if stable
             && partitions
                 .iter()

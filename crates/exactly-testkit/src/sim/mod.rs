@@ -282,12 +282,12 @@ impl SimCluster {
         self.now_ms() >= self.down_until_ms
     }
 
-    /// A client call that blocks until the brokers answer, at most until `until_ms`: time
-    /// passes (for every process, as in any blocking call of the simulation). Returns whether
-    /// they answer.
-    pub(crate) fn wait_for_brokers(&mut self, until_ms: i64) -> bool {
-        let to = self.down_until_ms.min(until_ms);
-        self.sleep_until(to);
+    /// A client call that blocks until the brokers answer, for `within` at most: time passes
+    /// (for every process, as in any blocking call of the simulation). Returns whether they
+    /// answer.
+    pub(crate) fn wait_for_brokers(&mut self, within: std::time::Duration) -> bool {
+        let until = self.now_ms() + clients::ms(within);
+        self.sleep_until(self.down_until_ms.min(until));
         self.reachable()
     }
 
@@ -297,6 +297,20 @@ impl SimCluster {
         if ms > now {
             self.clock
                 .sleep(std::time::Duration::from_millis((ms - now) as u64));
+        }
+    }
+
+    /// An injected fault on a read-only request (`name` in the error): a fatal one fails
+    /// fatally, any other retriably; nothing happened either way.
+    pub(crate) fn read_fault(
+        &mut self,
+        request: Request,
+        name: &'static str,
+    ) -> Result<(), SimError> {
+        match self.take_fault(request) {
+            None => Ok(()),
+            Some(FaultKind::Fatal) => Err(SimError::Fatal(name)),
+            Some(_) => Err(SimError::Retriable(name)),
         }
     }
 
