@@ -15,9 +15,19 @@ pub struct DeliveryState {
     pub changelog_last: HashMap<(String, i32), i64>,
     /// Records delivered per topic (outputs and dead letters), for metrics.
     pub delivered: HashMap<String, u64>,
-    /// The first delivery error, if any (the transaction must abort), with the number of the
-    /// send that failed.
-    pub error: Option<(KafkaError, u64)>,
+    /// The first delivery error, if any (the transaction must abort).
+    pub error: Option<DeliveryError>,
+}
+
+/// A failed delivery.
+#[derive(Debug, Clone)]
+pub struct DeliveryError {
+    /// What the client or broker said.
+    pub error: KafkaError,
+    /// The number of the send that failed.
+    pub seq: u64,
+    /// Its topic.
+    pub topic: String,
 }
 
 /// Producer context: collects delivery reports. It runs on the stream thread inside
@@ -42,8 +52,8 @@ impl DeliveryTracker {
         std::mem::take(&mut *self.state.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Takes the first delivery error of the current batch, if any, with its send's number.
-    pub fn take_error(&self) -> Option<(KafkaError, u64)> {
+    /// Takes the first delivery error of the current batch, if any.
+    pub fn take_error(&self) -> Option<DeliveryError> {
         self.state
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -51,8 +61,8 @@ impl DeliveryTracker {
             .take()
     }
 
-    /// The first delivery error of the current transaction, if any, with its send's number.
-    pub fn error(&self) -> Option<(KafkaError, u64)> {
+    /// The first delivery error of the current transaction, if any.
+    pub fn error(&self) -> Option<DeliveryError> {
         self.state
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -88,9 +98,13 @@ impl ProducerContext for DeliveryTracker {
                     state.delivered.insert(topic.to_owned(), 1);
                 }
             }
-            Err((e, _)) => {
+            Err((e, msg)) => {
                 if state.error.is_none() {
-                    state.error = Some((e.clone(), seq as u64));
+                    state.error = Some(DeliveryError {
+                        error: e.clone(),
+                        seq: seq as u64,
+                        topic: msg.topic().to_owned(),
+                    });
                 }
             }
         }

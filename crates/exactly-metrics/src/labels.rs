@@ -70,6 +70,9 @@ label_values! {
         DeadLettered => "dead_lettered",
         /// The app stops (policy `fail`, or its dead letter was refused too).
         Stopped => "stopped",
+        /// The output topic does not exist (deleted while running): the transaction was
+        /// aborted, and it is tried again until the topic is back.
+        OutputMissing => "output_missing",
     }
 }
 

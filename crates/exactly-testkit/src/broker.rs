@@ -121,6 +121,18 @@ pub fn create_topics_with(bs: &str, topics: &[TopicSpec<'_>]) {
     }
 }
 
+/// The names of the cluster's topics (a metadata request for all of them, which creates none).
+pub fn list_topics(bs: &str) -> Vec<String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bs)
+        .create()
+        .expect("client");
+    let md = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("listing the topics of {bs}: {e}"));
+    md.topics().iter().map(|t| t.name().to_owned()).collect()
+}
+
 /// Deletes topics, ignoring errors (clean-up: the test broker keeps all data in memory).
 pub fn delete_topics(bs: &str, topics: &[&str]) {
     let _ = futures_executor::block_on(admin(bs).delete_topics(topics, &AdminOptions::new()));

@@ -152,8 +152,16 @@ pub enum ClientErrorKind {
     /// timestamp out of range), or the topic is not authorized. Sending it again fails again.
     /// The transaction must abort; [`ClientError::record`] names the send.
     Rejected,
-    /// A topic or partition does not exist.
+    /// A topic or partition does not exist. About a sent record ([`ClientError::record`] set):
+    /// its output topic is missing (deleted while the app runs; the clients must not create
+    /// it with the broker's defaults), and the transaction must abort; the engine retries
+    /// until the topic is back. Otherwise (an input or changelog) it stops the thread.
     UnknownTopic,
+    /// The producer failed for good on its own state, not because of a newer producer:
+    /// librdkafka's idempotence sequence broke (`OUT_OF_ORDER_SEQUENCE_NUMBER` after an output
+    /// partition was deleted and created again, `UNKNOWN_PRODUCER_ID`). Nothing of its open
+    /// transaction can commit; a new producer with the same `transactional.id` can go on.
+    ProducerFailed,
     /// A fatal error that no retry fixes (authorization, invalid configuration).
     Fatal,
     /// The process is being killed (the simulation's SIGKILL): stop at once, touching nothing.

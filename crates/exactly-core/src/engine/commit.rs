@@ -3,7 +3,7 @@
 
 use super::client::{ClientError, ClientErrorKind, Step, StreamClients, TopicPartition};
 use super::error::{EngineError, Fault};
-use super::Engine;
+use super::{Engine, Mode};
 use crate::clock::Clock;
 use crate::error::{ErrorPolicy, TaskError};
 use crate::processor::ProcessorFactory;
@@ -289,6 +289,13 @@ impl<F: ProcessorFactory> Engine<F> {
         };
         self.consecutive_failures = 0;
         self.fences_since_commit = 0;
+        if self.output_missing && delivered.records.values().any(|n| *n > 0) {
+            self.output_missing = false;
+            tracing::info!(
+                thread = self.cfg.thread,
+                "outputs are delivered again: the missing output topic is back"
+            );
+        }
         if self.cfg.exactly_once() {
             self.note_committed(&offsets);
         }
@@ -528,6 +535,10 @@ impl<F: ProcessorFactory> Engine<F> {
                     self.backoff();
                     Ok(())
                 }
+                ClientErrorKind::UnknownTopic if e.record.is_some() => {
+                    self.on_missing_output(clients, e)
+                }
+                ClientErrorKind::ProducerFailed => self.on_producer_failed(clients, e),
                 ClientErrorKind::UnknownTopic | ClientErrorKind::Fatal => {
                     tracing::error!(thread, error = %e, "fatal client error: stopping the thread without committing anything more");
                     self.drop_tasks_unapplied();
@@ -535,6 +546,69 @@ impl<F: ProcessorFactory> Engine<F> {
                 }
             },
         }
+    }
+
+    /// A record of the transaction went to an output topic that does not exist (deleted while
+    /// the app runs; the producer does not create it). Nothing of the transaction may commit:
+    /// abort and rewind, report not ready, and try again after the backoff until the topic is
+    /// back. The thread keeps its tasks and its group membership meanwhile; stopping would
+    /// only make the instance's restart refuse to start over the same missing topic.
+    ///
+    /// Each retry starts with a new producer: librdkafka's producer holds a topic it found
+    /// missing as missing until its next periodic metadata refresh (5 minutes by default),
+    /// and its sequence numbers for the old partitions would be refused by the new ones
+    /// (OUT_OF_ORDER_SEQUENCE_NUMBER); a new producer (a new epoch) starts both afresh.
+    fn on_missing_output<C: StreamClients>(
+        &mut self,
+        clients: &C,
+        e: ClientError,
+    ) -> Result<(), EngineError> {
+        let thread = self.cfg.thread;
+        if let Some((task, _)) = e.record.and_then(|seq| self.origins.of(seq)) {
+            self.env
+                .observer
+                .production_error(&task.topic, "output_missing");
+        }
+        if self.output_missing {
+            tracing::warn!(thread, error = %e, "the output topic is still missing: aborting the transaction and retrying");
+        } else {
+            tracing::error!(thread, error = %e, "an output topic is missing: aborting the transaction; not ready and retrying until it exists again (nothing is committed or skipped meanwhile)");
+        }
+        self.output_missing = true;
+        self.abort_or_stop(clients, "error")?;
+        if self.mode == Mode::Processing && !self.txn.is_open() {
+            match clients.reset_producer() {
+                Ok(()) => {}
+                Err(e) if e.kind == ClientErrorKind::Retriable => {
+                    tracing::warn!(thread, error = %e, "making a new producer failed; the next attempt tries again");
+                }
+                Err(e) => {
+                    self.drop_tasks_unapplied();
+                    return Err(EngineError::Client(e));
+                }
+            }
+        }
+        self.backoff();
+        Ok(())
+    }
+
+    /// The producer failed on its own state (see [`ClientErrorKind::ProducerFailed`]): its
+    /// open transaction can never commit. Drop the tasks without applying it and make a new
+    /// producer, whose `init_transactions` aborts it; the tasks restore and go on. Bounded
+    /// like fences: a producer that fails again and again without a commit stops the thread.
+    fn on_producer_failed<C: StreamClients>(
+        &mut self,
+        clients: &C,
+        e: ClientError,
+    ) -> Result<(), EngineError> {
+        self.fences_since_commit += 1;
+        if self.fences_since_commit > super::rebalance::MAX_FENCES {
+            tracing::error!(thread = self.cfg.thread, error = %e, "the producer failed again without a commit in between: stopping the thread");
+            self.drop_tasks_unapplied();
+            return Err(EngineError::Client(e));
+        }
+        tracing::warn!(thread = %self.cfg.transactional_id, error = %e, "the producer failed for good on its own state: dropped this thread's tasks without applying its open transaction; a new producer aborts it, then the tasks restore");
+        self.replace_producer_then_restore(clients, "error")
     }
 
     /// The broker refused a record of the transaction for good (too large, invalid for its

@@ -162,6 +162,9 @@ pub struct Engine<F: ProcessorFactory> {
     last_purge: Duration,
     /// When this member last lost its partitions (its session ended).
     lost_at: Option<Duration>,
+    /// An output topic was missing at the last attempt, and no commit delivered a record
+    /// since: not ready.
+    output_missing: bool,
     /// The progress of the current `run_once`.
     progress: Progress,
 }
@@ -205,6 +208,7 @@ impl<F: ProcessorFactory> Engine<F> {
             purge: BTreeMap::new(),
             last_purge: now,
             lost_at: None,
+            output_missing: false,
             progress: Progress::default(),
         }
     }
@@ -281,9 +285,13 @@ impl<F: ProcessorFactory> Engine<F> {
 
     /// Whether the thread serves its whole assignment: the group has assigned it partitions
     /// (possibly none), every one of them has a running task (restored, not waiting to open
-    /// again), and it is not checking for a newer process with its instance id.
+    /// again), it is not checking for a newer process with its instance id, and no output
+    /// topic it writes to is missing.
     pub fn is_ready(&self) -> bool {
-        self.joined && self.mode == Mode::Processing && self.restoring() == 0
+        self.joined
+            && self.mode == Mode::Processing
+            && self.restoring() == 0
+            && !self.output_missing
     }
 
     /// Steps 1-3: polls, hands the records to their tasks, handles the rebalance event.

@@ -10,7 +10,7 @@ use std::time::Duration;
 /// More producer fences than this with no commit in between stop the thread: another process
 /// keeps taking over its `transactional.id` before this one can commit anything. (A thread
 /// whose transactions time out now and then commits between the fences.)
-const MAX_FENCES: usize = 3;
+pub(crate) const MAX_FENCES: usize = 3;
 /// How long one poll of the fence check waits.
 const FENCE_CHECK_POLL: Duration = Duration::from_millis(100);
 
@@ -218,6 +218,18 @@ impl<F: ProcessorFactory> Engine<F> {
         reason: &'static str,
     ) -> Result<(), EngineError> {
         tracing::warn!(thread = %self.cfg.transactional_id, error = %e, "the open transaction could not be aborted (no broker answered): dropped this thread's tasks without applying it; a new producer ends it once the brokers answer, then the tasks restore");
+        self.replace_producer_then_restore(clients, reason)
+    }
+
+    /// Drops the tasks without applying the open transaction (counted as aborted for
+    /// `reason`) and pauses the assignment; the next turn makes a new producer, whose
+    /// `init_transactions` ends that transaction, and the tasks restore. The group consumer
+    /// is polled meanwhile, as after a fence.
+    pub(crate) fn replace_producer_then_restore<C: StreamClients>(
+        &mut self,
+        clients: &C,
+        reason: &'static str,
+    ) -> Result<(), EngineError> {
         tracing::info!(thread = self.cfg.thread, reason, "transaction aborted");
         self.env.observer.aborted(reason);
         self.progress.aborted = Some(reason.to_owned());

@@ -80,6 +80,8 @@ fn classify(during: &'static str, e: KafkaError, otherwise: ClientErrorKind) -> 
         KafkaError::Transaction(t) if t.is_fatal() => {
             if fenced {
                 K::ProducerFenced
+            } else if producer_state_broke(code) {
+                K::ProducerFailed
             } else {
                 K::Fatal
             }
@@ -111,6 +113,30 @@ fn classify(during: &'static str, e: KafkaError, otherwise: ClientErrorKind) -> 
     ClientError::new(kind, during, e)
 }
 
+/// Whether a fatal producer error is about the producer's own idempotence state, which a new
+/// producer starts afresh: the sequence numbers of a partition broke (it was deleted and
+/// created again, or the broker lost the producer's state).
+fn producer_state_broke(code: Option<Code>) -> bool {
+    matches!(
+        code,
+        Some(
+            Code::OutOfOrderSequenceNumber
+                | Code::DuplicateSequenceNumber
+                | Code::UnknownProducerId
+                | Code::InvalidProducerIdMapping
+                | Code::Inconsistent
+        )
+    )
+}
+
+/// Whether a send or delivery failed because its topic does not exist (any more).
+fn topic_missing(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(Code::UnknownTopicOrPartition | Code::UnknownTopic | Code::UnknownPartition)
+    )
+}
+
 /// Whether the broker (or librdkafka, before sending) refused a record for good: sending it
 /// again fails again. Too large for the topic or the producer, invalid for the topic (no key
 /// for a compacted topic, corrupt), a timestamp out of the topic's range, or not authorized.
@@ -129,11 +155,18 @@ fn refused_for_good(e: &KafkaError) -> bool {
     )
 }
 
-/// The error of send `seq` (when sent, or at its delivery): refused for good, about that
-/// record; anything else aborts the transaction.
-fn record_error(during: &'static str, e: KafkaError, seq: u64) -> ClientError {
+/// The error of send `seq` to `topic` (when sent, or at its delivery): refused for good, or
+/// its topic missing, about that record; anything else aborts the transaction.
+fn record_error(during: &'static str, e: KafkaError, seq: u64, topic: &str) -> ClientError {
     if refused_for_good(&e) {
         ClientError::new(ClientErrorKind::Rejected, during, e).about_record(seq)
+    } else if topic_missing(&e) {
+        ClientError::new(
+            ClientErrorKind::UnknownTopic,
+            during,
+            format!("output topic `{topic}` does not exist ({e}): create it again (with its partitions) or fix the output"),
+        )
+        .about_record(seq)
     } else {
         write(during)(e)
     }
@@ -182,6 +215,12 @@ impl KafkaClients {
     pub(crate) fn new(config: &RuntimeConfig, txn_id: &str) -> Result<Self, RuntimeError> {
         let exactly_once = config.guarantee == Guarantee::ExactlyOnce;
         let mut pc = client_config(config, txn_id, "producer");
+        // A producer must not create a missing output topic with the broker's defaults (a
+        // deleted topic would come back with `num.partitions` partitions and a stranger's
+        // config); sends to it fail, and the engine waits until the topic is back.
+        if !config.kafka.contains_key("allow.auto.create.topics") {
+            pc.set("allow.auto.create.topics", "false");
+        }
         pc.set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .set("batch.num.messages", "10000")
@@ -273,10 +312,12 @@ fn offsets_tpl(offsets: &[(TopicPartition, i64)]) -> Result<TopicPartitionList, 
 }
 
 impl KafkaClients {
-    /// The failed delivery of the open transaction, if the broker refused the record for good.
+    /// The failed delivery of the open transaction, if the broker refused the record for good
+    /// or its topic is missing.
     fn refused_delivery(&self, p: &BaseProducer<DeliveryTracker>) -> Option<ClientError> {
-        let (e, seq) = p.context().error()?;
-        refused_for_good(&e).then(|| record_error("delivery", e, seq))
+        let failed = p.context().error()?;
+        (refused_for_good(&failed.error) || topic_missing(&failed.error))
+            .then(|| record_error("delivery", failed.error, failed.seq, &failed.topic))
     }
 }
 
@@ -400,7 +441,7 @@ impl StreamClients for KafkaClients {
         within: Duration,
     ) -> Result<(), ClientError> {
         producer::send(&self.producer.borrow(), record, seq, within).map_err(|e| match e {
-            producer::SendError::Kafka(e) => record_error("send", e, seq),
+            producer::SendError::Kafka(e) => record_error("send", e, seq, &record.topic),
             producer::SendError::QueueFull(waited) => ClientError::new(
                 ClientErrorKind::Abortable,
                 "send",
@@ -476,9 +517,14 @@ impl StreamClients for KafkaClients {
         let p = self.producer.borrow();
         producer::drain_deliveries(&p, REQUEST_TIMEOUT);
         let flushed = p.flush(REQUEST_TIMEOUT).map_err(write("flush"));
-        if let Some((e, seq)) = p.context().take_error() {
+        if let Some(failed) = p.context().take_error() {
             let _ = p.context().take();
-            return Err(record_error("delivery", e, seq));
+            return Err(record_error(
+                "delivery",
+                failed.error,
+                failed.seq,
+                &failed.topic,
+            ));
         }
         flushed?;
         Ok(producer::delivered(p.context().take()))

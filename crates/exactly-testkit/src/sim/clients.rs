@@ -154,6 +154,7 @@ fn client_error(during: &'static str, e: SimError) -> ClientError {
         SimError::FencedInstance(_) => ClientErrorKind::FencedInstance,
         SimError::UnknownTopic(_) => ClientErrorKind::UnknownTopic,
         SimError::Rejected(_) => ClientErrorKind::Rejected,
+        SimError::ProducerFailed(_) => ClientErrorKind::ProducerFailed,
         SimError::Unreachable(_) => ClientErrorKind::Retriable,
     };
     ClientError::new(kind, during, e)
@@ -307,7 +308,8 @@ impl SimClients {
         } else if c.take_fault(Request::Produce).is_some() {
             Err(SimError::Abortable(format!("delivery to {topic} failed")))
         } else {
-            c.accepts(&topic, &record)
+            c.producible(&topic)
+                .and_then(|()| c.accepts(&topic, &record))
                 .map(|()| c.produce(&topic, partition, record))
         };
         match sent {
@@ -322,7 +324,8 @@ impl SimClients {
             }
             // Like librdkafka, the send is queued; the failed delivery surfaces when the
             // transaction commits.
-            Err(e @ SimError::Abortable(_)) => {
+            // Like librdkafka's, the delivery fails once metadata says the topic is gone.
+            Err(e @ (SimError::Abortable(_) | SimError::UnknownTopic(_))) => {
                 s.delivery_failed
                     .get_or_insert_with(|| client_error("delivery", e).about_record(seq));
                 Ok(())

@@ -69,6 +69,10 @@ pub enum SimError {
     /// The broker refused a record for good (MESSAGE_TOO_LARGE, INVALID_RECORD).
     #[error("{0}")]
     Rejected(String),
+    /// The producer's own state broke for good (OUT_OF_ORDER_SEQUENCE_NUMBER): only a new
+    /// producer can go on.
+    #[error("{0}")]
+    ProducerFailed(String),
     /// No broker answers (an outage, a restart): the request timed out. Retriable.
     #[error("{0}: all brokers down (request timed out)")]
     Unreachable(&'static str),
@@ -150,6 +154,11 @@ pub struct SimConfig {
     /// Records a producer holds while no broker answers (librdkafka's
     /// `queue.buffering.max.messages`): a send beyond waits for room.
     pub producer_queue_records: usize,
+    /// Whether a send to a topic that does not exist creates it (with the cluster's default
+    /// partition count), as a broker with `auto.create.topics.enable` does for a producer
+    /// with `allow.auto.create.topics`. The runtime's producers turn it off: a send to a
+    /// missing topic fails its delivery with UNKNOWN_TOPIC_OR_PARTITION.
+    pub auto_create_topics: bool,
 }
 
 impl Default for SimConfig {
@@ -160,6 +169,7 @@ impl Default for SimConfig {
             transaction_timeout_ms: 60_000,
             delete_retention_ms: 86_400_000,
             producer_queue_records: 100_000,
+            auto_create_topics: true,
         }
     }
 }
@@ -167,6 +177,8 @@ impl Default for SimConfig {
 struct Topic {
     partitions: Vec<PartitionLog>,
     config: TopicConfig,
+    /// Which creation of the topic this is (a topic deleted and created again is a new one).
+    incarnation: u64,
 }
 
 /// The simulated cluster. Share it as [`SharedCluster`].
@@ -177,6 +189,8 @@ pub struct SimCluster {
     producers: HashMap<String, txn::TxnProducer>,
     next_producer_id: u64,
     next_txn: u64,
+    /// Topics created so far (for [`Topic::incarnation`]).
+    creations: u64,
     groups: BTreeMap<String, group::Group>,
     next_member: u64,
     faults: VecDeque<Fault>,
@@ -212,6 +226,7 @@ impl SimCluster {
             producers: HashMap::new(),
             next_producer_id: 1,
             next_txn: 0,
+            creations: 0,
             groups: BTreeMap::new(),
             next_member: 1,
             faults: VecDeque::new(),
@@ -231,12 +246,27 @@ impl SimCluster {
 
     /// Creates a topic (no-op if it exists).
     pub fn create_topic(&mut self, topic: &str, partitions: i32, config: TopicConfig) {
-        self.topics
-            .entry(topic.to_owned())
-            .or_insert_with(|| Topic {
+        if !self.topics.contains_key(topic) {
+            self.creations += 1;
+            let topic_state = Topic {
                 partitions: vec![PartitionLog::default(); partitions.max(1) as usize],
                 config,
-            });
+                incarnation: self.creations,
+            };
+            self.topics.insert(topic.to_owned(), topic_state);
+        }
+    }
+
+    /// Deletes a topic with its records (`kafka-topics --delete`). Transactions that wrote to
+    /// it still end (the coordinator skips the markers of deleted partitions), as on Apache
+    /// Kafka.
+    pub fn delete_topic(&mut self, topic: &str) {
+        self.topics.remove(topic);
+    }
+
+    /// Which creation of `topic` exists now.
+    pub(crate) fn incarnation(&self, topic: &str) -> Option<u64> {
+        self.topics.get(topic).map(|t| t.incarnation)
     }
 
     /// Changes the config of an existing topic (`kafka-configs --alter`).
@@ -339,14 +369,19 @@ impl SimCluster {
     /// The partition a record goes to: `explicit`, else by key (FNV-1a), else 0. Auto-creates
     /// the topic.
     fn partition_for(&mut self, topic: &str, explicit: Option<i32>, key: Option<&[u8]>) -> i32 {
-        let n = self.default_partitions;
-        self.topics
-            .entry(topic.to_owned())
-            .or_insert_with(|| Topic {
-                partitions: vec![PartitionLog::default(); n as usize],
-                config: TopicConfig::default(),
-            });
+        self.create_topic(topic, self.default_partitions, TopicConfig::default());
         self.target_partition(topic, explicit, key)
+    }
+
+    /// A send to `topic` can go ahead: it exists, or sends create it.
+    pub(crate) fn producible(&self, topic: &str) -> Result<(), SimError> {
+        if self.config.auto_create_topics || self.topics.contains_key(topic) {
+            Ok(())
+        } else {
+            Err(SimError::UnknownTopic(format!(
+                "UNKNOWN_TOPIC_OR_PARTITION: output topic `{topic}` does not exist"
+            )))
+        }
     }
 
     /// The partition a record for `topic` goes to ([`partition_for`](Self::partition_for)),

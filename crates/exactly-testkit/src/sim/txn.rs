@@ -25,6 +25,10 @@ pub(crate) struct TxnProducer {
     /// The last `commit` applied while its response was lost: a repeated commit call of the
     /// same epoch succeeds (librdkafka resumes the commit in progress).
     committed_unseen: Option<u32>,
+    /// Per topic this epoch of the producer wrote to: the topic's incarnation then. Its
+    /// sequence numbers run on per partition; a partition deleted and created again starts
+    /// over at the broker, which refuses the producer's next sequence number.
+    written: BTreeMap<String, u64>,
 }
 
 impl SimCluster {
@@ -47,6 +51,7 @@ impl SimCluster {
         let open = state.open.take();
         state.epoch += 1;
         state.committed_unseen = None;
+        state.written.clear();
         let epoch = state.epoch;
         if let Some(txn) = open {
             self.finish(txn, false);
@@ -102,8 +107,19 @@ impl SimCluster {
             }
             Some(FaultKind::Fatal) => return Err(SimError::Fatal("Produce")),
         }
+        self.producible(topic)?;
         self.accepts(topic, &record)?;
         let p = self.partition_for(topic, partition, record.key.as_deref());
+        let incarnation = self.incarnation(topic).expect("created above");
+        let producer = self.producer(txn_id, epoch)?;
+        match producer.written.insert(topic.to_owned(), incarnation) {
+            Some(before) if before != incarnation => {
+                return Err(SimError::ProducerFailed(format!(
+                    "OUT_OF_ORDER_SEQUENCE_NUMBER: {topic} was deleted and created again since this producer wrote to it"
+                )))
+            }
+            _ => {}
+        }
         let txn = self.open_txn(txn_id, epoch)?;
         txn.touched.insert((topic.to_owned(), p));
         let seq = txn.seq;

@@ -867,3 +867,113 @@ fn the_repartition_topic_is_purged_up_to_the_offsets_its_readers_committed() {
     }
     assert!(total >= 40, "the 40 forwarded records were purged: {total}");
 }
+
+/// An operator deletes the output topic while the app runs and creates it again 20 s later.
+/// Sends to the missing topic fail (the runtime's producers do not create topics): the thread
+/// aborts and retries with backoff, each time with a new producer, reports not ready, and
+/// keeps its tasks. Once the topic is back every ID is output once across the two topics.
+/// (The thread used to stop at the first UNKNOWN_TOPIC_OR_PARTITION, "fatal client error",
+/// and a restarted instance refuses to start while the topic is missing.)
+#[test]
+fn an_output_topic_deleted_and_created_again_holds_the_thread_until_it_is_back_then_every_id_is_output_once(
+) {
+    let w = world(AppKind::Fanout, 2, 1);
+    lock_world(&w).start(0);
+    run_until_tasks(&w, 0, &[0, 1]);
+    lock_world(&w).produce(30);
+    finish(&w);
+    let (outputs_before, aborts_before, restores_before) = {
+        let mut g = lock_world(&w);
+        g.delete_output_topic();
+        g.produce(30);
+        (
+            g.outputs().len(),
+            g.tally.aborts.load(Ordering::Relaxed),
+            g.tally.restores.load(Ordering::Relaxed),
+        )
+    };
+    let until = lock_world(&w).now_ms() + 20_000;
+    while lock_world(&w).now_ms() < until {
+        lock_world(&w).advance(25);
+        step(&w, Who::Instance(0, 0), None);
+        let g = lock_world(&w);
+        assert!(
+            g.is_running(0),
+            "the instance runs while the topic is missing"
+        );
+        assert!(g.failures.is_empty(), "failures: {:?}", g.failures);
+    }
+    let missing_aborts = {
+        let g = lock_world(&w);
+        assert!(
+            !g.reported_ready(0, 0),
+            "not ready while an output topic is missing"
+        );
+        assert_eq!(
+            g.tasks(0, 0),
+            vec![(0, true), (1, true)],
+            "the tasks are kept"
+        );
+        assert_eq!(
+            g.outputs().len(),
+            outputs_before,
+            "nothing commits without the topic"
+        );
+        g.tally.aborts.load(Ordering::Relaxed) - aborts_before
+    };
+    let missing: u64 = production_errors(&w)
+        .iter()
+        .filter(|(action, _)| *action == "output_missing")
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        missing_aborts >= 3,
+        "aborted and retried with backoff over 20 s: {missing_aborts} aborts"
+    );
+    assert_eq!(
+        missing, missing_aborts,
+        "each abort is counted as output_missing"
+    );
+    lock_world(&w).create_output_topic();
+    finish(&w);
+    let g = lock_world(&w);
+    assert!(g.is_running(0));
+    assert!(
+        g.reported_ready(0, 0),
+        "ready again once outputs are delivered"
+    );
+    assert_eq!(
+        g.tally.restores.load(Ordering::Relaxed),
+        restores_before,
+        "the tasks ran throughout: none restored"
+    );
+}
+
+/// The output topic is deleted and created again between two transactions, so that the
+/// producer's next send goes to the new topic with the sequence numbers of the old one: the
+/// broker refuses them (OUT_OF_ORDER_SEQUENCE_NUMBER, fatal for that producer). The thread
+/// drops its tasks without applying the transaction, makes a new producer, restores both tasks
+/// and outputs every ID once. (The thread used to stop: "fatal client error".)
+#[test]
+fn a_producer_failed_by_an_output_topic_created_again_is_replaced_and_every_id_is_output_once() {
+    let w = world(AppKind::Fanout, 2, 1);
+    lock_world(&w).start(0);
+    run_until_tasks(&w, 0, &[0, 1]);
+    lock_world(&w).produce(30);
+    finish(&w);
+    let restores_before = {
+        let mut g = lock_world(&w);
+        g.delete_output_topic();
+        g.create_output_topic();
+        g.produce(30);
+        g.tally.restores.load(Ordering::Relaxed)
+    };
+    finish(&w);
+    let g = lock_world(&w);
+    assert!(g.is_running(0));
+    assert_eq!(
+        g.tally.restores.load(Ordering::Relaxed) - restores_before,
+        2,
+        "the producer was replaced once: both tasks restored once"
+    );
+}

@@ -191,6 +191,9 @@ pub struct World {
     pub tally: Arc<Tally>,
     /// How deep freezes are nested right now (a freeze does not freeze again).
     depth: u32,
+    /// The committed outputs of earlier creations of the output topic, read before each
+    /// deletion: with the current topic's, every committed output.
+    deleted_outputs: Vec<(i32, i64, SimRecord)>,
 }
 
 pub type Shared = Arc<Mutex<World>>;
@@ -216,6 +219,8 @@ impl World {
             delete_retention_ms: 86_400_000,
             // Small, so that outages fill it.
             producer_queue_records: PRODUCER_QUEUE,
+            // As the runtime's producers (`allow.auto.create.topics=false`).
+            auto_create_topics: false,
         };
         let mut cluster = SimCluster::new(clock.clone(), sim, setup.partitions);
         let compacted = TopicConfig {
@@ -224,14 +229,7 @@ impl World {
             ..TopicConfig::default()
         };
         cluster.create_topic(INPUT, setup.partitions, TopicConfig::default());
-        cluster.create_topic(
-            apps::OUTPUT,
-            setup.partitions,
-            TopicConfig {
-                max_message_bytes: Some(apps::OUTPUT_MAX_BYTES),
-                ..TopicConfig::default()
-            },
-        );
+        cluster.create_topic(apps::OUTPUT, setup.partitions, output_topic_config());
         cluster.create_topic(apps::DEAD_LETTERS, setup.partitions, TopicConfig::default());
         let task_topic = task_topic(setup.global);
         if setup.global {
@@ -299,6 +297,7 @@ impl World {
             zombie_stops: 0,
             tally: Arc::default(),
             depth: 0,
+            deleted_outputs: Vec::new(),
         }
     }
 
@@ -874,8 +873,28 @@ impl World {
         out.join("\n")
     }
 
+    /// Every committed output: of earlier creations of the output topic (see
+    /// [`delete_output_topic`](Self::delete_output_topic)), then of the current one.
     pub fn outputs(&self) -> Vec<(i32, i64, SimRecord)> {
-        self.cluster().committed_records(apps::OUTPUT)
+        let mut all = self.deleted_outputs.clone();
+        all.extend(self.cluster().committed_records(apps::OUTPUT));
+        all
+    }
+
+    /// Deletes the output topic (an operator's `kafka-topics --delete`), keeping its committed
+    /// records for the oracle: an ID whose output was committed before the deletion and again
+    /// after is a duplicate.
+    pub fn delete_output_topic(&mut self) {
+        let committed = self.cluster().committed_records(apps::OUTPUT);
+        self.deleted_outputs.extend(committed);
+        self.cluster().delete_topic(apps::OUTPUT);
+    }
+
+    /// Creates the output topic again, as the world first made it.
+    pub fn create_output_topic(&mut self) {
+        let partitions = self.setup.partitions;
+        self.cluster()
+            .create_topic(apps::OUTPUT, partitions, output_topic_config());
     }
 
     /// Sets the `max.message.bytes` of the dead-letter topic.
@@ -939,6 +958,13 @@ impl World {
             }
         }
         problems
+    }
+}
+
+fn output_topic_config() -> TopicConfig {
+    TopicConfig {
+        max_message_bytes: Some(apps::OUTPUT_MAX_BYTES),
+        ..TopicConfig::default()
     }
 }
 
