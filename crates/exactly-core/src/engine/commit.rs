@@ -582,10 +582,7 @@ impl<F: ProcessorFactory> Engine<F> {
                 Err(e) if e.kind == ClientErrorKind::Retriable => {
                     tracing::warn!(thread, error = %e, "making a new producer failed; the next attempt tries again");
                 }
-                Err(e) => {
-                    self.drop_tasks_unapplied();
-                    return Err(EngineError::Client(e));
-                }
+                Err(e) => return Err(self.client_stop(e)),
             }
         }
         self.backoff();
@@ -604,8 +601,7 @@ impl<F: ProcessorFactory> Engine<F> {
         self.fences_since_commit += 1;
         if self.fences_since_commit > super::rebalance::MAX_FENCES {
             tracing::error!(thread = self.cfg.thread, error = %e, "the producer failed again without a commit in between: stopping the thread");
-            self.drop_tasks_unapplied();
-            return Err(EngineError::Client(e));
+            return Err(self.client_stop(e));
         }
         tracing::warn!(thread = %self.cfg.transactional_id, error = %e, "the producer failed for good on its own state: dropped this thread's tasks without applying its open transaction; a new producer aborts it, then the tasks restore");
         self.replace_producer_then_restore(clients, "error")

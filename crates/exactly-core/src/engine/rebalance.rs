@@ -271,7 +271,7 @@ impl<F: ProcessorFactory> Engine<F> {
     }
 
     /// A client failure that stops the thread.
-    fn client_stop(&mut self, e: ClientError) -> EngineError {
+    pub(crate) fn client_stop(&mut self, e: ClientError) -> EngineError {
         if e.is_terminated() {
             return EngineError::Terminated;
         }
