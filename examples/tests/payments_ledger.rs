@@ -533,3 +533,93 @@ fn terminated_database_connections_while_running_lose_and_double_nothing() {
     assert_eq!(failures, 0, "every flush succeeded after its retry");
     s.assert_exact(&payments);
 }
+
+#[test]
+fn a_slow_sink_among_kills_and_pauses_keeps_the_ledger_exact() {
+    let Some(s) = Setup::new("ledger-slow", 4) else {
+        return;
+    };
+    let seed = std::env::var("EXACTLY_CHAOS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| u64::from(rand::random::<u32>()));
+    println!("ledger slow-sink seed {seed} (replay with EXACTLY_CHAOS_SEED={seed})");
+    let payments = Payments::new(12_000, 0.2, seed);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut instances = [s.instance("0", &[]), s.instance("1", &[])];
+    instances.iter_mut().for_each(AppProcess::start);
+    for inst in &mut instances {
+        wait_for_log(inst, "ledger tables ready", Duration::from_secs(60));
+    }
+    let locker = SessionKiller::new(&s.pg);
+    let table = format!("{}_applied_ids", s.tables);
+    let started = Instant::now();
+    let (mut kills, mut pauses, mut short_locks, mut long_locks) = (0u32, 0u32, 0u32, 0u32);
+    for (i, chunk) in payments.messages.chunks(1_000).enumerate() {
+        // Every other chunk arrives while the dedup table is locked against writes: the
+        // sink's transactions for it wait for the lock. Within `lock_timeout` (1–4 s) a flush
+        // is only slow; past it (10–14 s) its attempts fail, and it gives up within the time
+        // its Kafka transaction has left: the transaction aborts and comes again.
+        let lock = match i % 4 {
+            1 => Some(Duration::from_millis(rng.gen_range(10_000..14_000))),
+            3 => Some(Duration::from_millis(rng.gen_range(1_000..4_000))),
+            _ => None,
+        };
+        if let Some(held) = lock {
+            if held >= Duration::from_secs(10) {
+                long_locks += 1;
+            } else {
+                short_locks += 1;
+            }
+            locker.lock(&table);
+        }
+        let locked_at = Instant::now();
+        broker::produce(&s.bs, &s.input, chunk);
+        std::thread::sleep(Duration::from_millis(rng.gen_range(100..1200)));
+        let victim = rng.gen_range(0..instances.len());
+        let inst = &mut instances[victim];
+        if let Some(status) = inst.exited() {
+            panic!(
+                "instance {victim} exited on its own ({status}); log tail:\n{}",
+                inst.log_tail(30)
+            );
+        }
+        if rng.gen_bool(0.6) {
+            // Its restart migrates and restores while the table may still be locked.
+            kills += 1;
+            assert!(inst.kill9(), "instance {victim} was running");
+            inst.start();
+        } else {
+            pauses += 1;
+            inst.freeze();
+            std::thread::sleep(Duration::from_millis(rng.gen_range(200..3000)));
+            inst.resume();
+        }
+        if let Some(held) = lock {
+            std::thread::sleep(held.saturating_sub(locked_at.elapsed()));
+            locker.release();
+        }
+    }
+    s.wait_caught_up(&mut instances);
+    stop(&mut instances);
+    let count = |needle: &str| -> usize {
+        instances
+            .iter()
+            .map(|inst| inst.log().lines().filter(|l| l.contains(needle)).count())
+            .sum()
+    };
+    // A flush that gave up (its last attempt's lock timeout, or the transaction's time
+    // running out) aborted its Kafka transaction, which came again.
+    let (failed, out_of_time) = (count("sink flush failed"), count("did not finish within"));
+    println!(
+        "ledger slow-sink seed {seed}: {kills} SIGKILLs, {pauses} SIGSTOP/SIGCONT, {short_locks} locks of 1-4 s, {long_locks} of 10-14 s, {failed} failed flushes ({out_of_time} out of the transaction's time), {} payments ({} unique), {:.1} s",
+        payments.messages.len(),
+        payments.unique.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        failed >= 1,
+        "a lock past lock_timeout made a flush give up and its transaction abort"
+    );
+    s.assert_exact(&payments);
+}

@@ -8,7 +8,7 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum SinkError {
     /// PostgreSQL answered with an error or the connection failed.
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", postgres_detail(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// No pooled PostgreSQL connection could be had (server down, pool exhausted, timeout).
     #[error("postgres connection pool: {0}")]
@@ -29,6 +29,17 @@ pub enum SinkError {
     OutOfTime {
         /// The time the flush had, in ms.
         time_left_ms: u64,
+    },
+    /// The start-up migration failed transiently for its whole
+    /// [`migration_timeout`](crate::postgres::PgSinkConfig::migration_timeout).
+    #[error("the sink's migration did not succeed within {seconds:.0} s ({attempts} attempts); last error: {last}. Check that PostgreSQL is reachable and that no other session holds a lock on the sink's tables (see pg_locks), or raise migration_timeout to wait longer")]
+    MigrationTimedOut {
+        /// The time the migration had, in seconds.
+        seconds: f64,
+        /// Attempts made.
+        attempts: u32,
+        /// The last attempt's error.
+        last: Box<SinkError>,
     },
     /// A staged effect has no message ID to deduplicate it by.
     #[error("record at offset {offset} has no message ID; a sink effect needs one (set the ID policy to `dead-letter` or `fail`)")]
@@ -56,7 +67,10 @@ impl SinkError {
                         redis::ErrorKind::BusyLoadingError | redis::ErrorKind::TryAgain
                     )
             }
-            Self::Config(_) | Self::Effect(_) | Self::MissingId { .. } => false,
+            Self::Config(_)
+            | Self::Effect(_)
+            | Self::MissingId { .. }
+            | Self::MigrationTimedOut { .. } => false,
         }
     }
 
@@ -75,6 +89,19 @@ impl SinkError {
         } else {
             ProcessError::fatal(self.to_string())
         }
+    }
+}
+
+/// What PostgreSQL said (`tokio_postgres::Error`'s own text is only "db error" for an error
+/// the server answered): the server's message and SQLSTATE, or the client's error with its
+/// cause.
+fn postgres_detail(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     }
 }
 

@@ -536,6 +536,152 @@ fn migration_is_idempotent_and_safe_when_instances_start_together() {
     .is_err());
 }
 
+/// A session of the test's own that holds a table locked in `EXCLUSIVE` mode (what blocks
+/// writers and `CREATE INDEX`) until [`release`](Self::release), and watches which backends
+/// of an application wait for a lock.
+struct TableLock {
+    rt: tokio::runtime::Runtime,
+    client: exactly_sinks::tokio_postgres::Client,
+}
+
+impl TableLock {
+    fn take(url: &str, table: &str) -> Self {
+        use exactly_sinks::tokio_postgres::{connect, NoTls};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let client = rt.block_on(async {
+            let (client, conn) = connect(url, NoTls).await.expect("connect");
+            tokio::spawn(conn);
+            client
+                .batch_execute(&format!("BEGIN; LOCK TABLE {table} IN EXCLUSIVE MODE"))
+                .await
+                .expect("lock");
+            client
+        });
+        Self { rt, client }
+    }
+
+    /// The backends of `application_name` waiting for a lock now.
+    fn waiting(&self, application_name: &str) -> Vec<i32> {
+        self.rt.block_on(async {
+            // pg_stat_activity is a snapshot per transaction, and this one holds the lock.
+            self.client
+                .batch_execute("SELECT pg_stat_clear_snapshot()")
+                .await
+                .expect("clear snapshot");
+            self.client
+                .query(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                    &[&application_name],
+                )
+                .await
+                .expect("pg_stat_activity")
+                .iter()
+                .map(|r| r.get(0))
+                .collect()
+        })
+    }
+
+    fn release(&self) {
+        self.rt
+            .block_on(self.client.batch_execute("COMMIT"))
+            .expect("commit");
+    }
+}
+
+#[test]
+fn migrating_an_existing_dedup_table_does_not_wait_for_a_lock_on_it() {
+    let Some(url) = require_postgres("pg_migrate_locked") else {
+        return;
+    };
+    let t = Tables::new(&url, "pg_migrate_locked");
+    drop(t.sink("app")); // migrated once
+    let lock = TableLock::take(&url, &t.ids);
+    // One attempt of at most 300 ms: waiting for the lock would fail it.
+    let config = t
+        .config("app")
+        .lock_timeout(std::time::Duration::from_millis(300))
+        .migration_timeout(std::time::Duration::ZERO);
+    let sink = exactly_sinks::PgSink::new(config, SinkMetrics::unregistered()).expect("sink");
+    let migrated = sink.migrate();
+    lock.release();
+    migrated.expect("migrating a table that exists takes no lock on it");
+}
+
+#[test]
+fn a_migration_that_waits_for_a_lock_is_retried_until_the_lock_is_released() {
+    let Some(url) = require_postgres("pg_migrate_retry") else {
+        return;
+    };
+    let t = Tables::new(&url, "pg_migrate_retry");
+    drop(t.sink("app"));
+    let lock = TableLock::take(&url, &t.ledger);
+    let config = t
+        .config("app")
+        .application_name("pg-migrate-retry")
+        .lock_timeout(std::time::Duration::from_millis(200));
+    let sink = exactly_sinks::PgSink::new(config, SinkMetrics::unregistered()).expect("sink");
+    let index = format!(
+        "CREATE INDEX IF NOT EXISTS {0}_account_idx ON {0} (account)",
+        t.ledger
+    );
+    let migration = std::thread::spawn(move || sink.run_migration(&[&index]));
+    // Each failed attempt's connection is closed: a second waiting backend is a retry.
+    let mut waited = std::collections::BTreeSet::new();
+    while waited.len() < 2 && !migration.is_finished() {
+        waited.extend(lock.waiting("pg-migrate-retry"));
+        std::thread::sleep(std::time::Duration::from_millis(1)); // the poll interval
+    }
+    lock.release();
+    let result = migration.join().expect("migration thread");
+    assert_eq!(
+        waited.len(),
+        2,
+        "two attempts waited for the lock: {result:?}"
+    );
+    result.expect("the migration goes through once the lock is released");
+    let indexes = t.query(&format!(
+        "SELECT count(*) FROM pg_indexes WHERE indexname = '{}_account_idx'",
+        t.ledger
+    ));
+    assert_eq!(indexes[0][0], "1");
+}
+
+#[test]
+fn a_migration_locked_out_for_its_whole_timeout_fails_and_says_what_to_check() {
+    let Some(url) = require_postgres("pg_migrate_timeout") else {
+        return;
+    };
+    let t = Tables::new(&url, "pg_migrate_timeout");
+    drop(t.sink("app"));
+    let lock = TableLock::take(&url, &t.ledger);
+    let config = t
+        .config("app")
+        .lock_timeout(std::time::Duration::from_millis(200))
+        .migration_timeout(std::time::Duration::from_secs(1));
+    let sink = exactly_sinks::PgSink::new(config, SinkMetrics::unregistered()).expect("sink");
+    let index = format!(
+        "CREATE INDEX IF NOT EXISTS {0}_x_idx ON {0} (account)",
+        t.ledger
+    );
+    let result = sink.run_migration(&[&index]);
+    lock.release();
+    let e = result.expect_err("the lock was held for the whole timeout");
+    assert!(
+        matches!(e, SinkError::MigrationTimedOut { attempts, .. } if attempts >= 2),
+        "{e:?}"
+    );
+    let msg = e.to_string();
+    assert!(msg.contains("did not succeed within 1 s"), "{msg}");
+    assert!(
+        msg.contains("canceling statement due to lock timeout (SQLSTATE 55P03)"),
+        "the last error is named: {msg}"
+    );
+    assert!(msg.contains("pg_locks"), "{msg}");
+}
+
 #[test]
 fn a_missing_postgres_fails_the_test_under_ci_with_a_clear_message() {
     let nowhere = "host=127.0.0.1 port=1 user=postgres dbname=test";

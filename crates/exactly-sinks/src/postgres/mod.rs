@@ -71,6 +71,10 @@ pub struct PgSinkConfig {
     pub retry: SinkRetry,
     /// How long message IDs are kept ([`PgSink::delete_expired`]).
     pub ttl: Duration,
+    /// How long [`PgSink::migrate`] and [`PgSink::run_migration`] retry a transient error
+    /// (default 60 s): a database still starting, a lock another session holds on the
+    /// tables longer than `lock_timeout`. Then the migration fails and says why.
+    pub migration_timeout: Duration,
 }
 
 impl PgSinkConfig {
@@ -89,6 +93,7 @@ impl PgSinkConfig {
             application_name: None,
             retry: SinkRetry::default(),
             ttl: DEFAULT_TTL,
+            migration_timeout: Duration::from_secs(60),
         }
     }
     /// Sets the sink's name (metrics label).
@@ -114,6 +119,16 @@ impl PgSinkConfig {
     /// Sets the message-ID retention.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
+        self
+    }
+    /// Sets how long the start-up migration retries transient errors.
+    pub fn migration_timeout(mut self, within: Duration) -> Self {
+        self.migration_timeout = within;
+        self
+    }
+    /// Sets the `lock_timeout` of the sink's sessions.
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
         self
     }
     /// Sets the connections' `application_name`.
@@ -162,6 +177,10 @@ struct Statements {
 impl Statements {
     fn new(table: &str) -> Self {
         let bare = table.rsplit('.').next().unwrap_or(table);
+        let index = match table.rsplit_once('.') {
+            Some((schema, _)) => format!("{schema}.{bare}_applied_at_idx"),
+            None => format!("{bare}_applied_at_idx"),
+        };
         Self {
             create: vec![
                 format!(
@@ -175,8 +194,16 @@ impl Statements {
                         PRIMARY KEY (consumer, message_id)
                     )"
                 ),
+                // Only when the index is missing: CREATE INDEX takes a SHARE lock on the table
+                // before it looks whether the index exists, so an instance starting while
+                // another session writes to or locks the table would wait (up to
+                // `lock_timeout`) for nothing.
                 format!(
-                    "CREATE INDEX IF NOT EXISTS {bare}_applied_at_idx ON {table} (consumer, applied_at)"
+                    "DO $$ BEGIN
+                         IF to_regclass('{index}') IS NULL THEN
+                             CREATE INDEX IF NOT EXISTS {bare}_applied_at_idx ON {table} (consumer, applied_at);
+                         END IF;
+                     END $$"
                 ),
             ],
             // Sorted: concurrent batches (two instances around a rebalance) take the unique
@@ -319,22 +346,45 @@ impl PgSink {
 
     /// Runs the app's own schema statements (`CREATE TABLE IF NOT EXISTS ...`) in one
     /// transaction, under the same advisory lock as [`migrate`](Self::migrate), so instances
-    /// starting together do not race on the catalog.
+    /// starting together do not race on the catalog. A transient error (the database not up
+    /// yet, a lock held past `lock_timeout`) is logged and retried with the sink's backoff for
+    /// up to [`PgSinkConfig::migration_timeout`]; a permanent one (a syntax error, no
+    /// permission) fails at once.
     pub fn run_migration(&self, statements: &[&str]) -> Result<(), SinkError> {
-        let pool = self.inner.pool.clone();
-        self.block_on(on_connection(&pool, async |client| {
-            let txn = client.transaction().await?;
-            txn.execute(
-                "SELECT pg_advisory_xact_lock(hashtext('exactly-sinks migration'))",
-                &[],
-            )
-            .await?;
-            for s in statements {
-                txn.batch_execute(s).await?;
+        let config = &self.inner.config;
+        let started = std::time::Instant::now();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let pool = self.inner.pool.clone();
+            let e = match self.block_on(on_connection(&pool, async |client| {
+                let txn = client.transaction().await?;
+                txn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext('exactly-sinks migration'))",
+                    &[],
+                )
+                .await?;
+                for s in statements {
+                    txn.batch_execute(s).await?;
+                }
+                txn.commit().await?;
+                Ok(())
+            })) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_transient() => e,
+                Err(e) => return Err(e),
+            };
+            let delay = config.retry.backoff(attempt);
+            if started.elapsed() + delay > config.migration_timeout {
+                return Err(SinkError::MigrationTimedOut {
+                    seconds: config.migration_timeout.as_secs_f64(),
+                    attempts: attempt,
+                    last: Box::new(e),
+                });
             }
-            txn.commit().await?;
-            Ok(())
-        }))
+            tracing::warn!(sink = %config.name, attempt, error = %e, retry_in_ms = delay.as_millis() as u64, "the sink's migration failed transiently (the database not up yet, or another session holding a lock on its tables); retrying");
+            std::thread::sleep(delay);
+        }
     }
 
     /// Deletes this consumer's message IDs older than the TTL, at most `batch` rows per
