@@ -6,12 +6,19 @@
 #   scripts/broker.sh status   say whether it is up and where (exit 0 up, 1 not up)
 #   scripts/broker.sh env      print `export KAFKA_BOOTSTRAP=...` (use: eval "$(scripts/broker.sh env)"),
 #                              and for the local broker `export EXACTLY_RESTORE_FROM=start`
+#                              and `export EXACTLY_RENEW_PRODUCER_AFTER_OUTAGE=true`
 #
 # EXACTLY_RESTORE_FROM=start (the apps' `--restore-from start`, config key `restore_from`): the
 # local broker mis-filters read_committed fetches that start after an aborted transaction (they
 # skip that producer's later committed records), so against it restores replay each changelog
 # from its start. Apache Kafka and any cluster KAFKA_BOOTSTRAP names get the default, restores
 # from the store's checkpoint (docs/configuration.md).
+#
+# EXACTLY_RENEW_PRODUCER_AFTER_OUTAGE=true (config key `renew_producer_after_outage`): once
+# restarted, the local broker no longer aborts the open transaction of a producer initialised
+# before the restart when its transactional.id is initialised again (and it has no transaction
+# timeout), so a crash in such a transaction holds the partitions' last stable offset for ever.
+# Against it, a producer that saw all brokers down is replaced before the next transaction.
 #
 # Environment:
 #   BROKER_PORT        Kafka port on 127.0.0.1 (default 29092)
@@ -148,6 +155,7 @@ cmd_env() {
 	else
 		echo "export KAFKA_BOOTSTRAP=$BROKER_LOCAL_ADDR"
 		echo "export EXACTLY_RESTORE_FROM=${EXACTLY_RESTORE_FROM:-start}"
+		echo "export EXACTLY_RENEW_PRODUCER_AFTER_OUTAGE=${EXACTLY_RENEW_PRODUCER_AFTER_OUTAGE:-true}"
 	fi
 }
 

@@ -57,9 +57,10 @@ fn instances_running_and_restoring_through_broker_restarts_keep_running_and_outp
     let args = ["--kafka", "partition.assignment.strategy=range"];
     let mut apps = [s.forward("a", &args), s.forward("b", &args)];
     for app in &mut apps {
-        // The local broker's read_committed quirk (scripts/broker.sh): restores replay whole
-        // changelogs.
+        // The local broker's quirks (scripts/broker.sh): restores replay whole changelogs;
+        // a producer that saw the broker restart is replaced before its next transaction.
         app.env("EXACTLY_RESTORE_FROM", "start");
+        app.env("EXACTLY_RENEW_PRODUCER_AFTER_OUTAGE", "true");
         app.start();
     }
     broker::produce(&s.bs, &s.input, &messages[..third]);

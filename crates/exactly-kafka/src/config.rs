@@ -70,6 +70,13 @@ pub struct RuntimeConfig {
     /// Where a task starts whose committed input offset is gone although its restored store
     /// holds committed IDs: refuse (default), the input's start, or its end.
     pub offset_reset: OffsetReset,
+    /// Start the next transaction with a new producer after all brokers were unreachable
+    /// (default false). Only for brokers that, once restarted, no longer abort the open
+    /// transaction of a producer initialised before the restart when its `transactional.id`
+    /// is initialised again (the local test broker; its scripts set it). Never needed on
+    /// Apache Kafka, whose coordinator keeps its state in `__transaction_state` and times
+    /// transactions out.
+    pub renew_producer_after_outage: bool,
     /// librdkafka properties passed to every client (secrets allowed; never logged).
     pub kafka: BTreeMap<String, String>,
 }
@@ -101,6 +108,7 @@ impl std::fmt::Debug for RuntimeConfig {
             verify_topic_configs,
             restore_from,
             offset_reset,
+            renew_producer_after_outage,
             kafka,
         } = self;
         let kafka: BTreeMap<&str, &str> = kafka
@@ -138,6 +146,7 @@ impl std::fmt::Debug for RuntimeConfig {
             .field("verify_topic_configs", verify_topic_configs)
             .field("restore_from", restore_from)
             .field("offset_reset", offset_reset)
+            .field("renew_producer_after_outage", renew_producer_after_outage)
             .field("kafka", &kafka)
             .finish()
     }
@@ -169,6 +178,7 @@ impl RuntimeConfig {
             write_buffer_bytes: 64 << 20,
             restore_from: RestoreFrom::Checkpoint,
             offset_reset: OffsetReset::Fail,
+            renew_producer_after_outage: false,
             verify_topic_configs: true,
             kafka: BTreeMap::new(),
         }

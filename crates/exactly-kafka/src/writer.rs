@@ -36,6 +36,8 @@ pub struct DeliveryError {
 pub struct DeliveryTracker {
     changelog_topics: HashSet<String>,
     state: Mutex<DeliveryState>,
+    /// librdkafka reported all brokers down since this producer was made.
+    outage: std::sync::atomic::AtomicBool,
 }
 
 impl DeliveryTracker {
@@ -44,7 +46,13 @@ impl DeliveryTracker {
         Self {
             changelog_topics: changelog_topics.into_iter().collect(),
             state: Mutex::default(),
+            outage: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether librdkafka reported all brokers down since this producer was made.
+    pub fn saw_outage(&self) -> bool {
+        self.outage.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Takes the state of the finished transaction and resets it.
@@ -74,6 +82,14 @@ impl DeliveryTracker {
 impl ClientContext for DeliveryTracker {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
         crate::log_librdkafka("producer", level, fac, log_message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
+            self.outage
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        tracing::error!(client = "producer", "librdkafka: {error}: {reason}");
     }
 }
 

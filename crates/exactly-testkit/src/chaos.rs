@@ -572,8 +572,9 @@ pub struct ChaosPlan {
 
 /// A soak: disruptions go on for `duration`, each after a round of `unique` fresh IDs (with
 /// resends), and the mix adds pauses longer than the session timeout (the instance is
-/// removed from the group and resumes as a zombie) and, with `broker_script`, broker
-/// restarts. Every instance serves `/ready`, and the report counts how long each was not
+/// removed from the group and resumes as a zombie), the output topic deleted and created
+/// again 3–20 s later (a round produced while it is missing; what the deleted topic held is
+/// verified with the rest) and, with `broker_script`, broker restarts. Every instance serves `/ready`, and the report counts how long each was not
 /// ready.
 #[derive(Debug, Clone)]
 pub struct Soak {
@@ -624,6 +625,8 @@ pub struct ChaosReport {
     pub long_pauses: u32,
     /// Broker restarts (soak with a broker script).
     pub broker_restarts: u32,
+    /// Times the output topic was deleted and created again (soak).
+    pub output_recreations: u32,
     /// Process starts, the first ones included.
     pub starts: u32,
     /// Transactions the instances aborted (their "transaction aborted" log lines).
@@ -638,7 +641,8 @@ pub struct ChaosReport {
     pub verification: Verification,
     /// The input topic, read_committed.
     pub inputs: Vec<ReadRecord>,
-    /// The output topic, read_committed.
+    /// The output topic, read_committed; in a soak, with what each deleted incarnation of
+    /// it held (read just before the deletion).
     pub outputs: Vec<ReadRecord>,
     /// The changelog of each of [`ChaosPlan::state_stores`], read_committed.
     pub state_changelogs: std::collections::BTreeMap<String, Vec<ReadRecord>>,
@@ -671,9 +675,10 @@ impl ChaosReport {
             String::new()
         } else {
             format!(
-                "; soak: {} long SIGSTOPs (past the session timeout), {} broker restarts, {} process starts, {} exits on their own (restarted), {} aborted transactions, not ready {} s per instance",
+                "; soak: {} long SIGSTOPs (past the session timeout), {} broker restarts, {} output topic recreations, {} process starts, {} exits on their own (restarted), {} aborted transactions, not ready {} s per instance",
                 self.long_pauses,
                 self.broker_restarts,
+                self.output_recreations,
                 self.starts,
                 self.exits.len(),
                 self.aborts,
@@ -746,15 +751,53 @@ fn broker_script(script: &Path, verb: &str) {
     );
 }
 
-/// Round `round`'s messages of a soak: fresh IDs `r{round}-m{i}` (key = ID) with resends.
-fn soak_round(unique: usize, dup_share: f64, seed: u64, round: usize) -> Vec<TestMessage> {
+/// Round `round`'s messages of a soak: fresh IDs `{prefix}{round}-m{i}` (key = ID) with
+/// resends.
+fn soak_round(
+    prefix: &str,
+    unique: usize,
+    dup_share: f64,
+    seed: u64,
+    round: usize,
+) -> Vec<TestMessage> {
     let mut messages = messages_with_duplicates(unique, dup_share, seed.wrapping_add(round as u64));
     for m in &mut messages {
-        let id = format!("r{round}-{}", m.id.as_deref().unwrap_or_default());
+        let id = format!("{prefix}{round}-{}", m.id.as_deref().unwrap_or_default());
         m.key = Some(id.clone().into_bytes());
         m.id = Some(id);
     }
     messages
+}
+
+/// Waits (up to 10 minutes) until the group committed the input's end offsets, restarting
+/// instances that exit meanwhile (counted in `report.exits`).
+fn soak_caught_up(
+    bs: &str,
+    app: &str,
+    input: &str,
+    partitions: i32,
+    instances: &mut [AppProcess],
+    report: &mut ChaosReport,
+) {
+    let ends = broker::end_offsets(bs, input, partitions);
+    wait_caught_up_with(
+        bs,
+        app,
+        input,
+        &ends,
+        Duration::from_secs(600),
+        instances,
+        Some(&mut report.exits),
+    );
+}
+
+/// Polls `done` every 100 ms until it holds; panics naming `what` after `within`.
+fn wait_until(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < within, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// See [`AppProcess::starting_or_restoring`].
@@ -870,6 +913,8 @@ pub fn run_observed(
         seed: plan.seed,
         ..ChaosReport::default()
     };
+    // What the output topic held each time it was deleted (soak).
+    let mut deleted_outputs = Vec::new();
     let mut chunks = messages.chunks(messages.len().div_ceil(plan.actions.max(1)));
     for done in 0.. {
         let round;
@@ -882,7 +927,7 @@ pub fn run_observed(
                 if started.elapsed() >= soak.duration {
                     break;
                 }
-                round = soak_round(plan.unique, plan.dup_share, plan.seed, done);
+                round = soak_round("r", plan.unique, plan.dup_share, plan.seed, done);
                 &round
             }
         };
@@ -907,15 +952,13 @@ pub fn run_observed(
             if roll < 8 {
                 if let Some(script) = &soak.broker_script {
                     progress(done, "broker restart (once caught up)");
-                    let ends = broker::end_offsets(bs, &input, plan.partitions);
-                    wait_caught_up_with(
+                    soak_caught_up(
                         bs,
                         &app,
                         &input,
-                        &ends,
-                        Duration::from_secs(600),
+                        plan.partitions,
                         &mut instances,
-                        Some(&mut report.exits),
+                        &mut report,
                     );
                     broker_script(script, "down");
                     std::thread::sleep(Duration::from_millis(rng.gen_range(1_000..8_000)));
@@ -923,7 +966,37 @@ pub fn run_observed(
                     report.broker_restarts += 1;
                     continue;
                 }
-            } else if roll < 16 {
+            } else if roll < 13 {
+                progress(
+                    done,
+                    "output topic deleted and created again (once caught up)",
+                );
+                soak_caught_up(
+                    bs,
+                    &app,
+                    &input,
+                    plan.partitions,
+                    &mut instances,
+                    &mut report,
+                );
+                // Caught up: every output of the input so far is committed; keep them for the
+                // per-ID check.
+                deleted_outputs.extend(broker::read_committed(bs, &output));
+                broker::delete_topics(bs, &[&output]);
+                wait_until(
+                    Duration::from_secs(60),
+                    "the output topic is deleted",
+                    || !broker::list_topics(bs).contains(&output),
+                );
+                // A round while it is missing: the instances hold it (not ready) until the
+                // topic is back.
+                let missing_round = soak_round("g", plan.unique, plan.dup_share, plan.seed, done);
+                broker::produce(bs, &input, &missing_round);
+                std::thread::sleep(Duration::from_millis(rng.gen_range(3_000..20_000)));
+                broker::create_topics(bs, &[(&output, plan.partitions)]);
+                report.output_recreations += 1;
+                continue;
+            } else if roll < 21 {
                 progress(done, &format!("long SIGSTOP instance {victim}"));
                 // Past the 6 s session timeout: the group moves its partitions, and it resumes
                 // as a zombie that must be fenced.
@@ -1023,7 +1096,8 @@ pub fn run_observed(
             .count() as u32;
     }
     report.inputs = broker::read_committed(bs, &input);
-    report.outputs = broker::read_committed(bs, &output);
+    report.outputs = deleted_outputs;
+    report.outputs.extend(broker::read_committed(bs, &output));
     report.verification = Verification::compare(&report.inputs, &report.outputs);
     report.seconds = started.elapsed().as_secs_f64();
     let mut internal = vec![

@@ -69,6 +69,11 @@ pub struct RunArgs {
     /// gets its partitions back without a rebalance. `false`: every join and leave rebalances.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub static_membership: bool,
+    /// Start the next transaction with a new producer after all brokers were down: only for
+    /// the local test broker, which after a restart no longer aborts an older producer's open
+    /// transaction when its transactional.id is initialised again (its scripts set it).
+    #[arg(long, env = "EXACTLY_RENEW_PRODUCER_AFTER_OUTAGE", default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub renew_producer_after_outage: bool,
     /// librdkafka property for every client, `key=value` (repeatable).
     #[arg(long = "kafka", value_name = "KEY=VALUE")]
     pub kafka: Vec<String>,
@@ -131,6 +136,7 @@ impl RunArgs {
             });
         app.config_mut().startup_timeout = Duration::from_millis(self.startup_timeout_ms);
         app.config_mut().static_membership = self.static_membership;
+        app.config_mut().renew_producer_after_outage = self.renew_producer_after_outage;
         app.config_mut().repartition_purge_interval =
             Duration::from_millis(self.repartition_purge_interval_ms);
         app.config_mut().restore_from = match self.restore_from {

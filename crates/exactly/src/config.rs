@@ -86,6 +86,9 @@ pub struct FileConfig {
     pub offset_reset: Option<String>,
     /// Check existing internal topics' configs at start (default true).
     pub verify_topic_configs: Option<bool>,
+    /// Start the next transaction with a new producer after all brokers were down (default
+    /// false; for the local test broker only).
+    pub renew_producer_after_outage: Option<bool>,
     /// Address to serve `/metrics`, `/health` and `/ready` on (default: no server).
     pub metrics_addr: Option<String>,
     /// `transaction.timeout.ms` of the producers (default 10000).
@@ -427,6 +430,7 @@ const KEYS: &[KeySpec] = &[
     key("restore_from", Kind::Str, "set it to \"checkpoint\" or \"start\""),
     key("offset_reset", Kind::Str, "set it to \"fail\", \"earliest\" or \"latest\""),
     key("verify_topic_configs", Kind::Bool, BOOL),
+    key("renew_producer_after_outage", Kind::Bool, BOOL),
     key("metrics_addr", Kind::Str, "set it to an IP address and port, e.g. \"0.0.0.0:9100\""),
     key("transaction_timeout_ms", Kind::Int, POSITIVE),
     key("startup_timeout_ms", Kind::Int, POSITIVE),
@@ -824,6 +828,9 @@ impl Checker<'_> {
         if let Some(on) = file.verify_topic_configs {
             runtime.verify_topic_configs = on;
         }
+        if let Some(on) = file.renew_producer_after_outage {
+            runtime.renew_producer_after_outage = on;
+        }
         if let Some(from) = &file.restore_from {
             runtime.restore_from = self.choice(
                 "restore_from",
@@ -1154,6 +1161,10 @@ pub fn redacted(config: &RuntimeConfig) -> String {
         format!("guarantee = {}", string(guarantee)),
         format!("static_membership = {}", config.static_membership),
         format!("verify_topic_configs = {}", config.verify_topic_configs),
+        format!(
+            "renew_producer_after_outage = {}",
+            config.renew_producer_after_outage
+        ),
         format!(
             "restore_from = {}",
             string(match config.restore_from {

@@ -410,11 +410,12 @@ fn soak_count(text: &str, label: &str) -> u64 {
 }
 
 /// `exactly chaos --minutes` on a broker of the test's own, restarted by the soak through
-/// `--broker-script`: seed 82's schedule restarts the broker at its first disruption and
-/// pauses an instance past its session timeout at its third. Every ID is output once, and the
+/// `--broker-script`: seed 92359's schedule restarts the broker at its first disruption,
+/// pauses an instance past its session timeout at its second and deletes and recreates the
+/// output topic at its third. Every ID is output once, and the
 /// summary reports the soak's figures.
 #[test]
-fn a_chaos_soak_with_broker_restarts_and_long_pauses_outputs_every_id_once() {
+fn a_chaos_soak_with_broker_restarts_long_pauses_and_an_output_recreation_outputs_every_id_once() {
     let dir = tempfile::tempdir().unwrap();
     let Some(private) = broker::PrivateBroker::start("cli-soak", &dir.path().join("broker")) else {
         return;
@@ -444,13 +445,14 @@ fn a_chaos_soak_with_broker_restarts_and_long_pauses_outputs_every_id_once() {
             "--round-ids",
             "300",
             "--seed",
-            "82",
+            "92359",
             "--broker-script",
             &script,
         ],
         &[
             ("KAFKA_BOOTSTRAP", private.bs.as_str()),
             ("EXACTLY_RESTORE_FROM", "start"),
+            ("EXACTLY_RENEW_PRODUCER_AFTER_OUTAGE", "true"),
         ],
     );
     let t = text(&out);
@@ -458,6 +460,7 @@ fn a_chaos_soak_with_broker_restarts_and_long_pauses_outputs_every_id_once() {
     assert!(t.contains("exactly once: 0 duplicates, 0 missing"), "{t}");
     assert!(soak_count(&t, "broker restarts") >= 1, "{t}");
     assert!(soak_count(&t, "long SIGSTOPs") >= 1, "{t}");
+    assert!(soak_count(&t, "output topic recreations") >= 1, "{t}");
     assert!(soak_count(&t, "process starts") >= 2, "{t}");
     println!("{t}");
 }

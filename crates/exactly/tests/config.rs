@@ -60,7 +60,7 @@ create = false
 "#;
 
 const ALL_KEYS: &str = "app_id, instance_id, bootstrap, inputs, outputs, state_dir, threads, \
-commit_interval_ms, max_batch_records, guarantee, static_membership, restore_from, offset_reset, verify_topic_configs, metrics_addr, transaction_timeout_ms, \
+commit_interval_ms, max_batch_records, guarantee, static_membership, restore_from, offset_reset, verify_topic_configs, renew_producer_after_outage, metrics_addr, transaction_timeout_ms, \
 startup_timeout_ms, replication_factor, block_cache_bytes, write_buffer_bytes, ids.source, \
 ids.max_len, ids.on_invalid, errors.on_error, errors.on_production_error, \
 errors.production_attempts, errors.retry_max_attempts, \
@@ -600,6 +600,7 @@ max_batch_records = 10000
 guarantee = "exactly_once"
 static_membership = true
 verify_topic_configs = true
+renew_producer_after_outage = false
 restore_from = "checkpoint"
 offset_reset = "fail"
 transaction_timeout_ms = 10000

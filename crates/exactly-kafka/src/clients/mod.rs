@@ -177,6 +177,8 @@ pub(crate) struct KafkaClients {
     consumer: BaseConsumer<MemberContext>,
     producer: RefCell<BaseProducer<DeliveryTracker>>,
     maker: ProducerMaker,
+    /// [`RuntimeConfig::renew_producer_after_outage`](crate::RuntimeConfig).
+    renew_after_outage: bool,
     restore: RestoreReader,
     /// Asks for high watermarks (read_uncommitted), to see open transactions.
     watermarks: BaseConsumer<LogContext>,
@@ -276,6 +278,7 @@ impl KafkaClients {
             consumer,
             producer: RefCell::new(producer),
             maker,
+            renew_after_outage: config.renew_producer_after_outage,
             restore: RestoreReader::new(restore),
             watermarks,
             admin: std::cell::OnceCell::new(),
@@ -283,6 +286,32 @@ impl KafkaClients {
             commit_called: std::cell::Cell::new(false),
             transaction_timeout: config.transaction_timeout,
         })
+    }
+
+    /// Between transactions: replaces a producer that saw all brokers down with a new one
+    /// (`renew_producer_after_outage`). A restarted local test broker no longer aborts the
+    /// open transaction of a producer initialised before its restart when the
+    /// `transactional.id` is initialised again, so a crash in such a transaction would leave
+    /// it open for ever (that broker has no transaction timeout) and hold the last stable
+    /// offset of every partition it wrote. A producer initialised after the restart does not
+    /// have that problem. If the new producer cannot be made (the brokers are still down),
+    /// this transaction runs on the old one and the next one tries again.
+    fn renew_producer_after_outage(&self) {
+        let producer = self.producer.borrow();
+        producer.poll(Duration::ZERO); // serves the error events of the outage
+        if !producer.context().saw_outage() {
+            return;
+        }
+        drop(producer);
+        match self.maker.make() {
+            Ok(fresh) => {
+                *self.producer.borrow_mut() = fresh;
+                tracing::info!("all brokers were down since this producer was made: the next transaction runs on a new one (renew_producer_after_outage)");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "making a new producer after the brokers were down failed; the next transaction tries again (renew_producer_after_outage)");
+            }
+        }
     }
 
     /// Leaves the group (a dynamic member at once; a static one's partitions wait for its
@@ -427,6 +456,9 @@ impl StreamClients for KafkaClients {
 
     fn begin_transaction(&self) -> Result<(), ClientError> {
         self.commit_called.set(false);
+        if self.renew_after_outage {
+            self.renew_producer_after_outage();
+        }
         self.producer
             .borrow()
             .begin_transaction()
