@@ -544,7 +544,12 @@ fn a_slow_sink_among_kills_and_pauses_keeps_the_ledger_exact() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| u64::from(rand::random::<u32>()));
     println!("ledger slow-sink seed {seed} (replay with EXACTLY_CHAOS_SEED={seed})");
-    let payments = Payments::new(12_000, 0.2, seed);
+    // 15 chunks of 1,000 payments by default; `EXACTLY_CHAOS_CHUNKS` runs it longer (a soak).
+    let chunks: usize = std::env::var("EXACTLY_CHAOS_CHUNKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    let payments = Payments::new(chunks * 800, 0.2, seed);
     let mut rng = StdRng::seed_from_u64(seed);
     let mut instances = [s.instance("0", &[]), s.instance("1", &[])];
     instances.iter_mut().for_each(AppProcess::start);
