@@ -155,6 +155,11 @@ fn refused_for_good(e: &KafkaError) -> bool {
     )
 }
 
+/// The [`record_error`] of a failed delivery.
+fn delivery_error(failed: crate::writer::DeliveryError) -> ClientError {
+    record_error("delivery", failed.error, failed.seq, &failed.topic)
+}
+
 /// The error of send `seq` to `topic` (when sent, or at its delivery): refused for good, or
 /// its topic missing, about that record; anything else aborts the transaction.
 fn record_error(during: &'static str, e: KafkaError, seq: u64, topic: &str) -> ClientError {
@@ -303,9 +308,8 @@ impl KafkaClients {
             return;
         }
         drop(producer);
-        match self.maker.make() {
-            Ok(fresh) => {
-                *self.producer.borrow_mut() = fresh;
+        match self.reset_producer() {
+            Ok(()) => {
                 tracing::info!("all brokers were down since this producer was made: the next transaction runs on a new one (renew_producer_after_outage)");
             }
             Err(e) => {
@@ -346,7 +350,7 @@ impl KafkaClients {
     fn refused_delivery(&self, p: &BaseProducer<DeliveryTracker>) -> Option<ClientError> {
         let failed = p.context().error()?;
         (refused_for_good(&failed.error) || topic_missing(&failed.error))
-            .then(|| record_error("delivery", failed.error, failed.seq, &failed.topic))
+            .then(|| delivery_error(failed))
     }
 }
 
@@ -551,12 +555,7 @@ impl StreamClients for KafkaClients {
         let flushed = p.flush(REQUEST_TIMEOUT).map_err(write("flush"));
         if let Some(failed) = p.context().take_error() {
             let _ = p.context().take();
-            return Err(record_error(
-                "delivery",
-                failed.error,
-                failed.seq,
-                &failed.topic,
-            ));
+            return Err(delivery_error(failed));
         }
         flushed?;
         Ok(producer::delivered(p.context().take()))
