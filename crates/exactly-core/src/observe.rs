@@ -45,6 +45,8 @@ pub trait RuntimeObserver: Send + Sync + 'static {
     fn store_failed(&self, topic: &str, partition: i32) {}
     /// Consumer lag of a partition (high watermark minus committed offset).
     fn lag(&self, topic: &str, partition: i32, lag: i64) {}
+    /// A running task's fetch had stalled and was resumed and sought again.
+    fn fetch_restarted(&self, topic: &str, partition: i32) {}
     /// Store size of a task.
     fn store(&self, topic: &str, partition: i32, entries: u64, bytes: u64) {}
     /// Size of a task's state store.

@@ -92,6 +92,10 @@ pub struct Metrics {
     pub rebalances_total: IntCounter,
     /// `exactly_fenced_total`: times a producer of this instance was fenced (zombie detected).
     pub fenced_total: IntCounter,
+    /// `exactly_fetch_restarts_total`: running tasks whose fetch had stalled (no record for
+    /// 30 s although committed records wait past the consumer's position), resumed and
+    /// sought again.
+    pub fetch_restarts_total: IntCounter,
 
     /// `exactly_store_entries{topic,partition}`: message IDs in a task's dedup store (RocksDB's
     /// estimate).
@@ -305,6 +309,10 @@ impl Metrics {
             fenced_total: d.counter(
                 "exactly_fenced_total",
                 "Times a producer of this instance was fenced by a newer one.",
+            )?,
+            fetch_restarts_total: d.counter(
+                "exactly_fetch_restarts_total",
+                "Running tasks whose stalled fetch was resumed and sought again.",
             )?,
             store_entries: d.gauge_vec(
                 "exactly_store_entries",

@@ -631,6 +631,8 @@ pub struct ChaosReport {
     pub starts: u32,
     /// Transactions the instances aborted (their "transaction aborted" log lines).
     pub aborts: u32,
+    /// Stalled fetches the instances restarted (their "seeking its fetch again" log lines).
+    pub fetch_restarts: u32,
     /// Per instance, seconds its `/ready` did not answer 200 (soak), killed or paused time
     /// included.
     pub not_ready_seconds: Vec<f64>,
@@ -675,13 +677,14 @@ impl ChaosReport {
             String::new()
         } else {
             format!(
-                "; soak: {} long SIGSTOPs (past the session timeout), {} broker restarts, {} output topic recreations, {} process starts, {} exits on their own (restarted), {} aborted transactions, not ready {} s per instance",
+                "; soak: {} long SIGSTOPs (past the session timeout), {} broker restarts, {} output topic recreations, {} process starts, {} exits on their own (restarted), {} aborted transactions, {} stalled fetches restarted, not ready {} s per instance",
                 self.long_pauses,
                 self.broker_restarts,
                 self.output_recreations,
                 self.starts,
                 self.exits.len(),
                 self.aborts,
+                self.fetch_restarts,
                 self.not_ready_seconds
                     .iter()
                     .map(|s| format!("{s:.0}"))
@@ -1089,11 +1092,10 @@ pub fn run_observed(
             );
         }
         report.starts += inst.starts;
-        report.aborts += inst
-            .log()
-            .lines()
-            .filter(|l| l.contains("transaction aborted"))
-            .count() as u32;
+        let log = inst.log();
+        let count = |what: &str| log.lines().filter(|l| l.contains(what)).count() as u32;
+        report.aborts += count("transaction aborted");
+        report.fetch_restarts += count("seeking its fetch again");
     }
     report.inputs = broker::read_committed(bs, &input);
     report.outputs = deleted_outputs;

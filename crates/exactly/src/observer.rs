@@ -135,6 +135,10 @@ impl RuntimeObserver for MetricsObserver {
         self.metrics.transaction_aborted(AbortReason::Fenced).inc();
     }
 
+    fn fetch_restarted(&self, _topic: &str, _partition: i32) {
+        self.metrics.fetch_restarts_total.inc();
+    }
+
     fn ready(&self, thread: usize, ready: bool) {
         let mut s = self.state();
         if ready {

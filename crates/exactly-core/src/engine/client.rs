@@ -258,6 +258,10 @@ pub trait StreamClients {
     /// Moves the fetch position of a partition. Records fetched before the seek are never
     /// returned after it.
     fn seek(&self, partition: &TopicPartition, to: SeekTo) -> Result<(), ClientError>;
+    /// The group consumer's position in an assigned partition: the offset after the last
+    /// record or transaction marker it returned (`None` before the first since the
+    /// assignment or the last seek).
+    fn position(&self, partition: &TopicPartition) -> Option<i64>;
     /// The group's committed offsets of `partitions` (`None`: none committed). A stable read:
     /// while an open transaction holds offsets for one of them (KIP-447), or no broker
     /// answers, it waits, at most `within`, and then fails retriably.

@@ -16,7 +16,8 @@
 //!    opening tasks for assigned partitions that have none (a failed open is retried);
 //! 5. commit when the transaction is old or big enough ([`Engine`]'s `commit`, whose steps are
 //!    numbered in its doc);
-//! 6. housekeeping: retention expiry between transactions, lag and store gauges.
+//! 6. housekeeping: retention expiry between transactions, lag and store gauges, and the
+//!    restart of a running task's fetch that stalled (see `restart_stalled_fetches`).
 //!
 //! Any failure goes to one place that decides what it means (abort and rewind, restore a task,
 //! replace a fenced producer, stop), so the loop reads as the list above.
@@ -156,6 +157,7 @@ pub struct Engine<F: ProcessorFactory> {
     fences_since_commit: usize,
     last_expiry: Duration,
     last_report: Duration,
+    last_stall_check: Duration,
     /// Per repartition partition, the offset its task committed that its records are to be
     /// deleted up to; deleted every `purge_interval`.
     purge: BTreeMap<TopicPartition, i64>,
@@ -205,6 +207,7 @@ impl<F: ProcessorFactory> Engine<F> {
             fences_since_commit: 0,
             last_expiry: now,
             last_report: now,
+            last_stall_check: now,
             purge: BTreeMap::new(),
             last_purge: now,
             lost_at: None,
@@ -338,6 +341,7 @@ impl<F: ProcessorFactory> Engine<F> {
         if batch.is_empty() {
             return Ok(());
         }
+        let now = self.env.clock.monotonic();
         batch.with_records(|records| {
             let mut i = 0;
             while i < records.len() {
@@ -349,7 +353,7 @@ impl<F: ProcessorFactory> Engine<F> {
                 let run = &records[i..j];
                 i = j;
                 let tp = TopicPartition::new(topic, p);
-                let Some(slot) = self.tasks.get(&tp) else {
+                let Some(slot) = self.tasks.get_mut(&tp) else {
                     tracing::debug!(partition = %tp, records = run.len(), "records of a partition without a task skipped");
                     continue;
                 };
@@ -357,6 +361,7 @@ impl<F: ProcessorFactory> Engine<F> {
                     tracing::debug!(partition = %tp, records = run.len(), running = slot.is_running(), "records skipped: the task restores, or was rewound after they were fetched");
                     continue;
                 }
+                slot.fetched = now;
                 if self.isolating.is_empty() {
                     let mut k = 0;
                     while k < run.len() {
@@ -430,12 +435,16 @@ impl<F: ProcessorFactory> Engine<F> {
         }
     }
 
-    /// Step 6: retention expiry between transactions; lag and store gauges.
+    /// Step 6: retention expiry between transactions; lag and store gauges; stalled fetches.
     fn housekeeping<C: StreamClients>(&mut self, clients: &C) {
         let now = self.env.clock.monotonic();
         if now.saturating_sub(self.last_report) >= REPORT_INTERVAL {
             self.last_report = now;
             self.report(clients);
+        }
+        if now.saturating_sub(self.last_stall_check) >= tasks::FETCH_STALL_CHECK_INTERVAL {
+            self.last_stall_check = now;
+            self.restart_stalled_fetches(clients);
         }
         if matches!(self.txn, Txn::Idle)
             && now.saturating_sub(self.last_expiry) >= self.cfg.expiry_interval

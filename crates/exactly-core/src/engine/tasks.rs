@@ -11,6 +11,13 @@ use crate::store::{DedupStore, StoreError};
 use crate::task::Task;
 use std::time::Duration;
 
+/// A running task that got no record for this long is checked for a stalled fetch.
+pub(crate) const FETCH_STALL_AFTER: Duration = Duration::from_secs(30);
+/// How often the running tasks are looked at for a stalled fetch.
+pub(crate) const FETCH_STALL_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// How long the stall check's watermark request waits at most.
+const FETCH_STALL_WAIT: Duration = Duration::from_secs(2);
+
 /// Where a task is in its life: it restores its stores, then runs (and is closed by being
 /// removed from the task manager).
 pub(crate) enum Phase {
@@ -30,6 +37,9 @@ pub(crate) struct Slot<P: Processor> {
     /// The engine's seek count at the last seek of this partition: records polled before it
     /// are dropped (they are fetched again from the new position).
     pub(crate) sought_at: u64,
+    /// When the running task last got records, started fetching (its seek), or was checked
+    /// for a stalled fetch.
+    pub(crate) fetched: Duration,
 }
 
 impl<P: Processor> Slot<P> {
@@ -169,6 +179,7 @@ impl<F: ProcessorFactory> Engine<F> {
             changelogs,
             phase: Phase::Restoring(restore),
             sought_at: self.seeks,
+            fetched: Duration::ZERO,
         };
         self.apply_plan(tp, &mut slot)?;
         self.tasks.insert(tp.clone(), slot);
@@ -273,8 +284,10 @@ impl<F: ProcessorFactory> Engine<F> {
         offset: Option<i64>,
     ) -> Result<(), super::ClientError> {
         self.seeks += 1;
+        let now = self.env.clock.monotonic();
         if let Some(slot) = self.tasks.get_mut(tp) {
             slot.sought_at = self.seeks;
+            slot.fetched = now;
         }
         clients.seek(tp, offset.map_or(SeekTo::Beginning, SeekTo::Offset))
     }
@@ -302,6 +315,55 @@ impl<F: ProcessorFactory> Engine<F> {
                 .task_counters(&slot.task.id().topic, &counters);
         }
         total
+    }
+
+    /// Restarts the fetch of each running task that got no record for [`FETCH_STALL_AFTER`]
+    /// although its partition holds committed records past the consumer's position: it
+    /// resumes the partition and seeks it to where the task goes on.
+    ///
+    /// librdkafka applies a pause, resume or seek asynchronously, and drops one that an op
+    /// its own thread queued at the same moment made outdated (a rebalance pauses the whole
+    /// assignment), without an error (librdkafka issues #5591, #2190). A resume dropped so
+    /// as a restore ends leaves the partition paused for good. Resuming a partition that
+    /// fetches changes nothing, and seeking to the task's position loses nothing: records
+    /// fetched before the seek are dropped and fetched again. An idle partition costs one
+    /// watermark request per [`FETCH_STALL_AFTER`]; a failed request is tried at the next.
+    pub(crate) fn restart_stalled_fetches<C: StreamClients>(&mut self, clients: &C) {
+        let now = self.env.clock.monotonic();
+        let within = self.restore_wait().min(FETCH_STALL_WAIT);
+        let idle: Vec<TopicPartition> = self
+            .tasks
+            .iter()
+            .filter(|(_, s)| s.is_running() && now.saturating_sub(s.fetched) >= FETCH_STALL_AFTER)
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        for tp in idle {
+            let Some(slot) = self.tasks.get_mut(&tp) else {
+                continue;
+            };
+            let idle_s = now.saturating_sub(slot.fetched).as_secs();
+            slot.fetched = now;
+            let (low, end) = match clients.watermarks(&tp, Isolation::ReadCommitted, within) {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::debug!(task = %tp, error = %e, "stall check: no watermarks; checking again later");
+                    continue;
+                }
+            };
+            let goes_on = slot.task.position();
+            let at = clients.position(&tp).or(goes_on).unwrap_or(low);
+            if at >= end {
+                continue;
+            }
+            tracing::warn!(thread = self.cfg.thread, task = %tp, position = at, end, idle_s, "the task got no record for {idle_s} s although its partition holds committed records past the consumer's position: resuming and seeking its fetch again (librdkafka drops a resume that races with a rebalance)");
+            self.env.observer.fetch_restarted(&tp.topic, tp.partition);
+            let restarted = clients
+                .resume(std::slice::from_ref(&tp))
+                .and_then(|()| self.seek(clients, &tp, goes_on));
+            if let Err(e) = restarted {
+                tracing::warn!(task = %tp, error = %e, "restarting the stalled fetch failed; checking again later");
+            }
+        }
     }
 
     /// Lag and store sizes of the running tasks.

@@ -427,6 +427,12 @@ impl StreamClients for KafkaClients {
         }
     }
 
+    fn position(&self, tp: &TopicPartition) -> Option<i64> {
+        // librdkafka's application position: it moves past transaction markers too.
+        let positions = self.consumer.position().ok()?;
+        offset_of(&positions, tp)
+    }
+
     fn committed(
         &self,
         partitions: &[TopicPartition],

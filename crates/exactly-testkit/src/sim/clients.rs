@@ -502,7 +502,11 @@ impl StreamClients for SimClients {
     }
 
     fn resume(&self, partitions: &[TopicPartition]) -> Result<(), ClientError> {
-        self.op("resume", |_, s| {
+        self.op("resume", |c, s| {
+            if c.take_fault(Request::Resume).is_some() {
+                tracing::debug!(member = s.member, ?partitions, "sim resume dropped");
+                return Ok(());
+            }
             for tp in partitions {
                 if let Some(f) = s.assigned.get_mut(tp) {
                     f.paused = false;
@@ -529,6 +533,14 @@ impl StreamClients for SimClients {
             tracing::debug!(member = s.member, partition = %tp, position = ?f.position, "sim seek");
             Ok(())
         })
+    }
+
+    fn position(&self, tp: &TopicPartition) -> Option<i64> {
+        self.state
+            .borrow()
+            .assigned
+            .get(tp)
+            .and_then(|f| f.position)
     }
 
     fn committed(

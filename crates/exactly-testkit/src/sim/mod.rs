@@ -96,6 +96,11 @@ pub enum Request {
     ListOffsets,
     /// A DeleteRecords request (the purge of repartition records).
     DeleteRecords,
+    /// A resume of group-consumer partitions. Any fault kind drops it: the call succeeds and
+    /// the partitions stay paused, as when librdkafka discards a resume op outdated by an op
+    /// its main thread queued at the same moment (a rebalance's library pause; librdkafka
+    /// issue #5591).
+    Resume,
 }
 
 /// What a fault does to its request.

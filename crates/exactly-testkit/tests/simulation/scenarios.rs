@@ -977,3 +977,65 @@ fn a_producer_failed_by_an_output_topic_created_again_is_replaced_and_every_id_i
         "the producer was replaced once: both tasks restored once"
     );
 }
+
+/// Turns of instance 0 for `ms` of idle time, 250 ms apart.
+fn idle(w: &Shared, ms: i64) {
+    for _ in 0..ms / 250 {
+        lock_world(w).advance(250);
+        step(w, Who::Instance(0, 0), None);
+    }
+}
+
+/// librdkafka drops a resume that an op its own thread queued at the same moment made
+/// outdated (librdkafka #5591: a rebalance pauses the whole assignment as a restore's resume
+/// is on its way), and reports no error: the restored task runs, but its partition stays
+/// paused. The engine finds the running task that got no record for 30 s while committed
+/// records wait past the consumer's position, resumes and seeks it: every ID is output once,
+/// with one restart, and two idle minutes after restart nothing. (The task used to wait for
+/// good: the 30-minute soak on the local broker stalled at 11 minutes with one partition
+/// stuck at 106,846 of 107,476 records.)
+#[test]
+fn a_resume_the_client_dropped_is_found_by_the_stall_check_and_every_id_is_output_once() {
+    let w = world(AppKind::Fanout, 2, 1);
+    lock_world(&w).inject(Fault::new(Request::Resume, FaultKind::Retriable));
+    lock_world(&w).start(0);
+    run_until_tasks(&w, 0, &[0, 1]);
+    {
+        let g = lock_world(&w);
+        assert_eq!(
+            g.cluster().pending_faults(),
+            0,
+            "a restore's resume was dropped"
+        );
+        assert_eq!(
+            g.paused(0, 0).len(),
+            1,
+            "one running task's partition stayed paused: {:?}",
+            g.tasks(0, 0)
+        );
+    }
+    lock_world(&w).produce(40);
+    finish(&w);
+    idle(&w, 120_000);
+    let g = lock_world(&w);
+    assert!(g.problems().is_empty(), "{:?}", g.problems());
+    assert_eq!(g.paused(0, 0), Vec::<i32>::new(), "both partitions fetch");
+    assert_eq!(g.tally.fetch_restarts.load(Ordering::Relaxed), 1);
+}
+
+/// The tasks of the global scope read the repartition topic, which stage 1 writes in
+/// transactions: its partitions end in commit markers, which the consumer's position moves
+/// past. Idle for two minutes after the input is consumed, no running task is taken for
+/// stalled.
+#[test]
+fn idle_partitions_ending_in_transaction_markers_are_not_taken_for_stalled_fetches() {
+    let w = world_with(AppKind::Fanout, 2, 1, |s| s.global = true);
+    lock_world(&w).start(0);
+    lock_world(&w).produce(40);
+    finish(&w);
+    idle(&w, 120_000);
+    let g = lock_world(&w);
+    assert!(g.problems().is_empty(), "{:?}", g.problems());
+    assert_eq!(g.tally.fetch_restarts.load(Ordering::Relaxed), 0);
+    assert_eq!(g.tally.aborts.load(Ordering::Relaxed), 0);
+}

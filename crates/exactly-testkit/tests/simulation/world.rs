@@ -54,6 +54,8 @@ pub struct Tally {
     pub rebalances: AtomicU64,
     pub restores: AtomicU64,
     pub wipes: AtomicU64,
+    /// Running tasks whose stalled fetch the engine resumed and sought again.
+    pub fetch_restarts: AtomicU64,
     /// Turns that ended with the thread reporting itself ready, and not ready.
     pub ready_turns: AtomicU64,
     pub unready_turns: AtomicU64,
@@ -87,6 +89,9 @@ impl RuntimeObserver for ThreadObserver {
     fn store_wiped(&self, topic: &str, partition: i32, reason: &'static str) {
         self.tally.store_wiped(topic, partition, reason);
     }
+    fn fetch_restarted(&self, topic: &str, partition: i32) {
+        self.tally.fetch_restarted(topic, partition);
+    }
     fn ready(&self, _: usize, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
@@ -113,6 +118,9 @@ impl RuntimeObserver for Tally {
     }
     fn store_wiped(&self, _: &str, _: i32, _: &'static str) {
         self.wipes.fetch_add(1, Ordering::Relaxed);
+    }
+    fn fetch_restarted(&self, _: &str, _: i32) {
+        self.fetch_restarts.fetch_add(1, Ordering::Relaxed);
     }
     fn production_error(&self, _: &str, action: &'static str) {
         *self
@@ -565,6 +573,23 @@ impl World {
                     .tasks()
                     .into_iter()
                     .map(|(tp, running)| (tp.partition, running))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The partitions thread `t` of instance `i`'s consumer has paused.
+    pub fn paused(&self, i: usize, t: usize) -> Vec<i32> {
+        self.instances[i]
+            .run
+            .as_ref()
+            .and_then(|r| r.threads[t].as_ref())
+            .map(|th| {
+                th.clients
+                    .fetch_state()
+                    .into_iter()
+                    .filter(|(_, _, paused)| *paused)
+                    .map(|(tp, _, _)| tp.partition)
                     .collect()
             })
             .unwrap_or_default()
