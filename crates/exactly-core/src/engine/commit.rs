@@ -714,6 +714,7 @@ impl<F: ProcessorFactory> Engine<F> {
                 ClientErrorKind::ProducerFenced => self.on_producer_fenced(clients, e),
                 ClientErrorKind::FencedInstance => Err(self.zombie(clients, e)),
                 ClientErrorKind::Retriable => self.on_abort_unreachable(clients, e, reason),
+                ClientErrorKind::ProducerFailed => self.on_producer_failed(clients, e),
                 _ => {
                     tracing::error!(thread = self.cfg.thread, error = %e, "abort failed: stopping the thread");
                     self.drop_tasks_unapplied();

@@ -715,6 +715,15 @@ impl StreamClients for SimClients {
         let txn_id = self.cfg.transactional_id.clone();
         self.request("abort_transaction", |c, s| {
             Self::producer_ok(s, "abort_transaction")?;
+            if c.take_fault(Request::AbortTxn).is_some() {
+                return Err(client_error(
+                    "abort_transaction",
+                    SimError::ProducerFailed(
+                        "sequence desynchronization with the broker (OUT_OF_ORDER_SEQUENCE_NUMBER)"
+                            .into(),
+                    ),
+                ));
+            }
             s.end_txn();
             c.abort(&txn_id, s.epoch).map_err(|e| {
                 if matches!(e, SimError::Fenced(_)) {

@@ -96,6 +96,11 @@ pub enum Request {
     ListOffsets,
     /// A DeleteRecords request (the purge of repartition records).
     DeleteRecords,
+    /// `abort_transaction`. Any fault kind fails it with a fatal error of the producer's own
+    /// idempotence state, as librdkafka's abort did after an output topic was deleted and
+    /// created again under records in flight ("sequence desynchronization"): nothing was
+    /// aborted, and the producer can do nothing more.
+    AbortTxn,
     /// A resume of group-consumer partitions. Any fault kind drops it: the call succeeds and
     /// the partitions stay paused, as when librdkafka discards a resume op outdated by an op
     /// its main thread queued at the same moment (a rebalance's library pause; librdkafka

@@ -1039,3 +1039,31 @@ fn idle_partitions_ending_in_transaction_markers_are_not_taken_for_stalled_fetch
     assert_eq!(g.tally.fetch_restarts.load(Ordering::Relaxed), 0);
     assert_eq!(g.tally.aborts.load(Ordering::Relaxed), 0);
 }
+
+/// A commit fails (a produce request failed) and the abort that follows finds the producer
+/// failed on its own state, as in the soak on the local broker after an output topic was
+/// deleted and created again under records in flight ("sequence desynchronization", fatal):
+/// the producer is replaced and both tasks restore once, the instance runs on, every ID is
+/// output once. (The thread used to stop, "abort failed: stopping the thread", and the
+/// instance exited.)
+#[test]
+fn an_abort_that_finds_the_producer_failed_replaces_the_producer_instead_of_stopping() {
+    let w = world(AppKind::Fanout, 2, 1);
+    open_transaction(&w, 0, 12);
+    let restores_before = {
+        let mut g = lock_world(&w);
+        g.inject(Fault::new(Request::Produce, FaultKind::Abortable));
+        g.inject(Fault::new(Request::AbortTxn, FaultKind::Fatal));
+        g.produce(12);
+        g.tally.restores.load(Ordering::Relaxed)
+    };
+    finish(&w);
+    let g = lock_world(&w);
+    assert_eq!(g.cluster().pending_faults(), 0, "both faults were hit");
+    assert!(g.is_running(0), "the instance runs on");
+    assert_eq!(
+        g.tally.restores.load(Ordering::Relaxed) - restores_before,
+        2,
+        "the producer was replaced once: both tasks restored once"
+    );
+}
