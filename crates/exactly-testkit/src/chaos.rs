@@ -587,6 +587,36 @@ pub struct Soak {
     pub broker_script: Option<PathBuf>,
 }
 
+/// An external sink the soak's app writes one effect per message ID to (a PostgreSQL table,
+/// say), made slow during the soak: while the second round of every four is processed, the
+/// harness locks the sink's table against writes for 10–14 s (past the sink's lock timeout:
+/// flushes fail and their Kafka transactions abort), while the fourth for 1–4 s (within it:
+/// slow flushes). Its effects
+/// are verified per message ID like the output topic. (See [`run_soak_with_sink`].)
+pub trait SoakSink {
+    /// Locks the sink's table against writes until [`release`](Self::release).
+    fn lock(&mut self);
+    /// Releases the lock.
+    fn release(&mut self);
+    /// Every effect the sink holds, one record each, with its input's `message-id` header
+    /// and the input partition and offset it came from.
+    fn effects(&mut self) -> Vec<ReadRecord>;
+}
+
+/// A lock the soak holds on its sink's table.
+struct SinkLock {
+    taken: Instant,
+    hold: Duration,
+}
+
+/// Releases the soak's lock on its sink's table, if it holds one, once held for its time.
+fn release_sink(sink: &mut Option<&mut dyn SoakSink>, lock: &mut Option<SinkLock>) {
+    if let (Some(sink), Some(l)) = (sink.as_mut(), lock.take()) {
+        std::thread::sleep(l.hold.saturating_sub(l.taken.elapsed()));
+        sink.release();
+    }
+}
+
 /// The amount of payment `m{i}` in a run with [`ChaosPlan::accounts`] set.
 pub fn payment_amount(i: usize) -> i64 {
     (i.wrapping_mul(7919) % 100) as i64 + 1
@@ -633,6 +663,15 @@ pub struct ChaosReport {
     pub aborts: u32,
     /// Stalled fetches the instances restarted (their "seeking its fetch again" log lines).
     pub fetch_restarts: u32,
+    /// Soak with a [`SoakSink`]: locks of its table held 1–4 s.
+    pub sink_short_locks: u32,
+    /// Soak with a [`SoakSink`]: locks of its table held 10–14 s.
+    pub sink_long_locks: u32,
+    /// Soak with a [`SoakSink`]: flushes that failed (the instances' "sink flush failed" log
+    /// lines); each aborted its Kafka transaction, which came again.
+    pub sink_failed_flushes: u32,
+    /// Soak with a [`SoakSink`]: the per-ID comparison of the input and the sink's effects.
+    pub sink_verification: Option<Verification>,
     /// Per instance, seconds its `/ready` did not answer 200 (soak), killed or paused time
     /// included.
     pub not_ready_seconds: Vec<f64>,
@@ -653,6 +692,15 @@ pub struct ChaosReport {
 }
 
 impl ChaosReport {
+    /// No duplicate, missing or unexpected ID in the output, nor in the sink's effects.
+    pub fn is_exact(&self) -> bool {
+        self.verification.is_exact()
+            && self
+                .sink_verification
+                .as_ref()
+                .is_none_or(Verification::is_exact)
+    }
+
     /// One line with every figure.
     pub fn summary(&self) -> String {
         let v = &self.verification;
@@ -691,6 +739,18 @@ impl ChaosReport {
                     .collect::<Vec<_>>()
                     .join("/")
             )
+        } + &match &self.sink_verification {
+            None => String::new(),
+            Some(v) => format!(
+                "; slow sink: {} locks of 1-4 s, {} of 10-14 s, {} failed flushes; sink effects: {}, {} duplicates, {} missing, {} unexpected",
+                self.sink_short_locks,
+                self.sink_long_locks,
+                self.sink_failed_flushes,
+                v.outputs,
+                v.duplicates,
+                v.missing.len(),
+                v.unexpected.len()
+            ),
         }
     }
 }
@@ -874,6 +934,21 @@ pub fn run_observed(
     work_dir: &Path,
     progress: &mut dyn FnMut(usize, &str),
 ) -> ChaosReport {
+    run_soak_with_sink(bs, plan, work_dir, progress, None)
+}
+
+/// [`run_observed`] with a [`SoakSink`] the app writes to (its instances must get the options
+/// that make them write there through [`ChaosPlan::extra_args`]): in a soak, its table is
+/// locked while some rounds are processed, and its effects are verified per message ID. (A
+/// run that is not a soak only verifies them.) The seeded schedule of the other disruptions
+/// is the same with or without a sink.
+pub fn run_soak_with_sink(
+    bs: &str,
+    plan: &ChaosPlan,
+    work_dir: &Path,
+    progress: &mut dyn FnMut(usize, &str),
+    mut sink: Option<&mut dyn SoakSink>,
+) -> ChaosReport {
     let base = broker::unique_name("chaos");
     let (input, output, app) = (
         format!("{base}-in"),
@@ -882,6 +957,10 @@ pub fn run_observed(
     );
     broker::create_topics(bs, &[(&input, plan.partitions), (&output, plan.partitions)]);
     let mut rng = StdRng::seed_from_u64(plan.seed);
+    // The sink's locks draw from their own generator: the rest of the schedule stays that of
+    // the seed.
+    let mut sink_rng = StdRng::seed_from_u64(plan.seed ^ 0x51_0C_5E_ED);
+    let mut sink_lock: Option<SinkLock> = None;
     let mut messages = messages_with_duplicates(plan.unique, plan.dup_share, plan.seed);
     if plan.accounts > 0 {
         as_payments(&mut messages, plan.accounts);
@@ -934,6 +1013,28 @@ pub fn run_observed(
                 &round
             }
         };
+        release_sink(&mut sink, &mut sink_lock);
+        if let (Some(s), Some(_)) = (sink.as_mut(), &plan.soak) {
+            // The second round of every four is processed while the sink's table is locked
+            // for 10–14 s, the fourth while it is locked for 1–4 s.
+            let hold = match done % 4 {
+                1 => Some(Duration::from_millis(sink_rng.gen_range(10_000..14_000))),
+                3 => Some(Duration::from_millis(sink_rng.gen_range(1_000..4_000))),
+                _ => None,
+            };
+            if let Some(hold) = hold {
+                if hold >= Duration::from_secs(10) {
+                    report.sink_long_locks += 1;
+                } else {
+                    report.sink_short_locks += 1;
+                }
+                s.lock();
+                sink_lock = Some(SinkLock {
+                    taken: Instant::now(),
+                    hold,
+                });
+            }
+        }
         broker::produce(bs, &input, chunk);
         let victim = rng.gen_range(0..instances.len());
         std::thread::sleep(Duration::from_millis(rng.gen_range(100..1500)));
@@ -955,6 +1056,7 @@ pub fn run_observed(
             if roll < 8 {
                 if let Some(script) = &soak.broker_script {
                     progress(done, "broker restart (once caught up)");
+                    release_sink(&mut sink, &mut sink_lock);
                     soak_caught_up(
                         bs,
                         &app,
@@ -974,6 +1076,7 @@ pub fn run_observed(
                     done,
                     "output topic deleted and created again (once caught up)",
                 );
+                release_sink(&mut sink, &mut sink_lock);
                 soak_caught_up(
                     bs,
                     &app,
@@ -1056,6 +1159,7 @@ pub fn run_observed(
             }
         }
     }
+    release_sink(&mut sink, &mut sink_lock);
     progress(
         plan.actions,
         "waiting until every input offset is committed",
@@ -1096,11 +1200,15 @@ pub fn run_observed(
         let count = |what: &str| log.lines().filter(|l| l.contains(what)).count() as u32;
         report.aborts += count("transaction aborted");
         report.fetch_restarts += count("seeking its fetch again");
+        report.sink_failed_flushes += count("sink flush failed");
     }
     report.inputs = broker::read_committed(bs, &input);
     report.outputs = deleted_outputs;
     report.outputs.extend(broker::read_committed(bs, &output));
     report.verification = Verification::compare(&report.inputs, &report.outputs);
+    if let Some(s) = sink.as_mut() {
+        report.sink_verification = Some(Verification::compare(&report.inputs, &s.effects()));
+    }
     report.seconds = started.elapsed().as_secs_f64();
     let mut internal = vec![
         format!("{app}-{input}-dedup-changelog"),

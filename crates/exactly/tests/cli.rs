@@ -409,15 +409,30 @@ fn soak_count(text: &str, label: &str) -> u64 {
     number_before(soak, &format!(" {label}"))
 }
 
+/// A figure of the summary's slow-sink part.
+fn sink_count(text: &str, label: &str) -> u64 {
+    let line = summary_line(text);
+    let sink = line
+        .split("; slow sink: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no slow-sink figures in {line}"));
+    number_before(sink, &format!(" {label}"))
+}
+
 /// `exactly chaos --minutes` on a broker of the test's own, restarted by the soak through
-/// `--broker-script`: seed 92359's schedule restarts the broker at its first disruption,
-/// pauses an instance past its session timeout at its second and deletes and recreates the
-/// output topic at its third. Every ID is output once, and the
-/// summary reports the soak's figures.
+/// `--broker-script`, with the instances' PostgreSQL sink made slow (`--slow-sink`): seed
+/// 92359's schedule restarts the broker at its first disruption, pauses an instance past its
+/// session timeout at its second and deletes and recreates the output topic at its third, and
+/// locks the sink's table past the sink's lock timeout in its second round. Every ID is output
+/// once and recorded in the sink once, and the summary reports the soak's figures. (The
+/// instances use the eager protocol, as the rebalance test does.)
 #[test]
-fn a_chaos_soak_with_broker_restarts_long_pauses_and_an_output_recreation_outputs_every_id_once() {
+fn a_chaos_soak_with_broker_restarts_long_pauses_an_output_recreation_and_a_slow_sink_is_exact() {
     let dir = tempfile::tempdir().unwrap();
     let Some(private) = broker::PrivateBroker::start("cli-soak", &dir.path().join("broker")) else {
+        return;
+    };
+    let Some(pg) = exactly_sinks::testing::require_postgres("cli-soak") else {
         return;
     };
     // The script the soak calls with `down` / `up`: scripts/broker.sh on this broker.
@@ -448,6 +463,12 @@ fn a_chaos_soak_with_broker_restarts_long_pauses_and_an_output_recreation_output
             "92359",
             "--broker-script",
             &script,
+            "--slow-sink",
+            &pg,
+            // The eager protocol: the local broker's cooperative second round stalls until
+            // the rebalance timeout (docs/reliability.md, "Cooperative rebalancing …").
+            "--app-arg=--kafka",
+            "--app-arg=partition.assignment.strategy=range",
         ],
         &[
             ("KAFKA_BOOTSTRAP", private.bs.as_str()),
@@ -462,5 +483,10 @@ fn a_chaos_soak_with_broker_restarts_long_pauses_and_an_output_recreation_output
     assert!(soak_count(&t, "long SIGSTOPs") >= 1, "{t}");
     assert!(soak_count(&t, "output topic recreations") >= 1, "{t}");
     assert!(soak_count(&t, "process starts") >= 2, "{t}");
+    assert!(sink_count(&t, "of 10-14 s") >= 1, "{t}");
+    assert!(sink_count(&t, "failed flushes") >= 1, "{t}");
+    for label in ["duplicates", "missing", "unexpected"] {
+        assert_eq!(sink_count(&t, label), 0, "sink effects {label}: {t}");
+    }
     println!("{t}");
 }

@@ -2,6 +2,7 @@
 
 mod demo;
 mod ops;
+mod sink;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -82,6 +83,13 @@ struct ChaosArgs {
     /// `scripts/broker.sh`, to restart it between disruptions (once the group caught up).
     #[arg(long)]
     broker_script: Option<std::path::PathBuf>,
+    /// Soak: the instances also record every record in PostgreSQL through the PostgreSQL sink
+    /// (`exactly forward --postgres`), at this connection string; while the second round of
+    /// every four is processed the sink's table is locked against writes for 10–14 s (past
+    /// the sink's 5 s lock timeout: its flushes fail and their Kafka transactions abort), the
+    /// fourth for 1–4 s, and its rows are verified per message ID like the output.
+    #[arg(long, value_name = "POSTGRES_URL")]
+    slow_sink: Option<String>,
 }
 
 /// A dedup-forward instance.
@@ -96,6 +104,15 @@ struct ForwardArgs {
     /// Application id (consumer group, internal topic prefix).
     #[arg(long)]
     app_id: String,
+    /// Also record each forwarded record in PostgreSQL at this connection string, exactly once
+    /// per message ID, through the PostgreSQL sink: a row per record (message ID, input
+    /// partition and offset) in `{sink-table}_forwarded`, the sink's IDs in
+    /// `{sink-table}_applied_ids` (both created at start if missing).
+    #[arg(long, value_name = "POSTGRES_URL")]
+    postgres: Option<String>,
+    /// Table prefix of `--postgres`.
+    #[arg(long, default_value = "exactly_forward")]
+    sink_table: String,
     #[command(flatten)]
     run: exactly::cli::RunArgs,
 }
@@ -153,6 +170,10 @@ fn run_chaos(a: ChaosArgs) -> anyhow::Result<ExitCode> {
         a.broker_script.is_none() || a.minutes.is_some(),
         "--broker-script restarts the broker in a soak: give --minutes too"
     );
+    anyhow::ensure!(
+        a.slow_sink.is_none() || a.minutes.is_some(),
+        "--slow-sink locks the sink's table in a soak: give --minutes too"
+    );
     let mut plan = exactly_testkit::chaos::ChaosPlan {
         program: std::env::current_exe()?,
         prefix_args: vec!["forward".into()],
@@ -173,6 +194,20 @@ fn run_chaos(a: ChaosArgs) -> anyhow::Result<ExitCode> {
     if plan.soak.is_some() {
         plan.unique = a.round_ids;
     }
+    let seed = plan.seed;
+    let mut slow_sink = match &a.slow_sink {
+        None => None,
+        Some(url) => {
+            let prefix = format!("exactly_chaos_{seed}_{}", std::process::id());
+            plan.extra_args.extend([
+                "--postgres".to_owned(),
+                url.clone(),
+                "--sink-table".to_owned(),
+                prefix.clone(),
+            ]);
+            Some(sink::SlowSink::connect(url, &prefix)?)
+        }
+    };
     println!(
         "chaos: seed {} (replay with --seed {}), {} instances, {} partitions",
         plan.seed, plan.seed, plan.instances, plan.partitions
@@ -204,17 +239,28 @@ fn run_chaos(a: ChaosArgs) -> anyhow::Result<ExitCode> {
             bar
         }
     };
-    let report = exactly_testkit::chaos::run_observed(&bs, &plan, &work, &mut |done, what| {
-        bar.set_position(done as u64);
-        bar.set_message(what.to_owned());
-    });
+    let report = exactly_testkit::chaos::run_soak_with_sink(
+        &bs,
+        &plan,
+        &work,
+        &mut |done, what| {
+            bar.set_position(done as u64);
+            bar.set_message(what.to_owned());
+        },
+        slow_sink
+            .as_mut()
+            .map(|s| s as &mut dyn exactly_testkit::chaos::SoakSink),
+    );
     bar.finish_and_clear();
     println!("{}", report.summary());
     for exit in &report.exits {
         println!("exited on its own: {exit}");
     }
-    if report.verification.is_exact() {
+    if report.is_exact() {
         let _ = std::fs::remove_dir_all(&work);
+        if let Some(s) = &slow_sink {
+            s.drop_tables();
+        }
         println!("exactly once: 0 duplicates, 0 missing");
         Ok(ExitCode::SUCCESS)
     } else {
@@ -225,7 +271,13 @@ fn run_chaos(a: ChaosArgs) -> anyhow::Result<ExitCode> {
 
 fn run_forward(a: ForwardArgs) -> anyhow::Result<ExitCode> {
     let output = a.output.clone();
-    let app = a.run.app(a.app_id)?.input(a.input).output(a.output);
-    app.run(move |_: &exactly::TaskId| exactly::processors::Forward::to(output.clone()))?;
+    let instance = a.run.instance_id.clone();
+    let app = a.run.app(a.app_id.clone())?.input(a.input).output(a.output);
+    match a.postgres {
+        None => {
+            app.run(move |_: &exactly::TaskId| exactly::processors::Forward::to(output.clone()))?
+        }
+        Some(url) => sink::run_forward(app, &a.app_id, &instance, output, url, &a.sink_table)?,
+    }
     Ok(ExitCode::SUCCESS)
 }
