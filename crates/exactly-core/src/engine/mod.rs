@@ -152,6 +152,8 @@ pub struct Engine<F: ProcessorFactory> {
     restore_poll_retry: (Duration, u32),
     /// Number of seeks so far: a record polled before its partition's last seek is dropped.
     seeks: u64,
+    /// Polls of the group consumer so far.
+    polls: u64,
     consecutive_failures: u32,
     /// Producer fences since the last commit.
     fences_since_commit: usize,
@@ -203,6 +205,7 @@ impl<F: ProcessorFactory> Engine<F> {
             open_retry: BTreeMap::new(),
             restore_poll_retry: (Duration::ZERO, 0),
             seeks: 0,
+            polls: 0,
             consecutive_failures: 0,
             fences_since_commit: 0,
             last_expiry: now,
@@ -299,6 +302,7 @@ impl<F: ProcessorFactory> Engine<F> {
 
     /// Steps 1-3: polls, hands the records to their tasks, handles the rebalance event.
     fn poll<C: StreamClients>(&mut self, clients: &C) -> Result<(), EngineError> {
+        self.polls += 1;
         let room = self
             .cfg
             .max_batch_records
@@ -341,7 +345,7 @@ impl<F: ProcessorFactory> Engine<F> {
         if batch.is_empty() {
             return Ok(());
         }
-        let now = self.env.clock.monotonic();
+        let (now, polls) = (self.env.clock.monotonic(), self.polls);
         batch.with_records(|records| {
             let mut i = 0;
             while i < records.len() {
@@ -361,7 +365,7 @@ impl<F: ProcessorFactory> Engine<F> {
                     tracing::debug!(partition = %tp, records = run.len(), running = slot.is_running(), "records skipped: the task restores, or was rewound after they were fetched");
                     continue;
                 }
-                slot.fetched = now;
+                slot.fetched = (now, polls);
                 if self.isolating.is_empty() {
                     let mut k = 0;
                     while k < run.len() {

@@ -11,8 +11,13 @@ use crate::store::{DedupStore, StoreError};
 use crate::task::Task;
 use std::time::Duration;
 
-/// A running task that got no record for this long is checked for a stalled fetch.
+/// A running task that got no record for this long, and in [`FETCH_STALL_POLLS`] polls, is
+/// checked for a stalled fetch.
 pub(crate) const FETCH_STALL_AFTER: Duration = Duration::from_secs(30);
+/// Polls of the group consumer that a stalled task got no record in: a turn that was busy
+/// for long (a slow sink's flush) is not taken for a stalled fetch, since the records
+/// fetched meanwhile arrive within a few polls.
+const FETCH_STALL_POLLS: u64 = 100;
 /// How often the running tasks are looked at for a stalled fetch.
 pub(crate) const FETCH_STALL_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// How long the stall check's watermark request waits at most.
@@ -37,9 +42,9 @@ pub(crate) struct Slot<P: Processor> {
     /// The engine's seek count at the last seek of this partition: records polled before it
     /// are dropped (they are fetched again from the new position).
     pub(crate) sought_at: u64,
-    /// When the running task last got records, started fetching (its seek), or was checked
-    /// for a stalled fetch.
-    pub(crate) fetched: Duration,
+    /// When (monotonic time, and the engine's poll count) the running task last got records,
+    /// started fetching (its seek), or was checked for a stalled fetch.
+    pub(crate) fetched: (Duration, u64),
 }
 
 impl<P: Processor> Slot<P> {
@@ -179,7 +184,7 @@ impl<F: ProcessorFactory> Engine<F> {
             changelogs,
             phase: Phase::Restoring(restore),
             sought_at: self.seeks,
-            fetched: Duration::ZERO,
+            fetched: (Duration::ZERO, 0),
         };
         self.apply_plan(tp, &mut slot)?;
         self.tasks.insert(tp.clone(), slot);
@@ -284,10 +289,10 @@ impl<F: ProcessorFactory> Engine<F> {
         offset: Option<i64>,
     ) -> Result<(), super::ClientError> {
         self.seeks += 1;
-        let now = self.env.clock.monotonic();
+        let fetched = (self.env.clock.monotonic(), self.polls);
         if let Some(slot) = self.tasks.get_mut(tp) {
             slot.sought_at = self.seeks;
-            slot.fetched = now;
+            slot.fetched = fetched;
         }
         clients.seek(tp, offset.map_or(SeekTo::Beginning, SeekTo::Offset))
     }
@@ -318,7 +323,8 @@ impl<F: ProcessorFactory> Engine<F> {
     }
 
     /// Restarts the fetch of each running task that got no record for [`FETCH_STALL_AFTER`]
-    /// although its partition holds committed records past the consumer's position: it
+    /// (and [`FETCH_STALL_POLLS`] polls) although its partition holds committed records past
+    /// the consumer's position: it
     /// resumes the partition and seeks it to where the task goes on.
     ///
     /// librdkafka applies a pause, resume or seek asynchronously, and drops one that an op
@@ -329,20 +335,25 @@ impl<F: ProcessorFactory> Engine<F> {
     /// fetched before the seek are dropped and fetched again. An idle partition costs one
     /// watermark request per [`FETCH_STALL_AFTER`]; a failed request is tried at the next.
     pub(crate) fn restart_stalled_fetches<C: StreamClients>(&mut self, clients: &C) {
-        let now = self.env.clock.monotonic();
+        let (now, polls) = (self.env.clock.monotonic(), self.polls);
         let within = self.restore_wait().min(FETCH_STALL_WAIT);
         let idle: Vec<TopicPartition> = self
             .tasks
             .iter()
-            .filter(|(_, s)| s.is_running() && now.saturating_sub(s.fetched) >= FETCH_STALL_AFTER)
+            .filter(|(_, s)| {
+                let (at, at_poll) = s.fetched;
+                s.is_running()
+                    && now.saturating_sub(at) >= FETCH_STALL_AFTER
+                    && polls.saturating_sub(at_poll) >= FETCH_STALL_POLLS
+            })
             .map(|(tp, _)| tp.clone())
             .collect();
         for tp in idle {
             let Some(slot) = self.tasks.get_mut(&tp) else {
                 continue;
             };
-            let idle_s = now.saturating_sub(slot.fetched).as_secs();
-            slot.fetched = now;
+            let idle_s = now.saturating_sub(slot.fetched.0).as_secs();
+            slot.fetched = (now, polls);
             let (low, end) = match clients.watermarks(&tp, Isolation::ReadCommitted, within) {
                 Ok(w) => w,
                 Err(e) => {

@@ -1067,3 +1067,30 @@ fn an_abort_that_finds_the_producer_failed_replaces_the_producer_instead_of_stop
         "the producer was replaced once: both tasks restored once"
     );
 }
+
+/// A turn busy for longer than the stall check's 30 s (a processor that retries with backoff
+/// works through 400 records in one turn) while more records wait in the partitions is not
+/// taken for a stalled fetch: those records arrive in the next polls. Nothing is restarted,
+/// every ID is output once.
+#[test]
+fn a_turn_busy_longer_than_the_stall_check_is_not_taken_for_a_stalled_fetch() {
+    let w = world_with(AppKind::Fanout, 2, 1, |s| s.max_batch = 400);
+    lock_world(&w).start(0);
+    run_until_tasks(&w, 0, &[0, 1]);
+    {
+        let mut g = lock_world(&w);
+        g.flaky.retries.store(4, Ordering::Relaxed);
+        g.produce(800);
+    }
+    let started = lock_world(&w).now_ms();
+    step(&w, Who::Instance(0, 0), None);
+    let took = lock_world(&w).now_ms() - started;
+    assert!(
+        took > 30_000,
+        "one turn outlasts the stall check's 30 s: {took} ms"
+    );
+    finish(&w);
+    let g = lock_world(&w);
+    assert_eq!(g.tally.fetch_restarts.load(Ordering::Relaxed), 0);
+    assert_eq!(g.tally.fences.load(Ordering::Relaxed), 0);
+}
