@@ -483,8 +483,10 @@ fn a_chaos_soak_with_broker_restarts_long_pauses_an_output_recreation_and_a_slow
     assert!(soak_count(&t, "long SIGSTOPs") >= 1, "{t}");
     assert!(soak_count(&t, "output topic recreations") >= 1, "{t}");
     assert!(soak_count(&t, "process starts") >= 2, "{t}");
+    // Whether a flush fails under the long lock depends on whether an instance processes
+    // the round then (it may be paused or rebalancing): the ledger's slow-sink chaos test
+    // asserts failed flushes; here the lock and the exact sink are asserted.
     assert!(sink_count(&t, "of 10-14 s") >= 1, "{t}");
-    assert!(sink_count(&t, "failed flushes") >= 1, "{t}");
     for label in ["duplicates", "missing", "unexpected"] {
         assert_eq!(sink_count(&t, label), 0, "sink effects {label}: {t}");
     }
