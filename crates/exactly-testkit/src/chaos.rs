@@ -591,8 +591,8 @@ pub struct Soak {
 /// say), made slow during the soak: while the second round of every four is processed, the
 /// harness locks the sink's table against writes for 10–14 s (past the sink's lock timeout:
 /// flushes fail and their Kafka transactions abort), while the fourth for 1–4 s (within it:
-/// slow flushes). Its effects
-/// are verified per message ID like the output topic. (See [`run_soak_with_sink`].)
+/// slow flushes). Its effects are verified per message ID like the output topic. (See
+/// [`run_soak_with_sink`].)
 pub trait SoakSink {
     /// Locks the sink's table against writes until [`release`](Self::release).
     fn lock(&mut self);
