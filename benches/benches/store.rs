@@ -23,7 +23,7 @@ use exactly_benches::fixtures::{
     bench_checkpoint, count_label, fill, open_rocks, stored_id_counts, BENCH_LARGE_ENV,
 };
 use exactly_benches::ids::{absent_id, fresh_id, splitmix64, stored_id, ID_LEN};
-use exactly_core::{DedupStore, MemDedupStore, SeenEntry, StoreBatch};
+use exactly_core::{DedupStore, IdKey, MemDedupStore, SeenEntry, StoreBatch};
 use exactly_state::SharedRocksResources;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -60,8 +60,8 @@ fn lookup_sets(stored: u64) -> (IdBatches, IdBatches) {
     (hits, misses)
 }
 
-fn as_keys(batch: &[[u8; ID_LEN]]) -> Vec<&[u8]> {
-    batch.iter().map(|id| &id[..]).collect()
+fn as_keys(batch: &[[u8; ID_LEN]]) -> Vec<IdKey> {
+    batch.iter().map(|id| IdKey::of(id)).collect()
 }
 
 /// Inserts run with `first_seen_ms` = the current epoch (far below the fill's "now"), so
@@ -83,7 +83,7 @@ impl Inserts {
             .map(|_| {
                 self.next_fresh += 1;
                 (
-                    fresh_id(self.next_fresh).to_vec(),
+                    IdKey::of(&fresh_id(self.next_fresh)),
                     SeenEntry {
                         first_seen_ms: self.epoch,
                         source_offset: self.next_fresh as i64,
@@ -114,8 +114,8 @@ impl Inserts {
 
 fn bench_store<S: DedupStore>(c: &mut Criterion, kind: &str, stored: u64, store: &mut S) {
     let (hits, misses) = lookup_sets(stored);
-    let hit_keys: Vec<Vec<&[u8]>> = hits.iter().map(|b| as_keys(b)).collect();
-    let miss_keys: Vec<Vec<&[u8]>> = misses.iter().map(|b| as_keys(b)).collect();
+    let hit_keys: Vec<Vec<IdKey>> = hits.iter().map(|b| as_keys(b)).collect();
+    let miss_keys: Vec<Vec<IdKey>> = misses.iter().map(|b| as_keys(b)).collect();
     let mut group = c.benchmark_group(format!("store/{kind}/{}", count_label(stored)));
     group.throughput(Throughput::Elements(BATCH as u64));
     // Some iterations take milliseconds (single lookups in RocksDB): flat sampling keeps
@@ -191,11 +191,39 @@ fn bench_store<S: DedupStore>(c: &mut Criterion, kind: &str, stored: u64, store:
             for _ in 0..iters {
                 round = (round + 1) % LOOKUP_BATCHES;
                 let new = inserts.batch(BATCH - DUPLICATES_PER_BATCH);
-                let mut keys: Vec<&[u8]> =
-                    new.entries.iter().map(|(id, _)| id.as_slice()).collect();
+                let mut keys: Vec<IdKey> = new.entries.iter().map(|(id, _)| *id).collect();
                 keys.extend_from_slice(&hit_keys[round][..DUPLICATES_PER_BATCH]);
                 let started = Instant::now();
                 store.get_many(black_box(&keys), &mut out).expect("lookup");
+                store.apply_unseen(black_box(&new)).expect("apply");
+                measured += started.elapsed();
+                inserts.settle(store);
+            }
+            measured
+        })
+    });
+    // The same with the IDs' keys computed from the raw IDs inside the measurement
+    // (`IdKey::of`, BLAKE3), as a task does for each record: the whole per-record cost of
+    // dedup on the stream thread.
+    let mut round = 0usize;
+    group.bench_function("hash_lookup_then_insert_500", |b| {
+        b.iter_custom(|iters| {
+            let mut measured = Duration::ZERO;
+            for _ in 0..iters {
+                round = (round + 1) % LOOKUP_BATCHES;
+                let first = inserts.next_fresh + 1;
+                let mut raw: Vec<[u8; ID_LEN]> = (first
+                    ..first + (BATCH - DUPLICATES_PER_BATCH) as u64)
+                    .map(fresh_id)
+                    .collect();
+                raw.extend_from_slice(&hits[round][..DUPLICATES_PER_BATCH]);
+                let mut new = inserts.batch(BATCH - DUPLICATES_PER_BATCH);
+                let started = Instant::now();
+                let keys: Vec<IdKey> = black_box(&raw).iter().map(|id| IdKey::of(id)).collect();
+                store.get_many(black_box(&keys), &mut out).expect("lookup");
+                for (entry, key) in new.entries.iter_mut().zip(&keys) {
+                    entry.0 = *key;
+                }
                 store.apply_unseen(black_box(&new)).expect("apply");
                 measured += started.elapsed();
                 inserts.settle(store);

@@ -4,7 +4,7 @@
 use crate::ids::stored_id;
 use exactly_core::changelog::encode_entry;
 use exactly_core::{
-    ChangelogCheckpoint, Context, DedupStore, ProcessError, Processor, Record, SeenEntry,
+    ChangelogCheckpoint, Context, DedupStore, IdKey, ProcessError, Processor, Record, SeenEntry,
     StoreBatch,
 };
 use exactly_state::{RocksDedupStore, SharedRocksResources, StoreIdentity};
@@ -85,7 +85,7 @@ pub fn fill_partition<S: DedupStore>(
         let entries = (next..end)
             .map(|n| {
                 (
-                    stored_id(n).to_vec(),
+                    IdKey::of(&stored_id(n)),
                     SeenEntry {
                         first_seen_ms,
                         source_offset: n as i64,
@@ -148,8 +148,8 @@ mod tests {
         let mut store = MemDedupStore::new();
         fill(&mut store, 10..1_010, 300);
         assert_eq!(store.stats().entries, 1_000);
-        assert!(store.get(&stored_id(10)).unwrap().is_some());
-        assert!(store.get(&stored_id(9)).unwrap().is_none());
+        assert!(store.get(&IdKey::of(&stored_id(10))).unwrap().is_some());
+        assert!(store.get(&IdKey::of(&stored_id(9))).unwrap().is_none());
         assert_eq!(
             store.checkpoint().unwrap(),
             Some(bench_checkpoint(0, 1_010))

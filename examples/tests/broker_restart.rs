@@ -118,30 +118,46 @@ fn instances_running_and_restoring_through_broker_restarts_keep_running_and_outp
 /// means the broker hides records of a transaction whose offsets it committed (seen on the
 /// local broker after a restart under open transactions).
 fn diagnose(s: &Setup, missing: &[String]) {
-    let missing: std::collections::HashSet<&String> = missing.iter().collect();
-    // Outputs carry the ID in a header, changelog records as their key.
-    let id = |r: &broker::ReadRecord| {
-        r.id().or_else(|| {
-            r.key
-                .as_deref()
-                .map(|k| String::from_utf8_lossy(k).into_owned())
-        })
-    };
+    let missing: std::collections::HashSet<exactly_core::IdKey> = missing
+        .iter()
+        .map(|id| exactly_core::IdKey::of(id.as_bytes()))
+        .collect();
+    // Outputs carry the ID in a header; changelog records hold the keys of many IDs.
+    let keys =
+        |topic: &String, records: &[broker::ReadRecord]| -> Vec<(i32, i64, exactly_core::IdKey)> {
+            if *topic == s.output {
+                records
+                    .iter()
+                    .filter_map(|r| {
+                        Some((
+                            r.partition,
+                            r.offset,
+                            exactly_core::IdKey::of(r.id()?.as_bytes()),
+                        ))
+                    })
+                    .collect()
+            } else {
+                broker::changelog_ids(records)
+                    .into_iter()
+                    .map(|(p, id)| (p, -1, id))
+                    .collect()
+            }
+        };
     for topic in [&s.output, &s.changelog()] {
         for (isolation, records) in [
             ("read_uncommitted", broker::read_uncommitted(&s.bs, topic)),
             ("read_committed", broker::read_committed(&s.bs, topic)),
         ] {
-            let hits: Vec<_> = records
-                .iter()
-                .filter(|r| id(r).is_some_and(|i| missing.contains(&i)))
+            let hits: Vec<_> = keys(topic, &records)
+                .into_iter()
+                .filter(|(_, _, id)| missing.contains(id))
                 .collect();
             eprintln!(
                 "{topic} {isolation}: {} records, {} of the {} missing IDs, the first at {:?}",
                 records.len(),
                 hits.len(),
                 missing.len(),
-                hits.first().map(|r| (r.partition, r.offset))
+                hits.first().map(|(p, o, _)| (p, o))
             );
         }
     }

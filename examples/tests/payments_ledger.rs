@@ -325,15 +325,17 @@ fn crashes_before_between_and_after_the_two_commits_book_each_payment_once() {
         drop(crashing);
         // Booked in the database but not in a committed Kafka transaction: what the sink must
         // skip when the restart redelivers them.
-        let kafka_ids: std::collections::HashSet<Vec<u8>> =
-            broker::read_committed(&s.bs, &format!("{}-{}-dedup-changelog", s.app, s.input))
+        let changelog =
+            broker::read_committed(&s.bs, &format!("{}-{}-dedup-changelog", s.app, s.input));
+        let kafka_ids: std::collections::HashSet<exactly_core::IdKey> =
+            broker::changelog_ids(&changelog)
                 .into_iter()
-                .filter_map(|r| r.key)
+                .map(|(_, id)| id)
                 .collect();
         let only_in_database = s
             .rows_per_id()
             .keys()
-            .filter(|id| !kafka_ids.contains(id.as_bytes()))
+            .filter(|id| !kafka_ids.contains(&exactly_core::IdKey::of(id.as_bytes())))
             .count() as u64;
         let addr = format!("127.0.0.1:{}", free_port());
         let mut app = [s.instance("0", &["--metrics-addr", &addr])];

@@ -8,7 +8,7 @@ use crate::procfs;
 use anyhow::Context as _;
 use exactly::processors::Forward;
 use exactly::{App, Guarantee, TaskId};
-use exactly_core::{DedupStore, SeenEntry, StoreBatch};
+use exactly_core::{DedupStore, IdKey, SeenEntry, StoreBatch};
 use exactly_state::{RocksDedupStore, SharedRocksResources};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -375,11 +375,11 @@ fn store_fill(args: &WorkerArgs) -> anyhow::Result<StoreFillResult> {
     while next < args.ids {
         let end = (next + APPLY_BATCH * parts as u64).min(args.ids);
         for (p, store) in stores.iter_mut().enumerate() {
-            let entries: Vec<(Vec<u8>, SeenEntry)> = (next..end)
+            let entries: Vec<(IdKey, SeenEntry)> = (next..end)
                 .filter(|n| n % parts as u64 == p as u64)
                 .map(|n| {
                     (
-                        stored_id(n).to_vec(),
+                        IdKey::of(&stored_id(n)),
                         SeenEntry {
                             first_seen_ms,
                             source_offset: n as i64,
@@ -413,14 +413,14 @@ fn store_fill(args: &WorkerArgs) -> anyhow::Result<StoreFillResult> {
                 }
             })
             .collect();
-        let keys: Vec<&[u8]> = ids.iter().map(|id| &id[..]).collect();
+        let keys: Vec<IdKey> = ids.iter().map(|id| IdKey::of(id)).collect();
         let store = &stores[(n / LOOKUP_BATCH) as usize % stores.len()];
         store.get_many(&keys, &mut found)?;
         looked_up += LOOKUP_BATCH;
         n += LOOKUP_BATCH;
     }
     let lookups_per_s = looked_up as f64 / started.elapsed().as_secs_f64();
-    for store in &stores {
+    for store in &mut stores {
         store.flush()?;
     }
     let peak_rss_bytes = procfs::peak_rss_bytes(pid).unwrap_or(0);

@@ -147,3 +147,78 @@ impl IdPolicy {
         Ok(id)
     }
 }
+
+/// The fixed-size key a message ID is remembered by: the first 16 bytes of the ID's BLAKE3
+/// hash.
+///
+/// Dedup stores and the dedup changelog hold these keys, never the raw IDs: every key is 16
+/// bytes whatever the ID's length (IDs may be up to `ids.max_len` bytes), so lookups compare
+/// fixed-width keys and a changelog record fits thousands of them. BLAKE3 is
+/// collision-resistant: two different IDs share a key with probability about n²/2¹²⁹ for n
+/// stored IDs (below 10⁻¹⁴ at 10¹² IDs), and a producer cannot craft an ID whose key matches
+/// another's. The key is part of the on-disk and on-topic format: changing it would make every
+/// stored ID unknown.
+///
+/// ```
+/// use exactly_core::IdKey;
+/// let key = IdKey::of(b"order-17");
+/// assert_eq!(key, IdKey::of(b"order-17"));
+/// assert_ne!(key, IdKey::of(b"order-18"));
+/// assert_eq!(key.to_string().len(), 32); // hex
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IdKey([u8; IdKey::LEN]);
+
+impl IdKey {
+    /// Bytes in a key.
+    pub const LEN: usize = 16;
+
+    /// The key of message ID `id`.
+    pub fn of(id: &[u8]) -> Self {
+        let hash = blake3::hash(id);
+        let mut key = [0u8; Self::LEN];
+        key.copy_from_slice(&hash.as_bytes()[..Self::LEN]);
+        Self(key)
+    }
+
+    /// A key read back from a store or changelog.
+    pub const fn from_bytes(bytes: [u8; Self::LEN]) -> Self {
+        Self(bytes)
+    }
+
+    /// A key read back from a store or changelog, if `bytes` has the right length.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        Some(Self(bytes.try_into().ok()?))
+    }
+
+    /// The key's bytes.
+    pub const fn as_bytes(&self) -> &[u8; Self::LEN] {
+        &self.0
+    }
+}
+
+impl fmt::Display for IdKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for IdKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IdKey({self})")
+    }
+}
+
+/// Hashes [`IdKey`]s for in-memory tables: keyed per process (a producer that knows the
+/// unkeyed BLAKE3 keys still cannot aim IDs at one bucket) and a few nanoseconds per key,
+/// where the standard library's SipHash over the raw IDs cost tens.
+pub type IdKeyHasher = foldhash::fast::RandomState;
+
+/// An in-memory set of message-ID keys.
+pub type IdKeySet = std::collections::HashSet<IdKey, IdKeyHasher>;
+
+/// An in-memory map from message-ID keys.
+pub type IdKeyMap<V> = std::collections::HashMap<IdKey, V, IdKeyHasher>;

@@ -37,7 +37,7 @@ pub mod task;
 pub use clock::{Clock, SystemClock};
 pub use engine::{Engine, EngineConfig, EngineEnv, EngineError, StreamClients};
 pub use error::{panic_message, ErrorPolicy, ProcessError, RetryPolicy, TaskError};
-pub use id::{IdPolicy, IdSource, InvalidId, InvalidIdPolicy};
+pub use id::{IdKey, IdPolicy, IdSource, InvalidId, InvalidIdPolicy};
 pub use mem_store::MemDedupStore;
 pub use observe::{NoopObserver, RuntimeObserver};
 pub use processor::{Context, FlushContext, InitContext, Processor, ProcessorFactory};

@@ -1,18 +1,17 @@
 //! `MemDedupStore`: the in-memory [`DedupStore`], used by the `TestDriver` and as the
 //! reference implementation for the conformance suite.
 
+use crate::id::{IdKey, IdKeyMap};
 use crate::store::{
     ChangelogCheckpoint, DedupStore, SeenEntry, StoreBatch, StoreError, StoreStats,
 };
-use std::collections::HashMap;
 
 /// An in-memory dedup store. Cloning copies its contents (the `TestDriver` uses that to keep a
 /// task's "disk" across simulated crashes).
 #[derive(Debug, Clone, Default)]
 pub struct MemDedupStore {
-    entries: HashMap<Vec<u8>, SeenEntry>,
+    entries: IdKeyMap<SeenEntry>,
     checkpoint: Option<ChangelogCheckpoint>,
-    id_bytes: u64,
 }
 
 impl MemDedupStore {
@@ -23,18 +22,14 @@ impl MemDedupStore {
 }
 
 impl DedupStore for MemDedupStore {
-    fn get_many(&self, ids: &[&[u8]], out: &mut Vec<Option<SeenEntry>>) -> Result<(), StoreError> {
+    fn get_many(&self, ids: &[IdKey], out: &mut Vec<Option<SeenEntry>>) -> Result<(), StoreError> {
         out.clear();
-        out.extend(ids.iter().map(|id| self.entries.get(*id).copied()));
+        out.extend(ids.iter().map(|id| self.entries.get(id).copied()));
         Ok(())
     }
 
     fn apply(&mut self, batch: &StoreBatch) -> Result<(), StoreError> {
-        for (id, entry) in &batch.entries {
-            if self.entries.insert(id.clone(), *entry).is_none() {
-                self.id_bytes += id.len() as u64;
-            }
-        }
+        self.entries.extend(batch.entries.iter().copied());
         self.checkpoint = Some(batch.checkpoint.clone());
         Ok(())
     }
@@ -45,15 +40,7 @@ impl DedupStore for MemDedupStore {
 
     fn expire_before(&mut self, cutoff_ms: i64) -> Result<u64, StoreError> {
         let before = self.entries.len();
-        let mut freed = 0u64;
-        self.entries.retain(|id, e| {
-            let keep = e.first_seen_ms >= cutoff_ms;
-            if !keep {
-                freed += id.len() as u64;
-            }
-            keep
-        });
-        self.id_bytes -= freed;
+        self.entries.retain(|_, e| e.first_seen_ms >= cutoff_ms);
         Ok((before - self.entries.len()) as u64)
     }
 
@@ -66,7 +53,7 @@ impl DedupStore for MemDedupStore {
         let n = self.entries.len() as u64;
         StoreStats {
             entries: n,
-            bytes: self.id_bytes + n * std::mem::size_of::<SeenEntry>() as u64,
+            bytes: n * (IdKey::LEN + std::mem::size_of::<SeenEntry>()) as u64,
         }
     }
 }

@@ -195,6 +195,23 @@ pub trait KvStore: Send {
     /// The checkpoint of the last applied batch, or `None` for an empty store.
     fn checkpoint(&self) -> Result<Option<ChangelogCheckpoint>, StoreError>;
 
+    /// When (wall-clock ms) the store last held exactly its changelog up to its checkpoint
+    /// while nothing lay past the checkpoint ([`mark_synced`](Self::mark_synced)); `None` if
+    /// unknown. A store synced less than half the changelog's `delete.retention.ms` ago is
+    /// restored from its checkpoint: every tombstone written after the checkpoint is still in
+    /// the changelog. An older one is wiped and restored whole. The default (`None`) makes a
+    /// store always restore whole.
+    fn synced_ms(&self) -> Result<Option<i64>, StoreError> {
+        Ok(None)
+    }
+
+    /// Records that the store matches its changelog's end as of `now_ms` (stored with the
+    /// checkpoint, and lost with it: what survives a crash is a pair that held together).
+    fn mark_synced(&mut self, now_ms: i64) -> Result<(), StoreError> {
+        let _ = now_ms;
+        Ok(())
+    }
+
     /// Deletes every entry and the checkpoint (before a full restore).
     fn wipe(&mut self) -> Result<(), StoreError>;
 
@@ -224,6 +241,12 @@ impl<S: KvStore + ?Sized> KvStore for Box<S> {
     fn checkpoint(&self) -> Result<Option<ChangelogCheckpoint>, StoreError> {
         (**self).checkpoint()
     }
+    fn synced_ms(&self) -> Result<Option<i64>, StoreError> {
+        (**self).synced_ms()
+    }
+    fn mark_synced(&mut self, now_ms: i64) -> Result<(), StoreError> {
+        (**self).mark_synced(now_ms)
+    }
     fn wipe(&mut self) -> Result<(), StoreError> {
         (**self).wipe()
     }
@@ -237,6 +260,7 @@ impl<S: KvStore + ?Sized> KvStore for Box<S> {
 pub struct MemKvStore {
     entries: BTreeMap<Vec<u8>, Vec<u8>>,
     checkpoint: Option<ChangelogCheckpoint>,
+    synced_ms: Option<i64>,
     bytes: u64,
 }
 
@@ -294,6 +318,15 @@ impl KvStore for MemKvStore {
 
     fn checkpoint(&self) -> Result<Option<ChangelogCheckpoint>, StoreError> {
         Ok(self.checkpoint.clone())
+    }
+
+    fn synced_ms(&self) -> Result<Option<i64>, StoreError> {
+        Ok(self.synced_ms)
+    }
+
+    fn mark_synced(&mut self, now_ms: i64) -> Result<(), StoreError> {
+        self.synced_ms = Some(now_ms);
+        Ok(())
     }
 
     fn wipe(&mut self) -> Result<(), StoreError> {

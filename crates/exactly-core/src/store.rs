@@ -4,7 +4,10 @@
 //! The store is a cache of the changelog topic, which is the source of truth. The one
 //! invariant every implementation upholds: entries and checkpoint move together
 //! ([`DedupStore::apply`] is atomic), so the store is never ahead of the committed changelog.
+//!
+//! Stores hold [`IdKey`]s (16-byte hashes of the IDs), never the raw IDs.
 
+use crate::id::IdKey;
 use thiserror::Error;
 
 /// What the store remembers about a handled message ID.
@@ -34,7 +37,7 @@ pub struct ChangelogCheckpoint {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreBatch {
     /// IDs to record, with their entries. Later entries for the same ID win.
-    pub entries: Vec<(Vec<u8>, SeenEntry)>,
+    pub entries: Vec<(IdKey, SeenEntry)>,
     /// Checkpoint written in the same atomic write as the entries.
     pub checkpoint: ChangelogCheckpoint,
 }
@@ -66,12 +69,12 @@ pub enum StoreError {
 pub trait DedupStore: Send {
     /// Looks up many IDs at once (one `multi_get` for on-disk stores). `out` is cleared and
     /// receives one answer per ID, in order.
-    fn get_many(&self, ids: &[&[u8]], out: &mut Vec<Option<SeenEntry>>) -> Result<(), StoreError>;
+    fn get_many(&self, ids: &[IdKey], out: &mut Vec<Option<SeenEntry>>) -> Result<(), StoreError>;
 
     /// Looks up one ID.
-    fn get(&self, id: &[u8]) -> Result<Option<SeenEntry>, StoreError> {
+    fn get(&self, id: &IdKey) -> Result<Option<SeenEntry>, StoreError> {
         let mut out = Vec::with_capacity(1);
-        self.get_many(&[id], &mut out)?;
+        self.get_many(std::slice::from_ref(id), &mut out)?;
         Ok(out.pop().flatten())
     }
 
@@ -102,10 +105,10 @@ pub trait DedupStore: Send {
 }
 
 impl<S: DedupStore + ?Sized> DedupStore for Box<S> {
-    fn get_many(&self, ids: &[&[u8]], out: &mut Vec<Option<SeenEntry>>) -> Result<(), StoreError> {
+    fn get_many(&self, ids: &[IdKey], out: &mut Vec<Option<SeenEntry>>) -> Result<(), StoreError> {
         (**self).get_many(ids, out)
     }
-    fn get(&self, id: &[u8]) -> Result<Option<SeenEntry>, StoreError> {
+    fn get(&self, id: &IdKey) -> Result<Option<SeenEntry>, StoreError> {
         (**self).get(id)
     }
     fn apply(&mut self, batch: &StoreBatch) -> Result<(), StoreError> {

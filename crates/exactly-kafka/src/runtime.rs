@@ -94,6 +94,25 @@ fn validate(config: &RuntimeConfig) -> Result<(), RuntimeError> {
     Ok(())
 }
 
+/// Room left in a produce request for a record's batch header, key and framing.
+const RECORD_OVERHEAD_BYTES: usize = 1 << 10;
+
+/// The largest dedup changelog value: `wanted`, lowered to fit the changelog topic's
+/// `max.message.bytes` and the producer's `message.max.bytes` (librdkafka's default is
+/// 1,000,000) with room for the record's framing.
+fn changelog_record_bytes(
+    wanted: usize,
+    topic_max: Option<usize>,
+    producer_max: Option<usize>,
+) -> usize {
+    let broker_limit = topic_max
+        .unwrap_or(usize::MAX)
+        .min(producer_max.unwrap_or(1_000_000));
+    wanted
+        .min(broker_limit.saturating_sub(RECORD_OVERHEAD_BYTES))
+        .max(exactly_core::changelog::MIN_BATCH_VALUE_BYTES)
+}
+
 /// Checks the configuration and topics, then starts `config.threads` stream threads running
 /// processors made by `factory`.
 pub fn start<F: ProcessorFactory>(
@@ -102,7 +121,17 @@ pub fn start<F: ProcessorFactory>(
     observer: Arc<dyn RuntimeObserver>,
 ) -> Result<RuntimeHandle, RuntimeError> {
     validate(&config)?;
-    let partitions = ensure_topics(&config)?;
+    let checked = ensure_topics(&config)?;
+    let partitions = checked.inputs;
+    let mut config = config;
+    config.task.changelog_record_bytes = changelog_record_bytes(
+        config.task.changelog_record_bytes,
+        checked.dedup_changelog_max_bytes,
+        config
+            .kafka
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok()),
+    );
     tracing::info!(app = %config.app_id, instance = %config.instance_id, ?partitions, threads = config.threads, guarantee = ?config.guarantee, "starting");
     std::fs::create_dir_all(&config.state_dir).map_err(|e| {
         RuntimeError::Config(format!(
@@ -165,5 +194,40 @@ impl RuntimeHandle {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::changelog_record_bytes;
+    use exactly_core::changelog::MIN_BATCH_VALUE_BYTES;
+
+    #[test]
+    fn changelog_records_fit_the_topic_and_the_producer() {
+        let wanted = 512 << 10;
+        // Kafka's defaults take the wanted size as it is.
+        assert_eq!(
+            changelog_record_bytes(wanted, Some(1_048_588), None),
+            wanted
+        );
+        assert_eq!(changelog_record_bytes(wanted, None, None), wanted);
+        // A smaller topic or producer limit lowers it, with room for the framing.
+        assert_eq!(
+            changelog_record_bytes(wanted, Some(100_000), None),
+            100_000 - 1024
+        );
+        assert_eq!(
+            changelog_record_bytes(wanted, None, Some(200_000)),
+            200_000 - 1024
+        );
+        assert_eq!(
+            changelog_record_bytes(wanted, Some(300_000), Some(200_000)),
+            200_000 - 1024
+        );
+        // Never below one ID per record.
+        assert_eq!(
+            changelog_record_bytes(wanted, Some(10), None),
+            MIN_BATCH_VALUE_BYTES
+        );
     }
 }

@@ -22,6 +22,9 @@ enum Cleanup {
     Compact,
     /// `compact,delete` with this `retention.ms` (dedup changelogs, stores with a TTL).
     CompactDelete(String),
+    /// A state store's changelog: `compact` or `compact,delete` with this `retention.ms`,
+    /// and an explicit `delete.retention.ms`.
+    State(Option<String>),
     /// `delete` with this `retention.ms` (repartition topics).
     Delete(String),
 }
@@ -89,9 +92,35 @@ fn admin_config(config: &RuntimeConfig) -> ClientConfig {
     config.client_config(&format!("{}-{}-admin", config.app_id, config.instance_id))
 }
 
+/// What the topic checks found out for the stream threads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckedTopics {
+    /// The partition count of each input.
+    pub inputs: BTreeMap<String, i32>,
+    /// The smallest `max.message.bytes` of the existing dedup changelogs, if any could be
+    /// read: the largest record the broker takes there (a changelog record holds the IDs of
+    /// one transaction, and is split to fit).
+    pub dedup_changelog_max_bytes: Option<usize>,
+    /// The smallest `delete.retention.ms` of the state stores' changelogs (those created now
+    /// get Kafka's default, one day, set explicitly); `None` if one could not be read or there
+    /// are none. A state store is restored from its checkpoint only within half of it.
+    pub state_changelog_delete_retention_ms: Option<i64>,
+}
+
+/// The `delete.retention.ms` given to the state store changelogs exactly creates: Kafka's
+/// default, set explicitly so that the restores know it.
+const STATE_CHANGELOG_DELETE_RETENTION_MS: i64 = exactly_core::task::DEFAULT_DELETE_RETENTION_MS;
+
+/// What the config of an existing internal topic says, as far as it could be read.
+#[derive(Debug, Clone, Copy, Default)]
+struct TopicFacts {
+    max_message_bytes: Option<usize>,
+    delete_retention_ms: Option<i64>,
+}
+
 /// Checks inputs and outputs, creates missing internal topics (changelogs, DLQ) and refuses
-/// mismatching ones. Returns the partition count of each input.
-pub fn ensure_topics(config: &RuntimeConfig) -> Result<BTreeMap<String, i32>, RuntimeError> {
+/// mismatching ones.
+pub fn ensure_topics(config: &RuntimeConfig) -> Result<CheckedTopics, RuntimeError> {
     let cc = admin_config(config);
     let client: BaseConsumer = cc.create().map_err(|e| RuntimeError::Kafka {
         during: "creating an admin client",
@@ -113,12 +142,13 @@ fn check_and_create(
     config: &RuntimeConfig,
     client: &BaseConsumer,
     admin: &AdminClient<DefaultClientContext>,
-) -> Result<BTreeMap<String, i32>, RuntimeError> {
+) -> Result<CheckedTopics, RuntimeError> {
     let mut all: Vec<String> = config.inputs.clone();
     all.extend(config.outputs.iter().cloned());
     // (input, changelog, retention.ms): the dedup changelog keeps IDs for the dedup
     // retention; a state store's keeps entries for its TTL, or forever (compact only).
     let dedup_retention = config.task.dedup_retention_ms.to_string();
+    let mut dedup_changelogs = Vec::new();
     // With the global dedup scope the tasks that dedup read `{app}-{input}-by-id`, which has
     // the input's partition count; their changelogs are named after it.
     let mut changelogs: Vec<(String, String, Option<String>)> = Vec::new();
@@ -132,6 +162,7 @@ fn check_and_create(
                 topic
             }
         };
+        dedup_changelogs.push(changelog_topic(&config.app_id, &task_topic));
         changelogs.push((
             input.clone(),
             changelog_topic(&config.app_id, &task_topic),
@@ -191,6 +222,15 @@ fn check_and_create(
             None => to_create.push((topic.clone(), want, Cleanup::Delete("-1".to_owned()))),
         }
     }
+    let mut max_bytes: Option<usize> = None;
+    // `Some(None)` while no state changelog was seen; `None` once one's is unknown.
+    let mut state_delete_retention: Option<Option<i64>> = Some(None);
+    let mut note_state_retention = |ms: Option<i64>| {
+        state_delete_retention = match (state_delete_retention, ms) {
+            (Some(seen), Some(ms)) => Some(Some(seen.map_or(ms, |s: i64| s.min(ms)))),
+            _ => None,
+        };
+    };
     for (input, changelog, retention) in &changelogs {
         let want = inputs[input];
         match counts[changelog] {
@@ -203,14 +243,26 @@ fn check_and_create(
             }
             Some(_) => {
                 check_replication(changelog, shapes[changelog], config)?;
-                check_topic_config(admin, Internal::Changelog, changelog, retention.as_deref(), config)?;
+                let facts = check_topic_config(admin, Internal::Changelog, changelog, retention.as_deref(), config)?;
+                if dedup_changelogs.contains(changelog) {
+                    max_bytes = match (max_bytes, facts.max_message_bytes) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                } else {
+                    note_state_retention(facts.delete_retention_ms);
+                }
             }
-            None => {
+            None if dedup_changelogs.contains(changelog) => {
                 let cleanup = match retention {
                     Some(ms) => Cleanup::CompactDelete(ms.clone()),
                     None => Cleanup::Compact,
                 };
                 to_create.push((changelog.clone(), want, cleanup));
+            }
+            None => {
+                note_state_retention(Some(STATE_CHANGELOG_DELETE_RETENTION_MS));
+                to_create.push((changelog.clone(), want, Cleanup::State(retention.clone())));
             }
         }
     }
@@ -225,6 +277,7 @@ fn check_and_create(
             to_create.push((dlq.clone(), n, Cleanup::Default));
         }
     }
+    let state_delete_retention_text = STATE_CHANGELOG_DELETE_RETENTION_MS.to_string();
     if !to_create.is_empty() {
         let new: Vec<NewTopic<'_>> = to_create
             .iter()
@@ -236,6 +289,15 @@ fn check_and_create(
                     Cleanup::CompactDelete(ms) => t
                         .set("cleanup.policy", "compact,delete")
                         .set("retention.ms", ms),
+                    Cleanup::State(retention) => {
+                        let t = t.set("delete.retention.ms", &state_delete_retention_text);
+                        match retention {
+                            Some(ms) => t
+                                .set("cleanup.policy", "compact,delete")
+                                .set("retention.ms", ms),
+                            None => t.set("cleanup.policy", "compact"),
+                        }
+                    }
                     Cleanup::Delete(ms) => t.set("retention.ms", ms),
                 }
             })
@@ -262,7 +324,11 @@ fn check_and_create(
         }
         wait_for_topics(client, &to_create, config)?;
     }
-    Ok(inputs)
+    Ok(CheckedTopics {
+        inputs,
+        dedup_changelog_max_bytes: max_bytes,
+        state_changelog_delete_retention_ms: state_delete_retention.flatten(),
+    })
 }
 
 fn wait_for_topics(
@@ -338,14 +404,14 @@ fn check_replication(
 /// records for the dedup retention: the tasks that dedup may lag behind the ones that forward,
 /// and what the broker deleted before they read it is lost. With more than one replica,
 /// `min.insync.replicas` below 2 is warned about (a write acknowledged by one replica is lost
-/// with it).
+/// with it). Returns what else the restores need to know of it.
 fn check_topic_config(
     admin: &AdminClient<DefaultClientContext>,
     kind: Internal,
     topic: &str,
     retention_ms: Option<&str>,
     config: &RuntimeConfig,
-) -> Result<(), RuntimeError> {
+) -> Result<TopicFacts, RuntimeError> {
     let what = kind.name();
     let opts = AdminOptions::new().request_timeout(Some(config.startup_timeout));
     let res = futures_executor::block_on(
@@ -369,7 +435,7 @@ fn check_topic_config(
         }
         Err(why) => {
             tracing::warn!(topic, error = %why, "verify_topic_configs is off: not checking the {what} topic's config");
-            return Ok(());
+            return Ok(TopicFacts::default());
         }
     };
     let value = |key: &str| resource.get(key).and_then(|e| e.value.clone());
@@ -400,7 +466,10 @@ fn check_topic_config(
             tracing::warn!(topic, min_insync_replicas = isr, "internal topic has min.insync.replicas below 2: a write acknowledged by one replica is lost with that broker");
         }
     }
-    Ok(())
+    Ok(TopicFacts {
+        max_message_bytes: value("max.message.bytes").and_then(|v| v.parse().ok()),
+        delete_retention_ms: value("delete.retention.ms").and_then(|v| v.parse().ok()),
+    })
 }
 
 #[cfg(test)]

@@ -2,9 +2,13 @@
 //! task and store.
 
 use crate::error::StateError;
-use crate::layout::{StoreIdentity, CHECKPOINT_KEY, META_COLUMN_FAMILY};
+use crate::layout::{
+    StoreIdentity, CHECKPOINT_KEY, ENTRY_COUNT_KEY, META_COLUMN_FAMILY, SYNCED_KEY,
+};
 use crate::resources::{SharedRocksResources, StoreOptions};
-use crate::store::{classify_open_error, prepare_dir, read_checkpoint, remove_store_dir, Db};
+use crate::store::{
+    classify_open_error, prepare_dir, read_checkpoint, read_meta, remove_store_dir, Db,
+};
 use crate::tuning::{db_options, meta_cf_options, state_cf_options};
 use exactly_core::changelog::encode_checkpoint;
 use exactly_core::state::{KvStore, KvWrite};
@@ -51,8 +55,9 @@ pub struct RocksKvStore {
     write_options: WriteOptions,
     flush_on_drop: bool,
     checkpoint: Option<ChangelogCheckpoint>,
-    /// Keys written since open or wipe minus keys deleted: exact while the store is only
-    /// written through `apply` after a wipe (which is how tasks use it).
+    synced_ms: Option<i64>,
+    /// Keys in the store: kept in the meta column family with every apply (counted by a scan
+    /// when a store written by an older version lacks it).
     entries: u64,
 }
 
@@ -90,6 +95,25 @@ impl RocksKvStore {
         let db = Db::open_cf_descriptors(&db_options(shared), path, cfs)
             .map_err(|e| classify_open_error(path, e))?;
         let checkpoint = read_checkpoint(&db, path, identity)?;
+        let meta_i64 = |key: &[u8]| -> Result<Option<i64>, StateError> {
+            match read_meta(&db, path, key)? {
+                None => Ok(None),
+                Some(bytes) => Ok(Some(i64::from_le_bytes(
+                    bytes
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| StateError::Corrupt {
+                            path: path.to_owned(),
+                            reason: format!(
+                                "unreadable meta key {:?}",
+                                String::from_utf8_lossy(key)
+                            ),
+                        })?,
+                ))),
+            }
+        };
+        let synced_ms = meta_i64(SYNCED_KEY)?;
+        let stored_count = meta_i64(ENTRY_COUNT_KEY)?;
         let mut write_options = WriteOptions::default();
         write_options.disable_wal(options.disable_wal);
         let mut store = Self {
@@ -99,9 +123,12 @@ impl RocksKvStore {
             write_options,
             flush_on_drop: options.disable_wal,
             checkpoint,
-            entries: 0,
+            synced_ms,
+            entries: stored_count.map_or(0, |n| n.max(0) as u64),
         };
-        store.entries = store.count_entries()?;
+        if stored_count.is_none() {
+            store.entries = store.count_entries()?;
+        }
         Ok(store)
     }
 
@@ -213,21 +240,37 @@ impl KvStore for RocksKvStore {
             }
             entries += i64::from(v.is_some()) - i64::from(was);
         }
+        let entries = entries.max(0) as u64;
         batch.put_cf(
             self.meta_cf(),
             CHECKPOINT_KEY,
             encode_checkpoint(checkpoint),
         );
+        batch.put_cf(self.meta_cf(), ENTRY_COUNT_KEY, entries.to_le_bytes());
         self.db
             .write_opt(batch, &self.write_options)
             .map_err(|e| self.rocks_error("apply", e))?;
-        self.entries = entries.max(0) as u64;
+        self.entries = entries;
         self.checkpoint = Some(checkpoint.clone());
         Ok(())
     }
 
     fn checkpoint(&self) -> Result<Option<ChangelogCheckpoint>, StoreError> {
         Ok(self.checkpoint.clone())
+    }
+
+    fn synced_ms(&self) -> Result<Option<i64>, StoreError> {
+        Ok(self.synced_ms)
+    }
+
+    fn mark_synced(&mut self, now_ms: i64) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.meta_cf(), SYNCED_KEY, now_ms.to_le_bytes());
+        self.db
+            .write_opt(batch, &self.write_options)
+            .map_err(|e| self.rocks_error("record the synced time", e))?;
+        self.synced_ms = Some(now_ms);
+        Ok(())
     }
 
     fn wipe(&mut self) -> Result<(), StoreError> {
@@ -243,11 +286,14 @@ impl KvStore for RocksKvStore {
             .map_err(|e| self.rocks_error("wipe scan", e))?;
         drop(iter);
         batch.delete_cf(self.meta_cf(), CHECKPOINT_KEY);
+        batch.delete_cf(self.meta_cf(), SYNCED_KEY);
+        batch.put_cf(self.meta_cf(), ENTRY_COUNT_KEY, 0u64.to_le_bytes());
         self.db
             .write_opt(batch, &self.write_options)
             .map_err(|e| self.rocks_error("wipe", e))?;
         self.entries = 0;
         self.checkpoint = None;
+        self.synced_ms = None;
         Ok(())
     }
 

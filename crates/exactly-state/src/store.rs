@@ -2,21 +2,20 @@
 
 use crate::error::StateError;
 use crate::layout::{
-    StoreIdentity, CHECKPOINT_KEY, ENTRY_COUNT_KEY, IDS_COLUMN_FAMILY, META_COLUMN_FAMILY,
+    decode_stored_entry, encode_stored_entry, StoreIdentity, CHECKPOINT_KEY, ENTRY_COUNT_KEY,
+    FORMAT_KEY, IDS_COLUMN_FAMILY, META_COLUMN_FAMILY, STORE_FORMAT,
 };
-use crate::resources::{SharedRocksResources, StoreOptions};
+use crate::resources::{RecentIdsBudget, SharedRocksResources, StoreOptions};
 use crate::tuning::{db_options, ids_cf_options, meta_cf_options};
-use exactly_core::changelog::{
-    decode_checkpoint, decode_entry, encode_checkpoint, encode_entry_into,
-};
+use exactly_core::changelog::{decode_checkpoint, encode_checkpoint};
+use exactly_core::id::IdKeyMap;
 use exactly_core::{
-    ChangelogCheckpoint, DedupStore, SeenEntry, StoreBatch, StoreError, StoreStats,
+    ChangelogCheckpoint, DedupStore, IdKey, SeenEntry, StoreBatch, StoreError, StoreStats,
 };
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, ErrorKind, FlushOptions, ReadOptions, SingleThreaded,
-    WriteBatch, WriteOptions,
+    ColumnFamily, ColumnFamilyDescriptor, ErrorKind, IngestExternalFileOptions, Options,
+    ReadOptions, SingleThreaded, SstFileWriter, WriteBatch, WriteOptions,
 };
-use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -29,25 +28,43 @@ pub(crate) type Db = rocksdb::DBWithThreadMode<SingleThreaded>;
 /// Deletes per write batch when expiring, so expiring millions of IDs needs bounded memory.
 const EXPIRE_CHUNK: usize = 10_000;
 
+/// The fewest recent IDs a store writes to disk because the process's shared budget is full
+/// (fewer would make many tiny files).
+const MIN_BUDGET_SPILL: usize = 16 << 10;
+
+/// The file a store writes its recent IDs to before RocksDB takes it in.
+const SPILL_FILE: &str = "recent-ids.sst";
+
 /// The RocksDB dedup store of one task.
 ///
-/// Layout (see [`crate::layout`]): column family `ids` maps each ID to its encoded
-/// [`SeenEntry`]; column family `meta` holds the checkpoint and the exact entry count. Both
-/// are written by one `WriteBatch` per [`apply`](DedupStore::apply), so a reader never sees IDs
-/// without their checkpoint or the reverse.
+/// # Two tiers
 ///
-/// # Durability without a write-ahead log
+/// IDs applied recently live in memory (`recent`, a hash table keyed by [`IdKey`]); when
+/// there are [`StoreOptions::recent_ids`] of them, or the stores of the process together hold
+/// more than their shared budget, the store sorts them, writes them to one SST file and has
+/// RocksDB ingest it into the `ids` column family, then records the checkpoint they bring the
+/// store to. A lookup asks the recent IDs first, then RocksDB (one sorted `multi_get`, mostly
+/// answered by bloom filters). So an ID costs a hash insert and its share of one sequential
+/// file write, where a RocksDB write costs a skip-list insert into a memtable that a flush
+/// writes out again later.
 ///
-/// With [`StoreOptions::disable_wal`] (the default) a write lives only in memtables until they
-/// are flushed, and a crash loses it. That is allowed: the store is a cache of the changelog
-/// and may lag it (the restore replays the tail from the checkpoint), but it must never lead
-/// it, and its IDs and checkpoint must describe the same changelog prefix. The batch is atomic
-/// in memory; what keeps it atomic on disk is `atomic_flush`: without it RocksDB flushes each
-/// column family on its own schedule, so after a crash the `ids` SSTs could hold a batch whose
-/// checkpoint in `meta` was lost (harmless: replay rewrites the same IDs) or, worse, `meta`
-/// could hold a checkpoint whose IDs were lost, and the restore would skip them and let their
-/// duplicates through. `atomic_flush` makes every flush cover both column families in one
-/// manifest commit. Dropping the store flushes explicitly.
+/// # What survives a crash
+///
+/// The checkpoint on disk is the one of the last file ingested, and it is written only after
+/// the file is in (ingestion is durable once it returns): the disk always holds every ID its
+/// checkpoint covers. The recent IDs are lost with the process, which only leaves the store
+/// behind its changelog, never ahead of it: the restore replays the tail from the checkpoint.
+/// Dropping the store (a task closed or moved, a graceful stop) writes the recent IDs to disk,
+/// so a restart restores nothing. Meta writes (checkpoint, count) go through the write-ahead
+/// log; IDs never pass through a memtable.
+///
+/// # Layout
+///
+/// See [`crate::layout`]: column family `ids` maps each [`IdKey`] to its fixed-width entry;
+/// column family `meta` holds the checkpoint, the exact entry count and the format version.
+/// A directory of an older format is reported [`StateError::Corrupt`], so that
+/// [`open_or_recreate`](Self::open_or_recreate) wipes it and the task restores it from the
+/// changelog.
 ///
 /// # Retention
 ///
@@ -61,23 +78,34 @@ pub struct RocksDedupStore {
     db: Db,
     path: PathBuf,
     identity: StoreIdentity,
+    /// Options of the ids column family, for the spill files' table format and filters.
+    ids_options: Options,
     write_options: WriteOptions,
-    flush_on_drop: bool,
     /// Entries first seen before this are expired. Only ever raised. Shared with the
     /// compaction filter, which runs on RocksDB's background threads.
     retention_cutoff: Arc<AtomicI64>,
+    /// IDs applied since the last spill (an ID may be on disk too; this entry is newer).
+    recent: IdKeyMap<SeenEntry>,
+    recent_max: usize,
+    budget: Arc<RecentIdsBudget>,
+    /// The checkpoint of the last applied batch (recent IDs included).
     checkpoint: Option<ChangelogCheckpoint>,
-    /// Keys in the ids column family, as of this store's last write (background compaction
-    /// may have dropped expired ones since; the next `expire_before` recounts).
+    /// The checkpoint on disk: the one of the last spill.
+    durable: Option<ChangelogCheckpoint>,
+    /// Distinct IDs in the store (recent ones included), as of its last write (background
+    /// compaction may have dropped expired ones since; the next `expire_before` recounts).
     entries: u64,
+    /// `entries` as of the last spill (what the disk's count says).
+    durable_entries: u64,
 }
 
 impl RocksDedupStore {
     /// Opens (creating if needed) the store in `path` with default [`StoreOptions`].
     ///
-    /// Fails with [`StateError::Corrupt`] if the directory cannot be read as a store, with
-    /// [`StateError::WrongIdentity`] if its checkpoint names another changelog than
-    /// `identity`, and with [`StateError::Locked`] if another open store holds it.
+    /// Fails with [`StateError::Corrupt`] if the directory cannot be read as a store (or was
+    /// written in an older format), with [`StateError::WrongIdentity`] if its checkpoint names
+    /// another changelog than `identity`, and with [`StateError::Locked`] if another open
+    /// store holds it.
     pub fn open(
         path: &Path,
         shared: &SharedRocksResources,
@@ -95,17 +123,16 @@ impl RocksDedupStore {
     ) -> Result<Self, StateError> {
         prepare_dir(path)?;
         let retention_cutoff = Arc::new(AtomicI64::new(i64::MIN));
+        let ids_options = ids_cf_options(shared, options, Arc::clone(&retention_cutoff));
         let cfs = [
-            ColumnFamilyDescriptor::new(
-                IDS_COLUMN_FAMILY,
-                ids_cf_options(shared, options, Arc::clone(&retention_cutoff)),
-            ),
+            ColumnFamilyDescriptor::new(IDS_COLUMN_FAMILY, ids_options.clone()),
             ColumnFamilyDescriptor::new(META_COLUMN_FAMILY, meta_cf_options(shared)),
         ];
         let db = Db::open_cf_descriptors(&db_options(shared), path, cfs)
             .map_err(|e| classify_open_error(path, e))?;
 
         let checkpoint = read_checkpoint(&db, path, identity)?;
+        let format = read_meta(&db, path, FORMAT_KEY)?;
         let entries = match read_meta(&db, path, ENTRY_COUNT_KEY)? {
             Some(bytes) => decode_count(&bytes).ok_or_else(|| StateError::Corrupt {
                 path: path.to_owned(),
@@ -120,23 +147,50 @@ impl RocksDedupStore {
             }
             None => 0,
         };
+        match format.as_deref() {
+            Some([STORE_FORMAT]) => {}
+            // Nothing written yet: the first spill records the format.
+            None if checkpoint.is_none() && entries == 0 => {}
+            found => {
+                return Err(StateError::Corrupt {
+                    path: path.to_owned(),
+                    reason: format!(
+                        "written in store format {} (this version reads format {STORE_FORMAT}); the task restores it from the changelog",
+                        found.map_or("1".to_owned(), |f| format!("{f:?}"))
+                    ),
+                })
+            }
+        }
+        // A spill file left by a crash before its ingestion holds nothing the checkpoint
+        // covers.
+        let leftover = path.join(SPILL_FILE);
+        if leftover.exists() {
+            std::fs::remove_file(&leftover).map_err(|source| StateError::Io {
+                path: path.to_owned(),
+                action: "delete an unfinished spill file",
+                source,
+            })?;
+        }
 
-        let mut write_options = WriteOptions::default();
-        write_options.disable_wal(options.disable_wal);
         Ok(Self {
             db,
             path: path.to_owned(),
             identity: identity.clone(),
-            write_options,
-            flush_on_drop: options.disable_wal,
+            ids_options,
+            write_options: WriteOptions::default(),
             retention_cutoff,
+            recent: IdKeyMap::default(),
+            recent_max: options.recent_ids.max(1),
+            budget: Arc::clone(&shared.recent_ids),
+            durable: checkpoint.clone(),
             checkpoint,
             entries,
+            durable_entries: entries,
         })
     }
 
-    /// Opens the store in `path`; if it is corrupt or belongs to another changelog, deletes the
-    /// directory (logged as a warning) and opens an empty store there.
+    /// Opens the store in `path`; if it is corrupt, of an older format or belongs to another
+    /// changelog, deletes the directory (logged as a warning) and opens an empty store there.
     ///
     /// Returns the store and, if it was recreated, why, so the caller can count it; the caller
     /// then restores the empty store from the beginning of the changelog.
@@ -195,14 +249,20 @@ impl RocksDedupStore {
         self.retention_cutoff.load(Ordering::Relaxed)
     }
 
-    /// Writes memtables of both column families to disk in one atomic flush, so that a crash
-    /// afterwards loses nothing applied so far (only needed with the WAL disabled).
-    pub fn flush(&self) -> Result<(), StateError> {
-        let mut flush = FlushOptions::default();
-        flush.set_wait(true);
-        self.db
-            .flush_cfs_opt(&[self.ids_cf(), self.meta_cf()], &flush)
-            .map_err(|e| self.rocks_error("flush", e))
+    /// Writes the recent IDs to disk with their checkpoint, so that a crash afterwards loses
+    /// nothing applied so far. Dropping the store does it too.
+    pub fn flush(&mut self) -> Result<(), StateError> {
+        self.spill()
+    }
+
+    /// The checkpoint a crash now would leave the store at (that of the last spill).
+    pub fn durable_checkpoint(&self) -> Option<&ChangelogCheckpoint> {
+        self.durable.as_ref()
+    }
+
+    /// IDs held in memory, not yet on disk.
+    pub fn recent_ids(&self) -> usize {
+        self.recent.len()
     }
 
     /// Compacts the whole ids column family now (it is normally compacted in the background),
@@ -232,10 +292,13 @@ impl RocksDedupStore {
         }
     }
 
-    fn corrupt_value(&self, id: &[u8], err: impl fmt::Display) -> StateError {
+    fn corrupt_value(&self, id: &[u8], len: usize) -> StateError {
         StateError::Corrupt {
             path: self.path.clone(),
-            reason: format!("unreadable entry for id {}: {err}", IdForLog(id)),
+            reason: format!(
+                "unreadable entry for id key {} ({len} bytes, expected 16)",
+                IdForLog(id)
+            ),
         }
     }
 
@@ -245,8 +308,38 @@ impl RocksDedupStore {
             .map_err(|e| self.rocks_error(action, e))
     }
 
-    /// Writes `batch` and its checkpoint in one WriteBatch. `unseen`: the caller found every
-    /// ID absent (or expired), so the lookup that keeps the entry count exact is skipped.
+    /// Looks `keys` up on disk (not in the recent IDs): one `multi_get` in key order.
+    /// `answer(i, entry)` receives each key's entry by its index in `keys`.
+    fn get_on_disk(
+        &self,
+        keys: &[IdKey],
+        mut answer: impl FnMut(usize, Option<SeenEntry>),
+    ) -> Result<(), StateError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut order: Vec<u32> = (0..keys.len() as u32).collect();
+        order.sort_unstable_by_key(|&i| keys[i as usize]);
+        let found = self.db.batched_multi_get_cf(
+            self.ids_cf(),
+            order.iter().map(|&i| keys[i as usize].as_bytes()),
+            true,
+        );
+        for (&i, value) in order.iter().zip(found) {
+            let entry =
+                match value.map_err(|e| self.rocks_error("multi_get", e))? {
+                    None => None,
+                    Some(bytes) => Some(decode_stored_entry(&bytes).ok_or_else(|| {
+                        self.corrupt_value(keys[i as usize].as_bytes(), bytes.len())
+                    })?),
+                };
+            answer(i as usize, entry);
+        }
+        Ok(())
+    }
+
+    /// Applies `batch`. `unseen`: the caller found every ID absent (or expired), so the lookup
+    /// that keeps the entry count exact is skipped.
     fn apply_batch(&mut self, batch: &StoreBatch, unseen: bool) -> Result<(), StateError> {
         if !self.identity.owns(&batch.checkpoint) {
             return Err(StateError::ForeignCheckpoint {
@@ -254,56 +347,121 @@ impl RocksDedupStore {
                 found: StoreIdentity::of_checkpoint(&batch.checkpoint),
             });
         }
-        // Last entry per ID wins. Sorted so the existence lookup can say `sorted_input`.
-        let mut latest: HashMap<&[u8], SeenEntry> = HashMap::with_capacity(batch.entries.len());
-        for (id, entry) in &batch.entries {
-            latest.insert(id.as_slice(), *entry);
-        }
-        let mut ids: Vec<&[u8]> = latest.keys().copied().collect();
-        ids.sort_unstable();
-
-        // The exact count needs to know which IDs are new: one batched lookup, unless the
-        // caller already knows.
-        let ids_cf = self.ids_cf();
-        let existing: Vec<bool> = if unseen {
-            vec![false; ids.len()]
-        } else {
-            self.db
-                .batched_multi_get_cf(ids_cf, ids.iter(), true)
-                .into_iter()
-                .map(|found| found.map(|v| v.is_some()))
-                .collect::<Result<_, _>>()
-                .map_err(|e| self.rocks_error("multi_get", e))?
-        };
         let cutoff = self.retention_cutoff();
-        let mut entries = self.entries;
-        let mut write = WriteBatch::default();
-        let mut value = Vec::with_capacity(16);
-        for (id, existed) in ids.iter().zip(existing) {
-            let entry = latest[id];
+        let before = self.recent.len();
+        if unseen {
+            for (key, entry) in &batch.entries {
+                if entry.first_seen_ms >= cutoff && self.recent.insert(*key, *entry).is_none() {
+                    self.entries += 1;
+                }
+            }
+        } else {
+            self.apply_checked(&batch.entries, cutoff)?;
+        }
+        self.budget.add(self.recent.len().saturating_sub(before));
+        self.budget.remove(before.saturating_sub(self.recent.len()));
+        self.checkpoint = Some(batch.checkpoint.clone());
+        let spill = self.recent.len() >= self.recent_max
+            || (self.budget.exceeded() && self.recent.len() >= MIN_BUDGET_SPILL);
+        if spill {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    /// Applies `entries` (the last entry of an ID wins), keeping the entry count exact: every
+    /// ID is looked up on disk first. An entry already expired is not stored, and removes the
+    /// ID wherever it is.
+    fn apply_checked(
+        &mut self,
+        entries: &[(IdKey, SeenEntry)],
+        cutoff: i64,
+    ) -> Result<(), StateError> {
+        let mut latest: IdKeyMap<SeenEntry> = IdKeyMap::default();
+        latest.reserve(entries.len());
+        latest.extend(entries.iter().copied());
+        let keys: Vec<IdKey> = latest.keys().copied().collect();
+        let mut on_disk = vec![false; keys.len()];
+        self.get_on_disk(&keys, |i, entry| on_disk[i] = entry.is_some())?;
+        let mut deletes = WriteBatch::default();
+        for (key, on_disk) in keys.iter().zip(on_disk) {
+            let entry = latest[key];
+            let known = on_disk || self.recent.contains_key(key);
             if entry.first_seen_ms < cutoff {
-                // Already expired: storing it would only let compaction decide when it goes.
-                if existed {
-                    write.delete_cf(ids_cf, id);
-                    entries = entries.saturating_sub(1);
+                self.recent.remove(key);
+                if on_disk {
+                    deletes.delete_cf(self.ids_cf(), key.as_bytes());
+                }
+                if known {
+                    self.entries = self.entries.saturating_sub(1);
                 }
                 continue;
             }
-            encode_entry_into(&entry, &mut value);
-            write.put_cf(ids_cf, id, &value);
-            entries += u64::from(!existed);
+            self.recent.insert(*key, entry);
+            if !known {
+                self.entries += 1;
+            }
         }
-        let meta_cf = self.meta_cf();
-        write.put_cf(
-            meta_cf,
-            CHECKPOINT_KEY,
-            encode_checkpoint(&batch.checkpoint),
-        );
-        write.put_cf(meta_cf, ENTRY_COUNT_KEY, entries.to_le_bytes());
-        self.write(write, "apply")?;
-        self.entries = entries;
-        self.checkpoint = Some(batch.checkpoint.clone());
+        if !deletes.is_empty() {
+            // On disk before any checkpoint that covers them: a crash before the next spill
+            // leaves the disk's count one high per delete at worst, until the next expiry.
+            self.write(deletes, "apply")?;
+        }
         Ok(())
+    }
+
+    /// Writes the recent IDs to disk: sorted into one SST file that RocksDB ingests, then the
+    /// checkpoint they bring the disk to (see the type docs for why in that order).
+    fn spill(&mut self) -> Result<(), StateError> {
+        if self.checkpoint == self.durable && self.entries == self.durable_entries {
+            return Ok(());
+        }
+        if !self.recent.is_empty() {
+            let mut ids: Vec<(IdKey, SeenEntry)> =
+                self.recent.iter().map(|(k, e)| (*k, *e)).collect();
+            ids.sort_unstable_by_key(|(k, _)| *k);
+            let file = self.path.join(SPILL_FILE);
+            let mut writer = SstFileWriter::create(&self.ids_options);
+            writer
+                .open(&file)
+                .map_err(|e| self.rocks_error("create a spill file", e))?;
+            for (key, entry) in &ids {
+                writer
+                    .put(key.as_bytes(), encode_stored_entry(entry))
+                    .map_err(|e| self.rocks_error("write a spill file", e))?;
+            }
+            writer
+                .finish()
+                .map_err(|e| self.rocks_error("finish a spill file", e))?;
+            let mut ingest = IngestExternalFileOptions::default();
+            ingest.set_move_files(true);
+            self.db
+                .ingest_external_file_cf_opts(self.ids_cf(), &ingest, vec![&file])
+                .map_err(|e| self.rocks_error("ingest a spill file", e))?;
+        }
+        let mut meta = WriteBatch::default();
+        let meta_cf = self.meta_cf();
+        if let Some(cp) = &self.checkpoint {
+            meta.put_cf(meta_cf, CHECKPOINT_KEY, encode_checkpoint(cp));
+        }
+        meta.put_cf(meta_cf, ENTRY_COUNT_KEY, self.entries.to_le_bytes());
+        meta.put_cf(meta_cf, FORMAT_KEY, [STORE_FORMAT]);
+        self.write(meta, "record the checkpoint")?;
+        self.durable = self.checkpoint.clone();
+        self.durable_entries = self.entries;
+        self.clear_recent();
+        Ok(())
+    }
+
+    /// Empties the recent IDs. A store that spilled early for the shared budget gives its
+    /// table's memory back; a busy one keeps it for the next round.
+    fn clear_recent(&mut self) {
+        let n = self.recent.len();
+        self.budget.remove(n);
+        self.recent.clear();
+        if n < self.recent_max {
+            self.recent.shrink_to_fit();
+        }
     }
 
     fn expire(&mut self, cutoff_ms: i64) -> Result<u64, StateError> {
@@ -311,6 +469,10 @@ impl RocksDedupStore {
         // this scan deletes and counts too, so the recount below stays exact.
         self.set_retention_cutoff(cutoff_ms);
         let cutoff = self.retention_cutoff();
+        let before = self.recent.len();
+        self.recent.retain(|_, e| e.first_seen_ms >= cutoff);
+        let mut removed = (before - self.recent.len()) as u64;
+        self.budget.remove(before - self.recent.len());
         let (ids_cf, meta_cf) = (self.ids_cf(), self.meta_cf());
 
         // IDs are not ordered by time, so this is a full scan; it reads through a consistent
@@ -319,38 +481,48 @@ impl RocksDedupStore {
         scan.fill_cache(false);
         let mut iter = self.db.raw_iterator_cf_opt(ids_cf, scan);
         iter.seek_to_first();
-        let (mut removed, mut kept) = (0u64, 0u64);
+        let (mut kept_on_disk, mut also_recent) = (0u64, 0u64);
+        // Deletes on disk, and those of IDs that do not live on in memory.
+        let (mut disk_deleted, mut deleted) = (0u64, 0u64);
         let mut write = WriteBatch::default();
         while let Some((id, value)) = iter.item() {
-            let entry = decode_entry(value).map_err(|e| self.corrupt_value(id, e))?;
+            let entry =
+                decode_stored_entry(value).ok_or_else(|| self.corrupt_value(id, value.len()))?;
+            let recent = IdKey::from_slice(id).is_some_and(|k| self.recent.contains_key(&k));
             if entry.first_seen_ms < cutoff {
                 write.delete_cf(ids_cf, id);
-                removed += 1;
+                // An ID seen again since keeps living in memory: only its old copy goes.
+                deleted += u64::from(!recent);
+                disk_deleted += 1;
                 if write.len() >= EXPIRE_CHUNK {
-                    let partial = self.entries.saturating_sub(removed);
+                    let partial = self.durable_entries.saturating_sub(disk_deleted);
                     write.put_cf(meta_cf, ENTRY_COUNT_KEY, partial.to_le_bytes());
                     self.write(std::mem::take(&mut write), "expire")?;
                 }
             } else {
-                kept += 1;
+                kept_on_disk += 1;
+                also_recent += u64::from(recent);
             }
             iter.next();
         }
         iter.status()
             .map_err(|e| self.rocks_error("expire scan", e))?;
         drop(iter);
-        // The scan saw every key, so this also corrects a count left stale by compactions.
-        write.put_cf(meta_cf, ENTRY_COUNT_KEY, kept.to_le_bytes());
+        removed += deleted;
+        // The scan saw every key on disk, so this also corrects a count left stale by
+        // compactions. The disk's count covers the disk; recent IDs count once spilled.
+        write.put_cf(meta_cf, ENTRY_COUNT_KEY, kept_on_disk.to_le_bytes());
         self.write(write, "expire")?;
-        self.entries = kept;
+        self.durable_entries = kept_on_disk;
+        self.entries = kept_on_disk + self.recent.len() as u64 - also_recent;
         Ok(removed)
     }
 
     fn wipe_all(&mut self) -> Result<(), StateError> {
         let ids_cf = self.ids_cf();
         let mut write = WriteBatch::default();
-        // IDs have no upper bound, so the range ends at the largest key present, which gets a
-        // point delete. One batch: entries, checkpoint and count go together.
+        // The range ends at the largest key present, which gets a point delete. One batch:
+        // entries, checkpoint and count go together.
         let mut iter = self.db.raw_iterator_cf(ids_cf);
         iter.seek_to_last();
         if let Some(last) = iter.key() {
@@ -362,15 +534,20 @@ impl RocksDedupStore {
         drop(iter);
         let meta_cf = self.meta_cf();
         write.delete_cf(meta_cf, CHECKPOINT_KEY);
-        write.delete_cf(meta_cf, ENTRY_COUNT_KEY);
+        write.put_cf(meta_cf, ENTRY_COUNT_KEY, 0u64.to_le_bytes());
+        write.put_cf(meta_cf, FORMAT_KEY, [STORE_FORMAT]);
         self.write(write, "wipe")?;
+        self.clear_recent();
         self.entries = 0;
+        self.durable_entries = 0;
         self.checkpoint = None;
+        self.durable = None;
         Ok(())
     }
 
     fn size_bytes(&self) -> u64 {
-        let mut bytes = 0;
+        let mut bytes =
+            (self.recent.len() * (IdKey::LEN + std::mem::size_of::<SeenEntry>())) as u64;
         for cf in [self.ids_cf(), self.meta_cf()] {
             for property in [
                 "rocksdb.total-sst-files-size",
@@ -387,27 +564,25 @@ impl RocksDedupStore {
 }
 
 impl DedupStore for RocksDedupStore {
-    fn get_many(&self, ids: &[&[u8]], out: &mut Vec<Option<SeenEntry>>) -> Result<(), StoreError> {
+    fn get_many(&self, ids: &[IdKey], out: &mut Vec<Option<SeenEntry>>) -> Result<(), StoreError> {
         out.clear();
         if ids.is_empty() {
             return Ok(());
         }
-        out.reserve(ids.len());
         let cutoff = self.retention_cutoff();
-        let found = self
-            .db
-            .batched_multi_get_cf(self.ids_cf(), ids.iter(), false);
-        for (id, value) in ids.iter().zip(found) {
-            let entry = match value.map_err(|e| self.rocks_error("multi_get", e))? {
-                None => None,
-                Some(bytes) => {
-                    let entry = decode_entry(&bytes).map_err(|e| self.corrupt_value(id, e))?;
-                    // Below the cutoff: expired, whether or not compaction has dropped it yet.
-                    (entry.first_seen_ms >= cutoff).then_some(entry)
-                }
-            };
-            out.push(entry);
-        }
+        // Below the cutoff: expired, whether or not compaction has dropped it yet.
+        let live = |e: SeenEntry| (e.first_seen_ms >= cutoff).then_some(e);
+        let mut ask = Vec::new();
+        let mut asked = Vec::new();
+        out.extend(ids.iter().enumerate().map(|(i, key)| {
+            let recent = self.recent.get(key).copied();
+            if recent.is_none() {
+                ask.push(*key);
+                asked.push(i);
+            }
+            recent.and_then(live)
+        }));
+        self.get_on_disk(&ask, |j, entry| out[asked[j]] = entry.and_then(live))?;
         Ok(())
     }
 
@@ -441,13 +616,11 @@ impl DedupStore for RocksDedupStore {
 
 impl Drop for RocksDedupStore {
     fn drop(&mut self) {
-        // RocksDB also flushes unpersisted memtables when it closes; flushing here makes the
-        // "closed store keeps everything applied" guarantee explicit and reports failures.
-        if self.flush_on_drop {
-            if let Err(err) = self.flush() {
-                tracing::warn!(%err, "flush on close failed; the store will restore the tail");
-            }
+        // A closed store keeps everything applied, so that the next open restores nothing.
+        if let Err(err) = self.spill() {
+            tracing::warn!(%err, "writing the recent IDs to disk on close failed; the store will restore the tail");
         }
+        self.budget.remove(self.recent.len());
     }
 }
 
@@ -457,7 +630,9 @@ impl fmt::Debug for RocksDedupStore {
             .field("path", &self.path)
             .field("identity", &self.identity)
             .field("checkpoint", &self.checkpoint)
+            .field("durable", &self.durable)
             .field("entries", &self.entries)
+            .field("recent", &self.recent.len())
             .field("retention_cutoff", &self.retention_cutoff())
             .finish_non_exhaustive()
     }

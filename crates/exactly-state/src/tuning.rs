@@ -1,8 +1,8 @@
 //! RocksDB options of a task store: shared memory budget, bloom filters, compression, the
 //! retention compaction filter, and atomic flushes.
 
+use crate::layout::decode_stored_entry;
 use crate::resources::{SharedRocksResources, StoreOptions};
-use exactly_core::changelog::decode_entry;
 use rocksdb::compaction_filter::Decision;
 use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, DBCompressionType, DataBlockIndexType, Options,
@@ -10,10 +10,14 @@ use rocksdb::{
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-/// Memtable size of the ids column family. Kept well below RocksDB's 64 MiB default because a
-/// process holds one memtable per assigned task and each allocates its arena in blocks of 1/8
-/// of this size; the shared write-buffer manager bounds the total anyway.
-const IDS_WRITE_BUFFER_BYTES: usize = 16 << 20;
+/// Memtable size of a state store's column family. Kept well below RocksDB's 64 MiB default
+/// because a process holds one memtable per assigned task and store and each allocates its
+/// arena in blocks of 1/8 of this size; the shared write-buffer manager bounds the total anyway.
+const STATE_WRITE_BUFFER_BYTES: usize = 16 << 20;
+
+/// Memtable size of the ids column family: IDs arrive as ingested files, so its memtable only
+/// holds the deletes of expiry and wipes.
+const IDS_WRITE_BUFFER_BYTES: usize = 4 << 20;
 
 /// Memtable size of the meta column family: it holds two small keys, rewritten on every apply.
 const META_WRITE_BUFFER_BYTES: usize = 1 << 20;
@@ -67,16 +71,11 @@ pub(crate) fn ids_cf_options(
     opts.set_block_based_table_factory(&table);
     opts.set_compression_type(DBCompressionType::Lz4);
     opts.set_write_buffer_size(IDS_WRITE_BUFFER_BYTES);
-    if options.bloom_bits > 0.0 {
-        // The memtable gets a whole-key bloom filter too, for misses on recent writes.
-        opts.set_memtable_prefix_bloom_ratio(0.02);
-        opts.set_memtable_whole_key_filtering(true);
-    }
     opts.set_compaction_filter(
         "exactly-dedup-retention",
         move |_level: u32, _id: &[u8], value: &[u8]| {
-            match decode_entry(value) {
-                Ok(entry) if entry.first_seen_ms < retention_cutoff.load(Ordering::Relaxed) => {
+            match decode_stored_entry(value) {
+                Some(entry) if entry.first_seen_ms < retention_cutoff.load(Ordering::Relaxed) => {
                     Decision::Remove
                 }
                 // An undecodable value is kept so that lookups report the corruption.
@@ -104,6 +103,6 @@ pub(crate) fn state_cf_options(shared: &SharedRocksResources) -> Options {
     let mut opts = Options::default();
     opts.set_block_based_table_factory(&table);
     opts.set_compression_type(DBCompressionType::Lz4);
-    opts.set_write_buffer_size(IDS_WRITE_BUFFER_BYTES);
+    opts.set_write_buffer_size(STATE_WRITE_BUFFER_BYTES);
     opts
 }

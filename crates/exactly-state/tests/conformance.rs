@@ -24,9 +24,10 @@ fn rocks_store_passes_the_suite() {
 }
 
 #[test]
-fn rocks_store_with_wal_passes_the_suite() {
+fn rocks_store_writing_every_few_ids_to_disk_passes_the_suite() {
+    // Batches straddle the recent IDs and the disk: every check sees both tiers.
     run_all_with(StoreOptions {
-        disable_wal: false,
+        recent_ids: 3,
         ..StoreOptions::default()
     });
 }
@@ -45,4 +46,18 @@ fn rocks_store_passes_the_persistent_suite() {
     let shared = SharedRocksResources::new(8 << 20, 8 << 20);
     let dir = root.path().join("store");
     run_persistent(|| RocksDedupStore::open(&dir, &shared, &identity()).expect("open store"));
+}
+
+#[test]
+fn rocks_store_writing_every_few_ids_to_disk_passes_the_persistent_suite() {
+    let root = tempfile::tempdir().expect("create temp dir");
+    let shared = SharedRocksResources::new(8 << 20, 8 << 20);
+    let dir = root.path().join("store");
+    let options = StoreOptions {
+        recent_ids: 3,
+        ..StoreOptions::default()
+    };
+    run_persistent(|| {
+        RocksDedupStore::open_with(&dir, &shared, &identity(), &options).expect("open store")
+    });
 }

@@ -1,9 +1,14 @@
 //! Behaviour of `RocksDedupStore` beyond the shared conformance suite: identity, corruption,
-//! recreation, locking, retention and crash consistency.
+//! recreation, locking, retention, the recent IDs in memory and crash consistency.
 
-use exactly_core::{ChangelogCheckpoint, DedupStore, SeenEntry, StoreBatch, StoreError};
-use exactly_state::layout::{CHECKPOINT_KEY, IDS_COLUMN_FAMILY, META_COLUMN_FAMILY};
-use exactly_state::{RocksDedupStore, SharedRocksResources, StateError, StoreIdentity};
+use exactly_core::changelog::{encode_checkpoint, encode_entry};
+use exactly_core::{ChangelogCheckpoint, DedupStore, IdKey, SeenEntry, StoreBatch, StoreError};
+use exactly_state::layout::{
+    CHECKPOINT_KEY, ENTRY_COUNT_KEY, IDS_COLUMN_FAMILY, META_COLUMN_FAMILY,
+};
+use exactly_state::{
+    RocksDedupStore, SharedRocksResources, StateError, StoreIdentity, StoreOptions,
+};
 use std::path::{Path, PathBuf};
 
 const TOPIC: &str = "app-in-dedup-changelog";
@@ -25,7 +30,7 @@ fn entry(first_seen_ms: i64, source_offset: i64) -> SeenEntry {
 
 fn batch_for(identity: &StoreIdentity, ids: &[(&[u8], SeenEntry)], next_offset: i64) -> StoreBatch {
     StoreBatch {
-        entries: ids.iter().map(|(id, e)| (id.to_vec(), *e)).collect(),
+        entries: ids.iter().map(|(id, e)| (key(id), *e)).collect(),
         checkpoint: ChangelogCheckpoint {
             topic: identity.changelog_topic.clone(),
             partition: identity.partition,
@@ -36,6 +41,10 @@ fn batch_for(identity: &StoreIdentity, ids: &[(&[u8], SeenEntry)], next_offset: 
 
 fn batch(ids: &[(&[u8], SeenEntry)], next_offset: i64) -> StoreBatch {
     batch_for(&identity(), ids, next_offset)
+}
+
+fn key(id: &[u8]) -> IdKey {
+    IdKey::of(id)
 }
 
 fn open(dir: &Path) -> RocksDedupStore {
@@ -49,7 +58,7 @@ fn store_dir() -> (tempfile::TempDir, PathBuf) {
 }
 
 /// Keys physically present in the ids column family, read with plain RocksDB (no retention
-/// cutoff, no compaction filter).
+/// cutoff, no compaction filter), in key order.
 fn physical_ids(dir: &Path) -> Vec<Vec<u8>> {
     let db = rocksdb::DB::open_cf_for_read_only(
         &rocksdb::Options::default(),
@@ -93,7 +102,7 @@ fn reopen_keeps_entries_and_checkpoint_together() {
     for n in 0..20i64 {
         let id = format!("id-{n}");
         assert_eq!(
-            store.get(id.as_bytes()).expect("get"),
+            store.get(&key(id.as_bytes())).expect("get"),
             Some(entry(1_000 + n, n)),
             "{id}"
         );
@@ -118,12 +127,20 @@ fn crash_batch(b: i64) -> StoreBatch {
     batch(&entries, b + 1)
 }
 
-/// The child half of `crash_without_wal_leaves_entries_and_checkpoint_of_one_batch_prefix`
-/// (the test re-runs its own binary with `CRASH_DIR_ENV` set): writes batches with the WAL off
-/// and a small memtable budget (so some flushes happen), then aborts without closing the store.
+/// Recent IDs the crash child holds before it writes them to disk: every 70 batches.
+const CRASH_RECENT_IDS: usize = 7_000;
+
+/// The child half of `crash_leaves_the_entries_and_checkpoint_of_the_last_spill` (the test
+/// re-runs its own binary with `CRASH_DIR_ENV` set): writes batches, so that the recent IDs
+/// go to disk every 70 batches, then aborts without closing the store.
 fn crash_child_writes_batches_then_aborts(dir: &str) -> ! {
     let shared = SharedRocksResources::new(1 << 20, 4 << 20);
-    let mut store = RocksDedupStore::open(Path::new(dir), &shared, &identity()).expect("open");
+    let options = StoreOptions {
+        recent_ids: CRASH_RECENT_IDS,
+        ..StoreOptions::default()
+    };
+    let mut store =
+        RocksDedupStore::open_with(Path::new(dir), &shared, &identity(), &options).expect("open");
     for b in 0..CRASH_BATCHES {
         store.apply(&crash_batch(b)).expect("apply");
     }
@@ -131,7 +148,7 @@ fn crash_child_writes_batches_then_aborts(dir: &str) -> ! {
 }
 
 #[test]
-fn crash_without_wal_leaves_entries_and_checkpoint_of_one_batch_prefix() {
+fn crash_leaves_the_entries_and_checkpoint_of_the_last_spill() {
     if let Ok(dir) = std::env::var(CRASH_DIR_ENV) {
         crash_child_writes_batches_then_aborts(&dir);
     }
@@ -139,7 +156,7 @@ fn crash_without_wal_leaves_entries_and_checkpoint_of_one_batch_prefix() {
     let status = std::process::Command::new(std::env::current_exe().expect("test binary"))
         .args([
             "--exact",
-            "crash_without_wal_leaves_entries_and_checkpoint_of_one_batch_prefix",
+            "crash_leaves_the_entries_and_checkpoint_of_the_last_spill",
             "--nocapture",
         ])
         .env(CRASH_DIR_ENV, &dir)
@@ -155,22 +172,19 @@ fn crash_without_wal_leaves_entries_and_checkpoint_of_one_batch_prefix() {
         .checkpoint()
         .expect("checkpoint")
         .map_or(0, |cp| cp.next_offset);
-    eprintln!("after the crash the store reflects {reflected} of {CRASH_BATCHES} batches");
-    // Something was flushed (the small memtable budget forces flushes), so the prefix check
-    // below is not vacuous, and never more than was written.
-    assert!(
-        0 < reflected && reflected <= CRASH_BATCHES,
-        "reflected {reflected} of {CRASH_BATCHES} batches"
-    );
+    // The last spill came after batch 1470 (21 spills of 70 batches); the 30 batches after
+    // it were in memory only.
+    let per_spill = CRASH_RECENT_IDS as i64 / CRASH_IDS_PER_BATCH;
+    assert_eq!(reflected, CRASH_BATCHES / per_spill * per_spill);
     // Exactly the batches below the checkpoint are present: never IDs without their
     // checkpoint (would be harmless) nor a checkpoint without its IDs (would let duplicates in).
     for b in 0..CRASH_BATCHES {
         let ids: Vec<String> = (0..CRASH_IDS_PER_BATCH)
             .map(|i| format!("{b:06}-{i:03}"))
             .collect();
-        let refs: Vec<&[u8]> = ids.iter().map(|id| id.as_bytes()).collect();
+        let keys: Vec<IdKey> = ids.iter().map(|id| key(id.as_bytes())).collect();
         let mut found = Vec::new();
-        store.get_many(&refs, &mut found).expect("get_many");
+        store.get_many(&keys, &mut found).expect("get_many");
         let expected = if b < reflected {
             Some(entry(1_000 + b, b))
         } else {
@@ -317,14 +331,18 @@ fn garbage_entry_value_is_reported_as_corrupt_on_lookup() {
         )
         .expect("open raw");
         let ids = db.cf_handle(IDS_COLUMN_FAMILY).expect("ids column family");
-        db.put_cf(ids, b"b", b"junk").expect("write junk");
+        db.put_cf(ids, key(b"b").as_bytes(), b"junk")
+            .expect("write junk");
     }
 
     let store = open(&dir);
-    assert_eq!(store.get(b"a").expect("get a"), Some(entry(1, 1)));
-    let err = store.get(b"b").expect_err("junk value must not decode");
+    assert_eq!(store.get(&key(b"a")).expect("get a"), Some(entry(1, 1)));
+    let err = store
+        .get(&key(b"b"))
+        .expect_err("junk value must not decode");
+    let expected = format!("id key {}", key(b"b"));
     assert!(
-        matches!(err, StoreError::Corrupt(ref m) if m.contains("id 62:")),
+        matches!(err, StoreError::Corrupt(ref m) if m.contains(&expected) && m.contains("4 bytes, expected 16")),
         "{err}"
     );
 }
@@ -359,7 +377,7 @@ fn open_or_recreate_wipes_corrupt_dir_and_reports_why() {
     let (store, why) =
         RocksDedupStore::open_or_recreate(&dir, &shared(), &identity()).expect("reopen");
     assert!(why.is_none(), "{why:?}");
-    assert_eq!(store.get(b"a").expect("get"), Some(entry(1, 1)));
+    assert_eq!(store.get(&key(b"a")).expect("get"), Some(entry(1, 1)));
 }
 
 #[test]
@@ -378,7 +396,7 @@ fn open_or_recreate_wipes_store_of_other_changelog_and_reports_why() {
         matches!(why, Some(StateError::WrongIdentity { .. })),
         "{why:?}"
     );
-    assert_eq!(store.get(b"a").expect("get"), None);
+    assert_eq!(store.get(&key(b"a")).expect("get"), None);
     assert_eq!(store.checkpoint().expect("checkpoint"), None);
 }
 
@@ -397,10 +415,10 @@ fn store_open_elsewhere_is_locked_and_never_wiped() {
         .expect_err("open_or_recreate must not wipe a live store");
     assert!(matches!(err, StateError::Locked { .. }), "{err:?}");
 
-    assert_eq!(first.get(b"a").expect("get"), Some(entry(1, 1)));
+    assert_eq!(first.get(&key(b"a")).expect("get"), Some(entry(1, 1)));
     drop(first);
     assert_eq!(
-        open(&dir).get(b"a").expect("get after reopen"),
+        open(&dir).get(&key(b"a")).expect("get after reopen"),
         Some(entry(1, 1))
     );
 }
@@ -417,7 +435,7 @@ fn apply_of_other_changelog_checkpoint_is_refused() {
         matches!(err, StoreError::Io(ref m) if m.contains("refusing")),
         "{err}"
     );
-    assert_eq!(store.get(b"a").expect("get"), None);
+    assert_eq!(store.get(&key(b"a")).expect("get"), None);
     assert_eq!(store.checkpoint().expect("checkpoint"), None);
 }
 
@@ -440,9 +458,9 @@ fn compaction_filter_drops_expired_entries() {
     store.compact();
     drop(store);
 
-    assert_eq!(physical_ids(&dir), vec![b"new".to_vec()]);
+    assert_eq!(physical_ids(&dir), vec![key(b"new").as_bytes().to_vec()]);
     let mut store = open(&dir);
-    assert_eq!(store.get(b"new").expect("get"), Some(entry(200, 3)));
+    assert_eq!(store.get(&key(b"new")).expect("get"), Some(entry(200, 3)));
     // The compaction dropped them without counting; the next expiry recounts exactly.
     assert_eq!(store.expire_before(200).expect("expire"), 0);
     assert_eq!(store.stats().entries, 1);
@@ -464,14 +482,14 @@ fn retention_cutoff_hides_expired_entries_before_compaction() {
 
     let mut found = Vec::new();
     store
-        .get_many(&[b"old", b"new"], &mut found)
+        .get_many(&[key(b"old"), key(b"new")], &mut found)
         .expect("get_many");
     assert_eq!(found, vec![None, Some(entry(300, 2))]);
     // Entries already expired when applied are not stored at all.
     store
         .apply(&batch(&[(b"late", entry(150, 3))], 3))
         .expect("apply");
-    assert_eq!(store.get(b"late").expect("get"), None);
+    assert_eq!(store.get(&key(b"late")).expect("get"), None);
 }
 
 #[test]
@@ -485,15 +503,23 @@ fn expire_before_deletes_from_disk_at_once() {
         .map(|(id, n)| (id.as_bytes(), entry(n, n)))
         .collect();
     store.apply(&batch(&entries, 1)).expect("apply");
+    store.flush().expect("flush");
+    assert_eq!(physical_ids(store.path()).len(), 25_000);
 
     // 20 000 expire: more than one internal delete chunk.
     assert_eq!(store.expire_before(20_000).expect("expire"), 20_000);
     assert_eq!(store.stats().entries, 5_000);
+    assert_eq!(physical_ids(store.path()).len(), 5_000);
     drop(store);
 
-    let remaining = physical_ids(&dir);
-    assert_eq!(remaining.len(), 5_000);
-    assert_eq!(remaining.first().map(Vec::as_slice), Some(&b"id-20000"[..]));
+    let mut remaining = physical_ids(&dir);
+    let mut expected: Vec<Vec<u8>> = ids[20_000..]
+        .iter()
+        .map(|id| key(id.as_bytes()).as_bytes().to_vec())
+        .collect();
+    remaining.sort();
+    expected.sort();
+    assert_eq!(remaining, expected);
 }
 
 #[test]
@@ -512,4 +538,142 @@ fn stats_report_bytes_once_data_is_written() {
     );
     store.flush().expect("flush");
     assert!(store.stats().bytes > 0);
+}
+
+fn open_with_recent(
+    dir: &Path,
+    shared: &SharedRocksResources,
+    recent_ids: usize,
+) -> RocksDedupStore {
+    let options = StoreOptions {
+        recent_ids,
+        ..StoreOptions::default()
+    };
+    RocksDedupStore::open_with(dir, shared, &identity(), &options).expect("open")
+}
+
+fn numbered(from: i64, to: i64) -> Vec<String> {
+    (from..to).map(|n| format!("id-{n}")).collect()
+}
+
+fn batch_of(ids: &[String], next_offset: i64) -> StoreBatch {
+    let entries: Vec<(&[u8], SeenEntry)> = ids
+        .iter()
+        .map(|id| (id.as_bytes(), entry(1_000, 1)))
+        .collect();
+    batch(&entries, next_offset)
+}
+
+#[test]
+fn recent_ids_go_to_disk_with_their_checkpoint_once_there_are_enough() {
+    let (_root, dir) = store_dir();
+    let shared = shared();
+    let mut store = open_with_recent(&dir, &shared, 10);
+    store.apply(&batch_of(&numbered(0, 9), 1)).expect("apply");
+    assert_eq!(store.recent_ids(), 9);
+    assert_eq!(store.durable_checkpoint(), None);
+    assert_eq!(shared.recent_ids_held(), 9);
+    assert!(physical_ids(&dir).is_empty());
+
+    store.apply(&batch_of(&numbered(9, 10), 2)).expect("apply");
+    assert_eq!(store.recent_ids(), 0);
+    assert_eq!(shared.recent_ids_held(), 0);
+    assert_eq!(store.durable_checkpoint().map(|cp| cp.next_offset), Some(2));
+    assert_eq!(physical_ids(&dir).len(), 10);
+    // Lookups answer from both tiers alike.
+    store.apply(&batch_of(&numbered(10, 12), 3)).expect("apply");
+    let keys: Vec<IdKey> = numbered(0, 13)
+        .iter()
+        .map(|id| key(id.as_bytes()))
+        .collect();
+    let mut found = Vec::new();
+    store.get_many(&keys, &mut found).expect("get_many");
+    assert_eq!(found.iter().filter(|f| f.is_some()).count(), 12);
+    assert_eq!(found[12], None);
+    assert_eq!(store.stats().entries, 12);
+}
+
+#[test]
+fn the_shared_budget_makes_a_store_write_its_recent_ids_early() {
+    let (_root, dir) = store_dir();
+    let root2 = tempfile::tempdir().expect("temp dir");
+    let dir2 = exactly_state::task_dir(root2.path(), "app", "in", 3);
+    let shared = SharedRocksResources::with_recent_ids(8 << 20, 8 << 20, 40_000);
+    let mut a = open_with_recent(&dir, &shared, 1 << 20);
+    let mut b = open_with_recent(&dir2, &shared, 1 << 20);
+    a.apply(&batch_of(&numbered(0, 30_000), 1))
+        .expect("apply a");
+    assert_eq!(a.recent_ids(), 30_000);
+    // 30 000 + 20 000 held: over the budget, so the store that applies writes to disk.
+    b.apply(&batch_of(&numbered(0, 20_000), 1))
+        .expect("apply b");
+    assert_eq!(b.recent_ids(), 0);
+    assert_eq!(a.recent_ids(), 30_000);
+    assert_eq!(shared.recent_ids_held(), 30_000);
+    drop(a);
+    assert_eq!(shared.recent_ids_held(), 0);
+}
+
+#[test]
+fn a_closed_store_keeps_its_recent_ids() {
+    let (_root, dir) = store_dir();
+    let shared = shared();
+    let mut store = open_with_recent(&dir, &shared, 1 << 20);
+    store.apply(&batch_of(&numbered(0, 100), 7)).expect("apply");
+    assert_eq!(store.durable_checkpoint(), None);
+    drop(store);
+    let store = open_with_recent(&dir, &shared, 1 << 20);
+    assert_eq!(store.durable_checkpoint().map(|cp| cp.next_offset), Some(7));
+    assert_eq!(store.recent_ids(), 0);
+    assert_eq!(store.stats().entries, 100);
+    assert!(store.get(&key(b"id-99")).expect("get").is_some());
+}
+
+#[test]
+fn a_store_of_the_per_id_format_is_wiped_and_reported() {
+    let (_root, dir) = store_dir();
+    std::fs::create_dir_all(&dir).expect("create dir");
+    {
+        // What the previous version wrote: raw IDs as keys, no format key.
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let db = rocksdb::DB::open_cf(&opts, &dir, [IDS_COLUMN_FAMILY, META_COLUMN_FAMILY])
+            .expect("open raw");
+        let ids = db.cf_handle(IDS_COLUMN_FAMILY).expect("ids column family");
+        db.put_cf(ids, b"order-1", encode_entry(&entry(1, 1)))
+            .expect("write id");
+        let meta = db
+            .cf_handle(META_COLUMN_FAMILY)
+            .expect("meta column family");
+        let cp = ChangelogCheckpoint {
+            topic: TOPIC.into(),
+            partition: 3,
+            next_offset: 1,
+        };
+        db.put_cf(meta, CHECKPOINT_KEY, encode_checkpoint(&cp))
+            .expect("write checkpoint");
+        db.put_cf(meta, ENTRY_COUNT_KEY, 1u64.to_le_bytes())
+            .expect("write count");
+    }
+    let err = RocksDedupStore::open(&dir, &shared(), &identity()).expect_err("old format");
+    assert!(
+        matches!(err, StateError::Corrupt { ref reason, .. } if reason.contains("store format 1")),
+        "{err}"
+    );
+    let (store, why) =
+        RocksDedupStore::open_or_recreate(&dir, &shared(), &identity()).expect("recreate");
+    assert!(matches!(why, Some(StateError::Corrupt { .. })), "{why:?}");
+    assert_eq!(store.checkpoint().expect("checkpoint"), None);
+    assert_eq!(store.stats().entries, 0);
+}
+
+#[test]
+fn an_unfinished_spill_file_is_deleted_at_open() {
+    let (_root, dir) = store_dir();
+    drop(open(&dir));
+    std::fs::write(dir.join("recent-ids.sst"), b"half written").expect("write file");
+    let store = open(&dir);
+    assert!(!dir.join("recent-ids.sst").exists());
+    assert_eq!(store.checkpoint().expect("checkpoint"), None);
 }

@@ -270,6 +270,25 @@ pub fn read_committed_with(
     read_all(base, topic, "read_committed", timeout)
 }
 
+/// The message IDs (as [`IdKey`](exactly_core::IdKey)s) that dedup changelog records hold,
+/// with each record's partition: one record holds the IDs of one transaction of a task
+/// (`exactly_core::changelog`). Panics on a record that does not decode.
+pub fn changelog_ids(records: &[ReadRecord]) -> Vec<(i32, exactly_core::IdKey)> {
+    let mut ids = Vec::new();
+    for r in records {
+        let Some(value) = r.value.as_deref() else {
+            continue;
+        };
+        exactly_core::changelog::decode_record(
+            r.key.as_deref().unwrap_or_default(),
+            value,
+            |id, _| ids.push((r.partition, id)),
+        )
+        .unwrap_or_else(|e| panic!("changelog record {}@{}: {e}", r.partition, r.offset));
+    }
+    ids
+}
+
 /// Reads every record of `topic`, of aborted and open transactions too, up to the current
 /// high watermark of each partition (to see what a read_committed reader does not).
 pub fn read_uncommitted(bs: &str, topic: &str) -> Vec<ReadRecord> {

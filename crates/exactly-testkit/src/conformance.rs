@@ -17,7 +17,7 @@
 //! exactly_testkit::conformance::run_all(exactly_core::MemDedupStore::new);
 //! ```
 
-use exactly_core::{ChangelogCheckpoint, DedupStore, SeenEntry, StoreBatch};
+use exactly_core::{ChangelogCheckpoint, DedupStore, IdKey, SeenEntry, StoreBatch};
 use std::fmt::Display;
 
 /// Changelog topic named by every checkpoint the suite applies.
@@ -81,10 +81,10 @@ pub fn entry(first_seen_ms: i64, source_offset: i64) -> SeenEntry {
     }
 }
 
-/// A batch of `entries` that brings the store to changelog offset `next_offset`.
+/// A batch of `entries` (by raw ID) that brings the store to changelog offset `next_offset`.
 pub fn batch(entries: &[(&[u8], SeenEntry)], next_offset: i64) -> StoreBatch {
     StoreBatch {
-        entries: entries.iter().map(|(id, e)| (id.to_vec(), *e)).collect(),
+        entries: entries.iter().map(|(id, e)| (IdKey::of(id), *e)).collect(),
         checkpoint: checkpoint(next_offset),
     }
 }
@@ -105,13 +105,18 @@ fn apply<S: DedupStore>(check: &str, store: &mut S, batch: &StoreBatch) {
 #[track_caller]
 fn get_many<S: DedupStore>(check: &str, store: &S, ids: &[&[u8]]) -> Vec<Option<SeenEntry>> {
     let mut out = Vec::new();
-    ok(check, "get_many", store.get_many(ids, &mut out));
+    ok(check, "get_many", store.get_many(&keys(ids), &mut out));
     out
 }
 
 #[track_caller]
 fn get<S: DedupStore>(check: &str, store: &S, id: &[u8]) -> Option<SeenEntry> {
-    ok(check, "get", store.get(id))
+    ok(check, "get", store.get(&IdKey::of(id)))
+}
+
+/// The keys of raw IDs.
+fn keys(ids: &[&[u8]]) -> Vec<IdKey> {
+    ids.iter().map(|id| IdKey::of(id)).collect()
 }
 
 #[track_caller]
@@ -189,13 +194,17 @@ pub fn check_get_many_replaces_previous_output<S: DedupStore>(make: &mut impl Fn
     let a = entry(1_000, 10);
     apply(CHECK, &mut store, &batch(&[(b"a", a)], 1));
     let mut out = vec![Some(entry(9, 9)); 5];
-    ok(CHECK, "get_many", store.get_many(&[b"z", b"a"], &mut out));
+    ok(
+        CHECK,
+        "get_many",
+        store.get_many(&keys(&[b"z", b"a"]), &mut out),
+    );
     assert_eq!(
         out,
         vec![None, Some(a)],
         "{CHECK}: output after a 2-ID query"
     );
-    ok(CHECK, "get_many", store.get_many(&[], &mut out));
+    ok(CHECK, "get_many", store.get_many(&keys(&[]), &mut out));
     assert_eq!(out, vec![], "{CHECK}: output after an empty query");
 }
 
@@ -533,12 +542,12 @@ pub fn check_apply_unseen_records_new_ids_like_apply<S: DedupStore>(make: &mut i
     let unseen = batch(&[(b"a", entry(500, 2)), (b"b", entry(500, 3))], 4);
     ok(CHECK, "apply_unseen", store.apply_unseen(&unseen));
     assert_eq!(
-        ok(CHECK, "get a", store.get(b"a")),
+        ok(CHECK, "get a", store.get(&IdKey::of(b"a"))),
         Some(entry(500, 2)),
         "{CHECK}: a"
     );
     assert_eq!(
-        ok(CHECK, "get b", store.get(b"b")),
+        ok(CHECK, "get b", store.get(&IdKey::of(b"b"))),
         Some(entry(500, 3)),
         "{CHECK}: b"
     );
@@ -557,7 +566,7 @@ pub fn check_apply_unseen_records_new_ids_like_apply<S: DedupStore>(make: &mut i
     let reseen = batch(&[(b"old", entry(600, 4))], 5);
     ok(CHECK, "apply_unseen re-seen", store.apply_unseen(&reseen));
     assert_eq!(
-        ok(CHECK, "get old", store.get(b"old")),
+        ok(CHECK, "get old", store.get(&IdKey::of(b"old"))),
         Some(entry(600, 4)),
         "{CHECK}: re-seen ID holds its new entry"
     );
@@ -666,7 +675,7 @@ pub fn check_ten_thousand_id_batch_round_trips<S: DedupStore>(make: &mut impl Fn
         entries: stored
             .iter()
             .zip(0..)
-            .map(|(id, n)| (id.clone(), entry(1_000 + n, n)))
+            .map(|(id, n)| (IdKey::of(id), entry(1_000 + n, n)))
             .collect(),
         checkpoint: checkpoint(N),
     };

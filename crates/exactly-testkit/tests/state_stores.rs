@@ -253,14 +253,14 @@ fn a_dead_lettered_records_writes_are_dropped() {
     );
 }
 
-/// Counts events per key in a windowed store (TTL 1 minute); lists the live keys with a
-/// prefix scan; `del:<key>` deletes.
-struct Window;
+/// Counts events per key in the store it names (`recent`: a windowed store, TTL 1 minute);
+/// lists the live keys with a prefix scan; `del:<key>` deletes.
+struct Window(&'static str);
 
 impl Processor for Window {
     fn process(&mut self, r: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
         let key = r.key.unwrap_or_default().to_vec();
-        let mut store = ctx.store("recent")?;
+        let mut store = ctx.store(self.0)?;
         if let Some(k) = key.strip_prefix(b"del:") {
             store.delete(k.to_vec());
         } else {
@@ -282,7 +282,7 @@ fn window_driver() -> TestDriver<fn(&TaskId) -> Window> {
         stores: vec![StoreSpec::new("recent").ttl(Duration::from_secs(60))],
         ..TaskConfig::default()
     };
-    TestDriver::builder((|_: &TaskId| Window) as fn(&TaskId) -> Window)
+    TestDriver::builder((|_: &TaskId| Window("recent")) as fn(&TaskId) -> Window)
         .input("events", 1)
         .config(config)
         .build()
@@ -373,4 +373,82 @@ fn an_undeclared_store_is_a_fatal_error_that_names_the_declared_ones() {
         err.contains("no state store named \"totalz\" (declared: totals)"),
         "{err}"
     );
+}
+
+/// [`Window`]'s counting over store `registry`, which has no TTL.
+fn registry_driver() -> TestDriver<fn(&TaskId) -> Window> {
+    let config = TaskConfig {
+        stores: vec![StoreSpec::new("registry")],
+        ..TaskConfig::default()
+    };
+    TestDriver::builder((|_: &TaskId| Window("registry")) as fn(&TaskId) -> Window)
+        .input("events", 1)
+        .config(config)
+        .build()
+}
+
+#[test]
+fn a_restart_restores_only_the_tail_a_recent_state_store_lacks() {
+    let mut d = registry_driver();
+    for (id, key) in [("1", "k1"), ("2", "k2"), ("3", "k1")] {
+        d.pipe(TestRecord::with_id(id).key(key));
+    }
+    d.run_until_idle().unwrap();
+    let before = d.stats().restored_state_records;
+
+    // A restart with the store intact replays nothing of the state changelog.
+    d.restart().unwrap();
+    assert_eq!(d.stats().restored_state_records, before);
+
+    // A crash between the commit and the store apply leaves the store one transaction
+    // behind: the restart replays exactly that transaction's state writes.
+    d.pipe(TestRecord::with_id("4").key("k3"));
+    d.pipe(TestRecord::with_id("5").key("k1"));
+    d.step_and_crash(CrashPoint::AfterCommitBeforeApply)
+        .unwrap();
+    d.restart().unwrap();
+    assert_eq!(d.stats().restored_state_records, before + 2);
+    d.pipe(TestRecord::with_id("6").key("k2"));
+    d.run_until_idle().unwrap();
+    assert_eq!(last_live(&d), "k1=3,k2=2,k3=1");
+}
+
+#[test]
+fn a_state_store_left_behind_for_longer_than_half_the_delete_retention_is_restored_whole() {
+    let mut d = registry_driver();
+    d.pipe(TestRecord::with_id("1").key("k1"));
+    d.pipe(TestRecord::with_id("2").key("k2"));
+    d.run_until_idle().unwrap();
+
+    // The task moves to another host (a replacement with this instance id and an empty state
+    // directory), which deletes k1. The first host's directory stays behind, holding k1.
+    let zombie = d.start_replacement().unwrap();
+    let first_host = zombie.state_dir();
+    drop(zombie);
+    d.pipe(TestRecord::with_id("3").key("del:k1"));
+    d.run_until_idle().unwrap();
+    assert_eq!(last_live(&d), "k2=1");
+
+    // A day and a half later compaction has removed k1's put and then its tombstone, older
+    // than the changelog's delete.retention.ms (a day).
+    d.clock().advance(Duration::from_secs(36 * 3600));
+    let changelog = d.state_changelog_topic("registry");
+    d.cluster().clean(&changelog);
+    let left: Vec<_> = d
+        .cluster()
+        .committed_records(&changelog)
+        .into_iter()
+        .filter_map(|(_, _, r)| r.key.clone())
+        .collect();
+    assert_eq!(left, vec![b"k2".to_vec()]);
+
+    // The task moves back to the first host. Its store last matched the changelog 36 hours
+    // ago: it is wiped and restored whole, so k1 does not come back.
+    d.use_state_dir(first_host);
+    let before = d.stats().restored_state_records;
+    d.restart().unwrap();
+    assert_eq!(d.stats().restored_state_records, before + 1);
+    d.pipe(TestRecord::with_id("4").key("k3"));
+    d.run_until_idle().unwrap();
+    assert_eq!(last_live(&d), "k2=1,k3=1");
 }

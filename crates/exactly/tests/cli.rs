@@ -1,7 +1,7 @@
 //! The `exactly` command line: `verify` catches duplicates and losses in real topics,
 //! `inspect` reads task stores, `check` rejects bad configs with a clear message.
 
-use exactly_core::{ChangelogCheckpoint, DedupStore, SeenEntry, StoreBatch};
+use exactly_core::{ChangelogCheckpoint, DedupStore, IdKey, SeenEntry, StoreBatch};
 use exactly_state::{task_dir, RocksDedupStore, SharedRocksResources, StoreIdentity};
 use exactly_testkit::broker::{self, TestMessage};
 use std::process::{Command, Output};
@@ -112,7 +112,7 @@ fn inspect_lists_tasks_with_entries_and_checkpoint_and_looks_an_id_up() {
             .iter()
             .map(|id| {
                 (
-                    id.clone(),
+                    IdKey::of(id),
                     SeenEntry {
                         first_seen_ms: 1_000,
                         source_offset: 7,

@@ -284,7 +284,9 @@ pub trait StreamClients {
     /// the transaction commits, carries it as [`ClientError::record`]. While the producer's
     /// local queue is full (the brokers take records slower than they come, or none answers)
     /// it waits for room at most `within`, and then fails as
-    /// [`Abortable`](ClientErrorKind::Abortable).
+    /// [`Abortable`](ClientErrorKind::Abortable). Once an earlier send's delivery failed, the
+    /// transaction takes no more records: the send fails with that delivery's error, about
+    /// the earlier record.
     fn send(
         &self,
         kind: RecordKind,

@@ -54,8 +54,18 @@ pub(crate) struct Origins {
     sends: u64,
     /// First send and task of each run of sends by one task.
     runs: Vec<(u64, TopicPartition)>,
-    /// First send and input offset of each input record that sent something.
-    records: Vec<(u64, i64)>,
+    /// First send and input offset of each input record that sent something (`None`: the
+    /// task's dedup changelog records, which no one input record sent).
+    records: Vec<(u64, Option<i64>)>,
+}
+
+/// What sent a record of the open transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// The input record at this offset (its outputs, dead letter or state writes).
+    Input(i64),
+    /// The task's dedup changelog record of the transaction.
+    Changelog,
 }
 
 impl Origins {
@@ -65,27 +75,28 @@ impl Origins {
         self.records.clear();
     }
 
-    /// Numbers the next send, by `task` for its input record at `source` (`None`: the same
-    /// record as the send before).
-    fn next(&mut self, task: &TopicPartition, source: Option<i64>) -> u64 {
+    /// Numbers the next send, by `task` for `source` (`None`: the same as the send before).
+    fn next(&mut self, task: &TopicPartition, source: Option<Origin>) -> u64 {
         let seq = self.sends;
         self.sends += 1;
         if self.runs.last().map(|(_, tp)| tp) != Some(task) {
             self.runs.push((seq, task.clone()));
         }
-        if let Some(offset) = source {
-            self.records.push((seq, offset));
+        match source {
+            Some(Origin::Input(offset)) => self.records.push((seq, Some(offset))),
+            Some(Origin::Changelog) => self.records.push((seq, None)),
+            None => {}
         }
         seq
     }
 
     /// Input records that sent something.
     pub(crate) fn input_records(&self) -> usize {
-        self.records.len()
+        self.records.iter().filter(|(_, o)| o.is_some()).count()
     }
 
-    /// The task and input offset of send `seq`.
-    pub(crate) fn of(&self, seq: u64) -> Option<(TopicPartition, i64)> {
+    /// The task and origin of send `seq`.
+    pub(crate) fn of(&self, seq: u64) -> Option<(TopicPartition, Origin)> {
         let run = self
             .runs
             .partition_point(|(s, _)| *s <= seq)
@@ -96,7 +107,8 @@ impl Origins {
             .checked_sub(1)?;
         let (run_start, task) = &self.runs[run];
         let (record_start, offset) = self.records[record];
-        (seq < self.sends && record_start >= *run_start).then(|| (task.clone(), offset))
+        let origin = offset.map_or(Origin::Changelog, Origin::Input);
+        (seq < self.sends && record_start >= *run_start).then(|| (task.clone(), origin))
     }
 }
 
@@ -111,13 +123,16 @@ struct ClientWriter<'c, C: StreamClients> {
     deadline: Option<Duration>,
     task: &'c TopicPartition,
     origins: &'c mut Origins,
-    source: Option<i64>,
+    source: Option<Origin>,
+    /// The number of the last send.
+    seq: u64,
     failure: Option<ClientError>,
 }
 
 impl<C: StreamClients> TxnWriter for ClientWriter<'_, C> {
     fn send(&mut self, kind: RecordKind, record: &Output) -> Result<(), String> {
         let seq = self.origins.next(self.task, self.source.take());
+        self.seq = seq;
         let within = self.deadline.map_or(super::REQUEST_WAIT, |d| {
             d.saturating_sub(self.clock.monotonic())
         });
@@ -129,7 +144,29 @@ impl<C: StreamClients> TxnWriter for ClientWriter<'_, C> {
     }
 
     fn source(&mut self, offset: i64) {
-        self.source = Some(offset);
+        self.source = Some(Origin::Input(offset));
+    }
+}
+
+impl<'c, C: StreamClients> ClientWriter<'c, C> {
+    /// The task's error as the fault it is: the client's own error if a send failed (so that
+    /// a fenced producer, a full queue and a refused record are told apart).
+    fn fault(self, error: TaskError) -> Fault {
+        match self.failure {
+            // The client refused this very record when it was sent: it is known exactly. (A
+            // send refused because an earlier record's delivery failed names that record,
+            // which may be an innocent neighbour in a refused produce batch.)
+            Some(client)
+                if client.kind == ClientErrorKind::Rejected && client.record == Some(self.seq) =>
+            {
+                Fault::RefusedAtSend(client)
+            }
+            Some(client) => Fault::Client(client),
+            None => Fault::Task {
+                task: self.task.clone(),
+                error,
+            },
+        }
     }
 }
 
@@ -176,6 +213,7 @@ impl<F: ProcessorFactory> Engine<F> {
             task: tp,
             origins: &mut self.origins,
             source: None,
+            seq: 0,
             failure: None,
         };
         let result = slot
@@ -192,22 +230,14 @@ impl<F: ProcessorFactory> Engine<F> {
             *records += taken;
             pending.entry(tp.topic.clone()).or_default().merge(counters);
         }
-        result.map_err(|error| match writer.failure {
-            // The client refused the record when it was sent: it is known exactly.
-            Some(client) if client.kind == ClientErrorKind::Rejected => {
-                Fault::RefusedAtSend(client)
-            }
-            Some(client) => Fault::Client(client),
-            None => Fault::Task {
-                task: tp.clone(),
-                error,
-            },
-        })
+        result.map_err(|error| writer.fault(error))
     }
 
     /// Commits the open transaction, in this order:
     ///
-    /// 1. **Flush the tasks** (`Processor::flush`): external sinks commit here, before Kafka.
+    /// 1. **Write the changelogs, flush the tasks**: each task sends the IDs it staged as its
+    ///    dedup changelog record, then `Processor::flush` runs (external sinks commit here,
+    ///    before Kafka).
     /// 2. **Collect the input offsets**: per task, the offset after the last record handled.
     /// 3. **Check the assignment**: if the group took it away, abort (the offsets would be
     ///    rejected; a broker that accepted them would commit behind the new owner's back).
@@ -227,6 +257,19 @@ impl<F: ProcessorFactory> Engine<F> {
         let deadline = self.coordinator_deadline();
         let clock = self.env.clock.clone();
         for (tp, slot) in self.tasks.iter_mut().filter(|(_, s)| s.is_running()) {
+            let mut writer = ClientWriter {
+                clients,
+                clock: clock.as_ref(),
+                deadline,
+                task: tp,
+                origins: &mut self.origins,
+                source: Some(Origin::Changelog),
+                seq: 0,
+                failure: None,
+            };
+            let written = slot.task.write_changelog(&mut writer);
+            written.map_err(|error| writer.fault(error))?;
+            // The sink commits last: a send that fails fails before it.
             let time_left = deadline.map(|d| d.saturating_sub(clock.monotonic()));
             slot.task.flush(time_left).map_err(|error| Fault::Task {
                 task: tp.clone(),
@@ -638,10 +681,19 @@ impl<F: ProcessorFactory> Engine<F> {
         // record is all there is to go on.
         let pinned = exact || self.origins.input_records() == 1 || held.is_empty();
         self.abort_or_stop(clients, "error")?;
-        let Some((task, offset)) = origin else {
-            tracing::warn!(thread, error = %e, "the broker refused a record whose input is unknown: aborting and retrying");
-            self.backoff();
-            return Ok(());
+        let (task, offset) = match origin {
+            Some((task, Origin::Input(offset))) => (task, offset),
+            // Sending it again fails again, and no input record can be skipped for it.
+            Some((task, Origin::Changelog)) => {
+                let error = EngineError::ChangelogRefused { task, source: e };
+                tracing::error!(thread, %error, "stopping");
+                return Err(error);
+            }
+            None => {
+                tracing::warn!(thread, error = %e, "the broker refused a record whose input is unknown: aborting and retrying");
+                self.backoff();
+                return Ok(());
+            }
         };
         if !pinned {
             self.env.observer.production_error(&task.topic, "retried");

@@ -61,6 +61,14 @@ pub enum EngineError {
         /// The broker's (or client's) error.
         source: ClientError,
     },
+    /// The broker refused a task's dedup changelog record for good.
+    #[error("the broker refused the dedup changelog record of task {task} ({source}): nothing was committed. The record holds the message IDs of one transaction and is never larger than the changelog topic's max.message.bytes that exactly read at start-up: if the topic's config or ACLs changed since, restore them (max.message.bytes at least 64 KiB, write access for this app), then restart")]
+    ChangelogRefused {
+        /// The task.
+        task: TopicPartition,
+        /// The broker's (or client's) error.
+        source: ClientError,
+    },
     /// The process is being killed (the simulation's SIGKILL).
     #[error("the process is being terminated")]
     Terminated,

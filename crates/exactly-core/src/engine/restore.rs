@@ -6,6 +6,7 @@ use super::error::Fault;
 use super::tasks::{retry_wait, Part, Phase, Slot};
 use super::Engine;
 use crate::processor::ProcessorFactory;
+use crate::task::WipeReason;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -33,12 +34,19 @@ enum AtEnd {
 }
 
 impl<F: ProcessorFactory> Engine<F> {
-    /// Checks a new task's stores against its dedup changelog (wiping one that cannot be
-    /// trusted: corrupt, of another changelog, ahead of the changelog) and sets where each
-    /// changelog is replayed from: a trusted dedup store from its checkpoint (only the tail),
-    /// or from the start with [`RestoreFrom::Start`](super::RestoreFrom::Start); state stores
-    /// were wiped by the plan and replay from the start of their changelogs (a trusted copy
-    /// could keep a key whose tombstone compaction removed meanwhile).
+    /// Checks a new task's stores against their changelogs and sets where each changelog is
+    /// replayed from:
+    ///
+    /// - the dedup store: from its checkpoint (only the tail) unless it cannot be trusted
+    ///   (corrupt, of another changelog, ahead of the changelog: wiped, replayed whole); with
+    ///   [`RestoreFrom::Start`](super::RestoreFrom::Start) from the changelog's start, unless
+    ///   nothing but a transaction marker lies past the checkpoint;
+    /// - each state store: from its checkpoint if it matched its changelog recently enough
+    ///   that no tombstone written since can be compacted away ([`Task::state_restore_plan`]),
+    ///   else wiped and replayed whole; with `RestoreFrom::Start` always wiped and replayed
+    ///   whole.
+    ///
+    /// [`Task::state_restore_plan`]: crate::Task::state_restore_plan
     pub(crate) fn apply_plan(
         &self,
         tp: &TopicPartition,
@@ -47,31 +55,71 @@ impl<F: ProcessorFactory> Engine<F> {
         let Phase::Restoring(restore) = &mut slot.phase else {
             return Ok(());
         };
-        let Some(dedup) = restore.parts.first_mut() else {
+        let Some((dedup, states)) = restore.parts.split_first_mut() else {
             return Ok(());
         };
+        let fault = |error| Fault::Task {
+            task: tp.clone(),
+            error,
+        };
+        let from_start = self.cfg.restore_from == super::RestoreFrom::Start;
         let plan = slot
             .task
             .restore_plan(dedup.low, dedup.end)
-            .map_err(|error| Fault::Task {
-                task: tp.clone(),
-                error,
-            })?;
-        if let Some(reason) = &plan.wiped {
-            self.env
-                .observer
-                .store_wiped(&tp.topic, tp.partition, reason.label());
-            tracing::warn!(task = %tp, %reason, "store wiped; full restore from the changelog");
+            .map_err(fault)?;
+        self.report_wipe(tp, &slot.changelogs[0], plan.wiped.as_ref());
+        // With nothing past the checkpoint but a transaction's marker (and no transaction
+        // open), a replay from the start would only rewrite what the store holds.
+        let tail_empty =
+            plan.wiped.is_none() && dedup.hw == Some(dedup.end) && dedup.end - plan.from <= 1;
+        dedup.from = if from_start && !tail_empty {
+            dedup.low
+        } else {
+            plan.from
+        };
+        let now_ms = self.env.clock.now_ms();
+        for (k, part) in states.iter_mut().enumerate() {
+            let plan = if from_start {
+                slot.task.wipe_state_store(k).map_err(fault)?;
+                crate::task::RestorePlan {
+                    from: part.low,
+                    wiped: None,
+                }
+            } else {
+                slot.task
+                    .state_restore_plan(k, part.low, part.end, now_ms)
+                    .map_err(fault)?
+            };
+            self.report_wipe(tp, &slot.changelogs[k + 1], plan.wiped.as_ref());
+            part.from = plan.from;
         }
-        if self.cfg.restore_from == super::RestoreFrom::Checkpoint {
-            dedup.from = plan.from;
-        }
-        tracing::info!(thread = %self.cfg.transactional_id, task = %tp, checkpoint = plan.from, from = dedup.from, end = dedup.end, "restoring dedup store");
+        let ranges: Vec<String> = slot
+            .changelogs
+            .iter()
+            .zip(&restore.parts)
+            .map(|(c, p)| format!("{c}: {}..{}", p.from, p.end))
+            .collect();
+        tracing::info!(thread = %self.cfg.transactional_id, task = %tp, ?ranges, "restoring stores");
         let remaining = restore.parts.iter().map(|p| (p.end - p.from).max(0)).sum();
         self.env
             .observer
             .restore_remaining(&tp.topic, tp.partition, remaining);
         Ok(())
+    }
+
+    /// Logs (and, for a damaged or foreign store, counts) a store wiped before its restore.
+    fn report_wipe(&self, tp: &TopicPartition, changelog: &str, wiped: Option<&WipeReason>) {
+        let Some(reason) = wiped else {
+            return;
+        };
+        if reason.is_fault() {
+            self.env
+                .observer
+                .store_wiped(&tp.topic, tp.partition, reason.label());
+            tracing::warn!(task = %tp, changelog, %reason, "store wiped; full restore from the changelog");
+        } else {
+            tracing::info!(task = %tp, changelog, %reason, "full restore from the changelog");
+        }
     }
 
     /// Step 4: replays changelog records into restoring tasks; completes restores that
@@ -354,9 +402,11 @@ impl<F: ProcessorFactory> Engine<F> {
         offset: Option<i64>,
     ) -> Result<(), Fault> {
         let now = self.env.clock.monotonic();
+        let now_ms = self.env.clock.now_ms();
         let slot = self.tasks.get_mut(tp).expect("restoring task exists");
         slot.task
-            .restore_complete(offset)
+            .mark_stores_synced(now_ms)
+            .and_then(|()| slot.task.restore_complete(offset))
             .map_err(|error| Fault::Task {
                 task: tp.clone(),
                 error,

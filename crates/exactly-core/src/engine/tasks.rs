@@ -62,6 +62,9 @@ pub(crate) struct Part {
     pub(crate) from: i64,
     /// Read-committed end of the changelog partition at the last check.
     pub(crate) end: i64,
+    /// The high watermark when the restore was planned, if it was asked for (the dedup
+    /// changelog with [`RestoreFrom::Start`](super::RestoreFrom::Start)).
+    pub(crate) hw: Option<i64>,
 }
 
 /// A task's restore: one part per changelog, in the order of the task's changelogs.
@@ -80,15 +83,16 @@ pub(crate) struct Restore {
 }
 
 impl Restore {
-    /// Restore `id` of changelogs with these (low, read_committed end) bounds, from their
-    /// starts.
-    pub(crate) fn new(id: u64, now: Duration, bounds: Vec<(i64, i64)>) -> Self {
+    /// Restore `id` of changelogs with these (low, read_committed end, high watermark)
+    /// bounds, from their starts.
+    pub(crate) fn new(id: u64, now: Duration, bounds: Vec<(i64, i64, Option<i64>)>) -> Self {
         let parts = bounds
             .into_iter()
-            .map(|(low, end)| Part {
+            .map(|(low, end, hw)| Part {
                 low,
                 from: low,
                 end,
+                hw,
             })
             .collect();
         Self {
@@ -201,10 +205,22 @@ impl<F: ProcessorFactory> Engine<F> {
         changelogs: &[String],
     ) -> Result<Restore, Fault> {
         let mut bounds = Vec::with_capacity(changelogs.len());
-        for changelog in changelogs {
+        for (k, changelog) in changelogs.iter().enumerate() {
             let part = TopicPartition::new(changelog.as_str(), tp.partition);
             let within = self.restore_wait();
-            bounds.push(clients.watermarks(&part, Isolation::ReadCommitted, within)?);
+            let (low, end) = clients.watermarks(&part, Isolation::ReadCommitted, within)?;
+            // Whether the dedup store's tail is empty (see `apply_plan`) needs the high
+            // watermark too: an open transaction's records lie between the two.
+            let hw = if k == 0 && self.cfg.restore_from == super::RestoreFrom::Start {
+                Some(
+                    clients
+                        .watermarks(&part, Isolation::ReadUncommitted, within)?
+                        .1,
+                )
+            } else {
+                None
+            };
+            bounds.push((low, end, hw));
         }
         self.restores += 1;
         Ok(Restore::new(
@@ -303,6 +319,10 @@ impl<F: ProcessorFactory> Engine<F> {
         let clock = self.env.clock.clone();
         let mut total = 0;
         for slot in self.tasks.values_mut().filter(|s| s.is_running()) {
+            // Between transactions a running task's stores hold everything its changelogs do.
+            if let Err(e) = slot.task.mark_stores_synced(clock.now_ms()) {
+                tracing::warn!(task = %slot.task.id(), error = %e, "could not record that the state stores are in sync; their next restore may be a full one");
+            }
             match slot.task.expire(clock.as_ref()) {
                 Ok(0) => {}
                 Ok(n) => {

@@ -22,7 +22,7 @@ pub struct TaskCounters {
     pub processor_errors: HashMap<&'static str, u64>,
     /// Records processed without dedup (ID policy `process`).
     pub without_dedup: u64,
-    /// Changelog records replayed during restore.
+    /// IDs restored from the dedup changelog.
     pub restored: u64,
     /// IDs removed by TTL expiry.
     pub expired: u64,

@@ -8,27 +8,30 @@
 //!    [`Task::restore_records`] applies changelog records; [`Task::restore_complete`] starts the
 //!    processor.
 //! 2. [`Task::handle_batch`] dedups each record against the uncommitted overlay, then the store;
-//!    runs the processor; and hands outputs, changelog records and dead letters to the
+//!    runs the processor; and hands outputs, state changelog records and dead letters to the
 //!    transaction's [`TxnWriter`]. IDs are only *staged* in the overlay.
-//! 3. Right before the commit, [`Task::flush`] runs the processor's pre-commit hook (external
-//!    sinks commit there, before Kafka does).
+//! 3. Right before the commit, [`Task::write_changelog`] sends the IDs the transaction staged
+//!    as one dedup changelog record ([`crate::changelog`]), and [`Task::flush`] runs the
+//!    processor's pre-commit hook (external sinks commit there, before Kafka does).
 //! 4. After the transaction committed, [`Task::on_committed`] applies the overlay and the
 //!    changelog checkpoint to the store in one atomic batch. Invariant: the store is never
 //!    ahead of the committed changelog.
 //! 5. After an abort, [`Task::on_aborted`] drops the overlay, tells the processor to discard
 //!    its buffered effects, and says where to rewind.
 
-use crate::changelog::{decode_entry, encode_entry_into};
+use crate::changelog::{
+    batch_record_key, decode_record, encode_batch_into, entries_per_batch_value,
+};
 use crate::clock::Clock;
 use crate::error::{panic_message, ErrorPolicy, ProcessError, RetryPolicy, TaskError};
-use crate::id::{IdPolicy, InvalidId, InvalidIdPolicy};
+use crate::id::{IdKey, IdKeyHasher, IdPolicy, InvalidId, InvalidIdPolicy};
 use crate::processor::{Context, FlushContext, InitContext, Processor};
 use crate::record::{Output, Record, RecordKind, TaskId};
 use crate::state::{decode_state_value, KvStore, StateSlot, StoreSpec, TaskStores};
 use crate::store::{
     ChangelogCheckpoint, DedupStore, SeenEntry, StoreBatch, StoreError, StoreStats,
 };
-use std::collections::HashMap;
+use indexmap::IndexMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
@@ -41,6 +44,12 @@ pub use restore::{RestorePlan, WipeReason};
 
 /// Default dedup retention: 7 days.
 pub const DEFAULT_DEDUP_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// Default largest dedup changelog value: 512 KiB, about 29,000 IDs at the least (usually
+/// 18 bytes an ID: 29,000 is the worst case), well below the 1 MB a topic and a producer
+/// accept by default. The Kafka runtime lowers it to what the changelog topic and the
+/// producer accept.
+pub const DEFAULT_CHANGELOG_RECORD_BYTES: usize = 512 << 10;
 
 /// Header names written on dead-letter records.
 pub mod dlq_headers {
@@ -109,7 +118,18 @@ pub struct TaskConfig {
     /// Transactions refused because of one input record's outputs before
     /// `on_production_error` applies (at least 1).
     pub production_attempts: u32,
+    /// The largest dedup changelog value: a transaction's IDs are split into records of at
+    /// most this many bytes (at least [`crate::changelog::MIN_BATCH_VALUE_BYTES`]).
+    pub changelog_record_bytes: usize,
+    /// How long (ms) after a state store last matched its changelog it is still restored
+    /// from its checkpoint instead of whole: half the state changelogs' `delete.retention.ms`
+    /// (see [`Task::state_restore_plan`]). `None`: never (their `delete.retention.ms` is not
+    /// known).
+    pub state_trust_ms: Option<i64>,
 }
+
+/// Kafka's default `delete.retention.ms`: one day.
+pub const DEFAULT_DELETE_RETENTION_MS: i64 = 24 * 3600 * 1000;
 
 impl Default for TaskConfig {
     fn default() -> Self {
@@ -122,6 +142,8 @@ impl Default for TaskConfig {
             stores: Vec::new(),
             on_production_error: ErrorPolicy::DeadLetter,
             production_attempts: 3,
+            changelog_record_bytes: DEFAULT_CHANGELOG_RECORD_BYTES,
+            state_trust_ms: Some(DEFAULT_DELETE_RETENTION_MS / 2),
         }
     }
 }
@@ -159,6 +181,9 @@ impl TaskState {
     }
 }
 
+/// The IDs handled in the open transaction (`StagedIds`), in the order they were handled.
+type StagedIds = IndexMap<IdKey, SeenEntry, IdKeyHasher>;
+
 /// One task: a processor, its dedup store, and the uncommitted overlay of staged IDs.
 pub struct Task<P: Processor, S: DedupStore> {
     id: TaskId,
@@ -170,15 +195,18 @@ pub struct Task<P: Processor, S: DedupStore> {
     repartition: Option<Repartition>,
     store: S,
     config: std::sync::Arc<TaskConfig>,
-    /// IDs handled in the open transaction (`StagedIds`): checked before the store, applied
-    /// to it only after commit.
-    overlay: HashMap<Vec<u8>, SeenEntry>,
+    /// IDs handled in the open transaction, in the order they were handled: checked before
+    /// the store, written to the changelog at the commit, applied to the store only after it.
+    overlay: StagedIds,
+    /// How many of the overlay's IDs were sent to the changelog in the open transaction.
+    overlay_written: usize,
     /// Next input offset of the last committed transaction (`None`: the group has none yet).
     committed_offset: Option<i64>,
     /// Next input offset after the last record handled in the open transaction.
     pending_offset: Option<i64>,
     counters: TaskCounters,
     outputs: Vec<Output>,
+    /// The dedup changelog record, reused for each of its sends.
     changelog_record: Output,
     dead_letter_count: u64,
     stores: TaskStores,
@@ -259,7 +287,8 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
             repartition,
             store,
             config,
-            overlay: HashMap::new(),
+            overlay: StagedIds::default(),
+            overlay_written: 0,
             committed_offset: None,
             pending_offset: None,
             counters: TaskCounters::default(),
@@ -404,8 +433,9 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
                 state: self.state.name(),
             });
         };
+        self.overlay_written = 0;
         let batch = StoreBatch {
-            entries: self.overlay.drain().collect(),
+            entries: self.overlay.drain(..).collect(),
             checkpoint: ChangelogCheckpoint {
                 topic: self.changelog_topic.clone(),
                 partition: self.id.partition,
@@ -495,12 +525,41 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         })
     }
 
+    /// Sends the IDs staged in the open transaction since the last call as dedup changelog
+    /// records, [`TaskConfig::changelog_record_bytes`] each at most ([`crate::changelog`]).
+    /// The runtime calls it for every running task right before it commits (before
+    /// [`flush`](Self::flush)); [`on_committed`](Self::on_committed) then applies the IDs with
+    /// the offset after the last record as checkpoint.
+    pub fn write_changelog(&mut self, writer: &mut dyn TxnWriter) -> Result<(), TaskError> {
+        if self.state != TaskState::Running {
+            return Err(self.wrong_state("write_changelog"));
+        }
+        let per_record = entries_per_batch_value(self.config.changelog_record_bytes);
+        while self.overlay_written < self.overlay.len() {
+            let end = (self.overlay_written + per_record).min(self.overlay.len());
+            let chunk = &self.overlay.as_slice()[self.overlay_written..end];
+            let rec = &mut self.changelog_record;
+            let value = rec.value.get_or_insert_with(Vec::new);
+            encode_batch_into(chunk.iter().map(|(k, e)| (*k, *e)), value);
+            rec.key = Some(batch_record_key(value).to_vec());
+            writer
+                .send(RecordKind::Changelog, rec)
+                .map_err(|reason| TaskError::Write {
+                    task: self.id.to_string(),
+                    reason,
+                })?;
+            self.overlay_written = end;
+        }
+        Ok(())
+    }
+
     /// Called after the transaction aborted: drops the staged IDs, tells the processor to
     /// discard what it buffered for the transaction ([`Processor::abort`]), and returns the
     /// offset to rewind the input to (`None`: the group has no committed offset; use the
     /// reset policy's start).
     pub fn on_aborted(&mut self) -> Option<i64> {
         self.overlay.clear();
+        self.overlay_written = 0;
         self.stores.drop_staged();
         self.pending_offset = None;
         if let (TaskState::Running, Some(processor)) = (self.state, self.processor.as_mut()) {

@@ -5,6 +5,9 @@ use std::borrow::Cow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
+/// A record's message ID and its store key.
+type KeyedId<'r> = (Cow<'r, [u8]>, IdKey);
+
 /// How one record's processing ended.
 enum Attempt {
     Done,
@@ -58,18 +61,24 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
                 .forward_batch(&repartition, records, writer)
                 .map(|()| stale + records.len());
         }
-        let ids: Vec<Result<Cow<'_, [u8]>, InvalidId>> =
-            records.iter().map(|r| self.config.ids.id_of(r)).collect();
+        let ids: Vec<Result<KeyedId<'_>, InvalidId>> = records
+            .iter()
+            .map(|r| {
+                let id = self.config.ids.id_of(r)?;
+                let key = IdKey::of(&id);
+                Ok((id, key))
+            })
+            .collect();
 
         // One batched store lookup for the IDs not already staged (most lookups miss; a
         // RocksDB store answers them from bloom filters).
         let mut lookup_index = Vec::with_capacity(ids.len());
-        let mut keys: Vec<&[u8]> = Vec::with_capacity(ids.len());
+        let mut keys: Vec<IdKey> = Vec::with_capacity(ids.len());
         for (i, id) in ids.iter().enumerate() {
-            if let Ok(id) = id {
-                if !self.overlay.contains_key(id.as_ref()) {
+            if let Ok((_, key)) = id {
+                if !self.overlay.contains_key(key) {
                     lookup_index.push(i);
-                    keys.push(id.as_ref());
+                    keys.push(*key);
                 }
             }
         }
@@ -91,12 +100,12 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
             self.counters.consumed += 1;
             writer.source(record.offset);
             match &ids[i] {
-                Ok(id) => {
-                    if in_store[i] || self.overlay.contains_key(id.as_ref()) {
+                Ok((id, key)) => {
+                    if in_store[i] || self.overlay.contains_key(key) {
                         self.counters.duplicates += 1;
                     } else {
                         self.handle_new(record, Some(id.as_ref()), clock, writer)?;
-                        self.stage_id(id.as_ref(), record.offset, clock, writer)?;
+                        self.stage_id(*key, record.offset, clock);
                     }
                 }
                 Err(invalid) => {
@@ -371,30 +380,13 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         Ok(())
     }
 
-    /// Stages a handled ID: overlay plus changelog record in the open transaction.
-    fn stage_id(
-        &mut self,
-        id: &[u8],
-        source_offset: i64,
-        clock: &dyn Clock,
-        writer: &mut dyn TxnWriter,
-    ) -> Result<(), TaskError> {
+    /// Stages a handled ID in the overlay; [`write_changelog`](Self::write_changelog) sends
+    /// it to the changelog with the transaction's other IDs.
+    fn stage_id(&mut self, key: IdKey, source_offset: i64, clock: &dyn Clock) {
         let entry = SeenEntry {
             first_seen_ms: clock.now_ms(),
             source_offset,
         };
-        let rec = &mut self.changelog_record;
-        let key = rec.key.get_or_insert_with(Vec::new);
-        key.clear();
-        key.extend_from_slice(id);
-        encode_entry_into(&entry, rec.value.get_or_insert_with(Vec::new));
-        writer
-            .send(RecordKind::Changelog, rec)
-            .map_err(|reason| TaskError::Write {
-                task: self.id.to_string(),
-                reason,
-            })?;
-        self.overlay.insert(id.to_vec(), entry);
-        Ok(())
+        self.overlay.insert(key, entry);
     }
 }

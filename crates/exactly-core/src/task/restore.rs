@@ -23,6 +23,19 @@ pub enum WipeReason {
         /// Changelog end offset.
         end: i64,
     },
+    /// A state store that does not say when it last matched its changelog (written by an
+    /// older version, or its backend does not record it), or whose app does not trust state
+    /// stores (the changelogs' `delete.retention.ms` is unknown): restored whole.
+    Unsynced,
+    /// A state store that last matched its changelog longer ago than half the changelog's
+    /// `delete.retention.ms`: compaction may have removed a tombstone written since, whose key
+    /// the store still holds. Restored whole.
+    Stale {
+        /// How long ago it last matched its changelog (ms).
+        age_ms: i64,
+        /// How old it may be and still be trusted (ms).
+        max_age_ms: i64,
+    },
 }
 
 impl WipeReason {
@@ -32,7 +45,18 @@ impl WipeReason {
             Self::Corrupt(_) => "corrupt",
             Self::WrongIdentity { .. } => "wrong_identity",
             Self::CheckpointBeyondEnd { .. } => "checkpoint_beyond_end",
+            Self::Unsynced => "unsynced",
+            Self::Stale { .. } => "stale",
         }
+    }
+
+    /// Whether the store was damaged or foreign (logged as a warning and counted), rather
+    /// than too old to trust (an ordinary full restore).
+    pub fn is_fault(&self) -> bool {
+        matches!(
+            self,
+            Self::Corrupt(_) | Self::WrongIdentity { .. } | Self::CheckpointBeyondEnd { .. }
+        )
     }
 }
 
@@ -49,6 +73,15 @@ impl std::fmt::Display for WipeReason {
             Self::CheckpointBeyondEnd { checkpoint, end } => write!(
                 f,
                 "store checkpoint {checkpoint} is beyond the changelog end {end}"
+            ),
+            Self::Unsynced => f.write_str(
+                "the state store does not say when it last matched its changelog (or the changelog's delete.retention.ms is unknown)",
+            ),
+            Self::Stale { age_ms, max_age_ms } => write!(
+                f,
+                "the state store last matched its changelog {} s ago, more than {} s (half the changelog's delete.retention.ms): a tombstone written since may be gone",
+                age_ms / 1000,
+                max_age_ms / 1000
             ),
         }
     }
@@ -92,7 +125,6 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
                 end,
             }),
             Ok(Some(cp)) => {
-                self.wipe_state_stores()?;
                 return Ok(RestorePlan {
                     from: cp.next_offset.max(low),
                     wiped: None,
@@ -103,16 +135,92 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
             tracing::warn!(task = %self.id, %reason, "wiping dedup store; restoring it from the changelog");
             self.store.wipe().map_err(|e| self.store_err(e))?;
         }
-        self.wipe_state_stores()?;
         Ok(RestorePlan { from: low, wiped })
     }
 
-    /// State stores are always restored from the start of their changelogs: a key whose
-    /// tombstone compaction removed would otherwise survive in a store that missed the delete.
-    fn wipe_state_stores(&mut self) -> Result<(), TaskError> {
+    /// Decides where state store number `store` (in [`TaskConfig::stores`] order) replays its
+    /// changelog from, given the changelog partition's low and read-committed end offsets.
+    ///
+    /// A store is restored from its checkpoint (only the tail) when it can be trusted: its
+    /// checkpoint names this changelog partition, is not beyond the end, and the store matched
+    /// its changelog less than [`TaskConfig::state_trust_ms`] before `now_ms` (half the
+    /// changelog's `delete.retention.ms`: a key deleted after the checkpoint has its tombstone
+    /// still in the changelog). Otherwise it is wiped and replayed from `low`.
+    pub fn state_restore_plan(
+        &mut self,
+        store: usize,
+        low: i64,
+        end: i64,
+        now_ms: i64,
+    ) -> Result<RestorePlan, TaskError> {
+        if self.state != TaskState::Restoring {
+            return Err(self.wrong_state("state_restore_plan"));
+        }
+        let trust = self.config.state_trust_ms;
+        let partition = self.id.partition;
+        let slot = &mut self.stores.slots[store];
+        let name = slot.spec.name.clone();
+        let checkpoint = match slot.backend.checkpoint() {
+            Err(StoreError::Corrupt(why)) => Err(WipeReason::Corrupt(why)),
+            Err(e) => return Err(self.state_err(&name, e)),
+            Ok(cp) => Ok(cp),
+        };
+        let synced = slot.backend.synced_ms();
+        let verdict = match (checkpoint, synced) {
+            (Err(reason), _) => Err(reason),
+            (Ok(None), _) => Err(WipeReason::Unsynced),
+            (Ok(Some(cp)), _) if cp.topic != slot.changelog || cp.partition != partition => {
+                Err(WipeReason::WrongIdentity {
+                    found: format!("{}-{}", cp.topic, cp.partition),
+                    expected: format!("{}-{partition}", slot.changelog),
+                })
+            }
+            (Ok(Some(cp)), _) if cp.next_offset > end => Err(WipeReason::CheckpointBeyondEnd {
+                checkpoint: cp.next_offset,
+                end,
+            }),
+            (Ok(Some(_)), Err(e)) => return Err(self.state_err(&name, e)),
+            (Ok(Some(cp)), Ok(synced)) => match (synced, trust) {
+                (Some(at), Some(max_age_ms)) if now_ms.saturating_sub(at) < max_age_ms => {
+                    Ok(cp.next_offset.max(low))
+                }
+                (Some(at), Some(max_age_ms)) => Err(WipeReason::Stale {
+                    age_ms: now_ms.saturating_sub(at),
+                    max_age_ms,
+                }),
+                _ => Err(WipeReason::Unsynced),
+            },
+        };
+        match verdict {
+            Ok(from) => Ok(RestorePlan { from, wiped: None }),
+            Err(reason) => {
+                self.wipe_state_store(store)?;
+                Ok(RestorePlan {
+                    from: low,
+                    wiped: Some(reason),
+                })
+            }
+        }
+    }
+
+    /// Deletes everything state store number `store` holds (before a full restore).
+    pub fn wipe_state_store(&mut self, store: usize) -> Result<(), TaskError> {
+        let slot = &mut self.stores.slots[store];
+        if let Err(e) = slot.backend.wipe() {
+            let name = slot.spec.name.clone();
+            return Err(self.state_err(&name, e));
+        }
+        Ok(())
+    }
+
+    /// Records in every state store that it matches its changelog as of `now_ms`
+    /// ([`KvStore::mark_synced`]). The runtime calls it when a restore completed and, for
+    /// running tasks, between transactions (nothing of the task is uncommitted or unapplied
+    /// then, and no one else writes its changelog partitions).
+    pub fn mark_stores_synced(&mut self, now_ms: i64) -> Result<(), TaskError> {
         for i in 0..self.stores.slots.len() {
             let slot = &mut self.stores.slots[i];
-            if let Err(e) = slot.backend.wipe() {
+            if let Err(e) = slot.backend.mark_synced(now_ms) {
                 let name = slot.spec.name.clone();
                 return Err(self.state_err(&name, e));
             }
@@ -120,8 +228,8 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         Ok(())
     }
 
-    /// Applies replayed records `(offset, key, value)` of a state store's changelog (from its
-    /// start, after [`restore_plan`](Self::restore_plan) wiped the store) in one batch whose
+    /// Applies replayed records `(offset, key, value)` of a state store's changelog (from
+    /// where [`state_restore_plan`](Self::state_restore_plan) said) in one batch whose
     /// checkpoint is the offset after the last one. Entries older than the store's TTL are
     /// skipped. A value that does not decode is an error, as for the dedup changelog.
     pub fn restore_state_records<'r>(
@@ -206,16 +314,18 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         for (offset, key, value) in records {
             last = Some(offset);
             let Some(value) = value else { continue };
-            let entry = decode_entry(value).map_err(|e| TaskError::CorruptChangelog {
+            decode_record(key, value, |id, entry| {
+                if entry.first_seen_ms >= cutoff {
+                    entries.push((id, entry));
+                }
+            })
+            .map_err(|e| TaskError::CorruptChangelog {
                 task: self.id.to_string(),
                 reason: format!(
                     "changelog {} record at offset {offset}: {e}",
                     self.expected_identity()
                 ),
             })?;
-            if entry.first_seen_ms >= cutoff {
-                entries.push((key.to_vec(), entry));
-            }
         }
         let Some(last) = last else { return Ok(0) };
         let n = entries.len();
@@ -241,6 +351,7 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         self.committed_offset = committed_offset;
         self.pending_offset = None;
         self.overlay.clear();
+        self.overlay_written = 0;
         self.stores.drop_staged();
         let Some(processor) = self.processor.as_mut() else {
             self.state = TaskState::Running;

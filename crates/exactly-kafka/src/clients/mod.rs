@@ -482,8 +482,19 @@ impl StreamClients for KafkaClients {
         seq: u64,
         within: Duration,
     ) -> Result<(), ClientError> {
-        producer::send(&self.producer.borrow(), record, seq, within).map_err(|e| match e {
-            producer::SendError::Kafka(e) => record_error("send", e, seq, &record.topic),
+        let p = self.producer.borrow();
+        producer::send(&p, record, seq, within).map_err(|e| match e {
+            producer::SendError::Kafka(e) => {
+                let error = record_error("send", e, seq, &record.topic);
+                if error.record.is_some() {
+                    return error;
+                }
+                // librdkafka refuses to produce once the transaction is abortable (`_STATE`),
+                // which an earlier record's failed delivery makes it: say which record that
+                // was, so that the engine can set it aside instead of retrying in vain.
+                producer::drain_deliveries(&p, within.min(REQUEST_TIMEOUT));
+                self.refused_delivery(&p).unwrap_or(error)
+            }
             producer::SendError::QueueFull(waited) => ClientError::new(
                 ClientErrorKind::Abortable,
                 "send",

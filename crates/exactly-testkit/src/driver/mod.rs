@@ -65,6 +65,11 @@ impl<F: ProcessorFactory> Zombie<F> {
     pub fn disk(&self, partition: i32) -> DiskStore {
         self.inst.disk.dedup(&self.input, partition)
     }
+
+    /// The zombie's whole state directory (its host's); see [`TestDriver::use_state_dir`].
+    pub fn state_dir(&self) -> SimDisk {
+        self.inst.disk.clone()
+    }
 }
 
 /// Builder for [`TestDriver`].
@@ -404,6 +409,13 @@ impl<F: ProcessorFactory> TestDriver<F> {
             inst: old,
             input: self.input.clone(),
         })
+    }
+
+    /// The instances started from now on run on state directory `dir`: a task moving back to
+    /// a host whose directory still holds its old stores (e.g. a zombie's,
+    /// [`Zombie::state_dir`], once the zombie is gone).
+    pub fn use_state_dir(&mut self, dir: SimDisk) {
+        self.disk = dir;
     }
 
     /// The zombie wakes up (SIGCONT) and goes on: it finds itself fenced and stops, writing

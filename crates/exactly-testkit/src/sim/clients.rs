@@ -602,6 +602,13 @@ impl StreamClients for SimClients {
     ) -> Result<(), ClientError> {
         self.op("send", |c, s| {
             Self::producer_ok(s, "send")?;
+            // Like librdkafka's, a transaction whose delivery failed takes no more records;
+            // like the Kafka clients, the send then reports that delivery's error.
+            if self.cfg.transactional {
+                if let Some(failed) = &s.delivery_failed {
+                    return Err(failed.clone());
+                }
+            }
             if let Some(kind) = c.take_fault(Request::Send) {
                 let why = format!("the client refused a record for {}", out.topic);
                 return Err(client_error(

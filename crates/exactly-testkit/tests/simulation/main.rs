@@ -105,6 +105,13 @@ fn setup(rng: &mut StdRng) -> Setup {
         },
         commit_interval_ms: 100,
         poison_rate: 0.02,
+        persist_every: rng.gen_range(1..=4),
+        changelog_record_bytes: if rng.gen_bool(0.5) {
+            exactly_core::task::DEFAULT_CHANGELOG_RECORD_BYTES
+        } else {
+            // One to a few IDs per record.
+            exactly_core::changelog::MIN_BATCH_VALUE_BYTES + rng.gen_range(0..120)
+        },
     }
 }
 

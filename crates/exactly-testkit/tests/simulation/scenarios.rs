@@ -35,6 +35,8 @@ fn world_with(
         commit_interval_ms: 2_000,
         poison_rate: 0.0,
         global: false,
+        persist_every: 1,
+        changelog_record_bytes: exactly_core::task::DEFAULT_CHANGELOG_RECORD_BYTES,
     };
     change(&mut setup);
     let rng = rand::rngs::StdRng::seed_from_u64(7);

@@ -172,6 +172,12 @@ pub struct Setup {
     /// `dedup.scope = "global"`: stage 1 repartitions by message ID, stage 2 dedups and runs
     /// the app (Fanout only: per-key totals need a key's records in one task).
     pub global: bool,
+    /// Stores write to disk every this many writes; a killed process loses the writes since
+    /// (its stores restore the tail from an older checkpoint).
+    pub persist_every: u32,
+    /// The largest dedup changelog value (small ones split a transaction's IDs into several
+    /// records).
+    pub changelog_record_bytes: usize,
 }
 
 /// The world of one schedule.
@@ -276,12 +282,13 @@ impl World {
         engine.task = Arc::new(TaskConfig {
             stores: apps::stores(setup.kind),
             dead_letter_topic: Some(apps::DEAD_LETTERS.to_owned()),
+            changelog_record_bytes: setup.changelog_record_bytes,
             ..TaskConfig::default()
         });
         let instances = (0..setup.instances)
             .map(|i| Instance {
                 id: i.to_string(),
-                disk: SimDisk::new(),
+                disk: SimDisk::persisting_every(setup.persist_every),
                 run: None,
                 starts: 0,
             })
@@ -413,7 +420,7 @@ impl World {
         let inst = &mut self.instances[i];
         inst.starts += 1;
         if inst.run.as_ref().is_some_and(|r| !r.process.is_killed()) {
-            inst.disk = SimDisk::new();
+            inst.disk = SimDisk::persisting_every(self.setup.persist_every);
         }
         let disk = inst.disk.clone();
         let process = Arc::new(SimProcess::new(format!(
@@ -827,13 +834,19 @@ impl World {
             .sum()
     }
 
-    /// The group's committed offsets have reached the end of every input partition (and with
-    /// the global scope, no transaction is open on the repartition topic and no committed
-    /// repartition record lies at or after its partition's committed offset: stage 2 handled
-    /// everything stage 1 forwarded).
+    /// No transaction is open anywhere, the group's committed offsets have reached the end of
+    /// every input partition, and with the global scope no committed repartition record lies
+    /// at or after its partition's committed offset (stage 2 handled everything stage 1
+    /// forwarded).
     pub fn drained(&self) -> bool {
         let c = self.cluster();
         let repartition = task_topic(true);
+        // A transaction still open (a killed process's, until its restart or the
+        // coordinator's timeout ends it) hides every committed record after its first one
+        // from read_committed readers: the outputs are read once none is open.
+        if c.has_open_transactions() {
+            return false;
+        }
         (0..self.setup.partitions).all(|p| {
             let input = c.committed_offset(APP, INPUT, p) == Some(c.high_watermark(INPUT, p))
                 || c.high_watermark(INPUT, p) == 0;

@@ -182,7 +182,7 @@ pub fn inspect(a: InspectArgs) -> anyhow::Result<ExitCode> {
                 Err(e) => format!("unreadable: {e}"),
             };
             let lookup = match &a.id {
-                Some(id) => match store.get(id.as_bytes()) {
+                Some(id) => match store.get(&exactly_core::IdKey::of(id.as_bytes())) {
                     Ok(Some(e)) => {
                         found_any = true;
                         format!(
