@@ -37,9 +37,11 @@ pub enum RestoreFrom {
     /// Apache Kafka, whose read_committed fetches are correct from any offset).
     #[default]
     Checkpoint,
-    /// From the changelog's start, always. For brokers whose read_committed fetches that start
-    /// after an aborted transaction skip committed records (the local noida-db test broker):
-    /// replaying IDs the store holds changes nothing.
+    /// From the changelog's start, unless nothing but a transaction marker follows the
+    /// checkpoint (then there is nothing to read); state stores are always wiped and replayed
+    /// whole. For brokers whose read_committed fetches that start after an aborted transaction
+    /// skip committed records (the local noida-db test broker): replaying IDs the store holds
+    /// changes nothing.
     Start,
 }
 
@@ -99,8 +101,7 @@ pub struct EngineConfig {
     /// reading them have committed past are deleted (DeleteRecords; Kafka Streams'
     /// `repartition.purge.interval.ms`).
     pub purge_interval: Duration,
-    /// Where a trusted dedup store's restore starts (state stores are always replayed from
-    /// the start of their changelogs).
+    /// Where a trusted store's restore starts.
     pub restore_from: RestoreFrom,
     /// Where a task whose committed offset is gone starts (exactly-once mode; in at-least-once
     /// mode the changelog can run ahead of the offsets, so such a task starts at the
