@@ -7,8 +7,9 @@
 //!   codec; the restore rate from a changelog held in memory.
 //! - `src/bin/pipeline.rs` (`cargo run --release -p exactly-benches --bin pipeline`): the
 //!   end-to-end benchmark against a broker: a raw consume→produce copy, `exactly` at least
-//!   once and `exactly` exactly once on the same data, plus restore rate and memory versus
-//!   store size. It writes JSON under `target/bench/` and prints a Markdown table.
+//!   once, `exactly` exactly once and Quix Streams' deduplication recipe (`quix/dedup.py`) on
+//!   the same data, plus restart time, restore rate and memory versus store size. It writes
+//!   JSON under `target/bench/` and prints a Markdown table.
 //!
 //! This library holds what both share: deterministic message IDs ([`ids`]), store fixtures
 //! ([`fixtures`]), process measurements from `/proc` ([`procfs`]) and the pipeline itself

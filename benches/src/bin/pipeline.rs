@@ -7,8 +7,11 @@
 //! Produces the input backlog (duplicates included), then runs on it, one after the other, a
 //! raw rdkafka copy, exactly at least once and exactly exactly once, each in its own child
 //! process (this binary re-executed with the hidden `worker` subcommand) so that its peak RSS
-//! and CPU time are its own. Then restores the exactly-once worker from its changelog after
-//! wiping its state, and measures memory with 1M and 5M stored IDs. Writes
+//! and CPU time are its own, and then the Quix Streams peer (`benches/quix/dedup.py`, run by
+//! the Python of `target/quix-venv`, which the benchmark installs; `--skip-quix` leaves it
+//! out). Then it times restarts of the exactly-once worker with its state against the same
+//! worker on an empty input (`--skip-restart`), restores it from its changelog after wiping
+//! its state, and measures memory with 1M and 5M stored IDs. Writes
 //! `target/bench/pipeline-<timestamp>.json` and `target/bench/latest.json` and prints a
 //! Markdown table. See docs/performance.md.
 
@@ -17,7 +20,7 @@ use exactly_benches::pipeline::{self, worker, PipelineArgs};
 
 #[derive(Parser, Debug)]
 #[command(
-    about = "End-to-end benchmark: raw rdkafka copy vs exactly at-least-once vs exactly-once",
+    about = "End-to-end benchmark: raw rdkafka copy vs exactly at-least-once vs exactly-once vs Quix Streams",
     args_conflicts_with_subcommands = true
 )]
 struct Cli {

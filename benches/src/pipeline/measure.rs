@@ -72,6 +72,22 @@ impl OffsetClient {
     }
 }
 
+/// The names of the cluster's topics (one metadata request for all of them; creates none).
+pub fn list_topics(bootstrap: &str) -> anyhow::Result<Vec<String>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .context("creating the metadata client")?;
+    let metadata = consumer
+        .fetch_metadata(None, REQUEST_TIMEOUT)
+        .context("listing the topics")?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .collect())
+}
+
 /// Sum of the offsets of `offsets` (records up to those offsets).
 pub fn offset_sum(offsets: &HashMap<i32, i64>) -> i64 {
     offsets.values().sum()

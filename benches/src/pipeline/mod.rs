@@ -1,14 +1,18 @@
 //! The end-to-end pipeline benchmark: on one input backlog, (a) a raw rdkafka copy, (b)
-//! exactly at least once, (c) exactly exactly once, each in its own worker process; then the
-//! restore rate of (c) after wiping its state, and process memory at two store sizes.
+//! exactly at least once, (c) exactly exactly once and (d) the Quix Streams peer (its
+//! deduplication recipe, exactly once), each in its own process; then how long (c) takes to
+//! restart with its state (against the same worker on an empty input), the restore rate of
+//! (c) after wiping its state, and process memory at two store sizes.
 //!
 //! Per mode it measures throughput while the worker catches up with the backlog, then
 //! end-to-end latency under a paced load (see [`data::measure_latency`] for the method),
-//! commit latency, peak RSS, store size, and CPU use of worker, broker and machine.
+//! commit latency (exactly's modes and the raw copy), peak RSS, store size, and CPU use of
+//! worker, broker and machine.
 
 pub mod data;
 pub mod measure;
 mod process;
+pub mod quix;
 pub mod report;
 pub mod worker;
 
@@ -16,8 +20,10 @@ use crate::procfs::{self, MachineCpu};
 use anyhow::{bail, Context as _};
 use exactly_testkit::{broker, chaos};
 use measure::{count_topic, offset_sum, percentiles, Histogram, OffsetClient, Percentiles};
-use process::WorkerProcess;
-use report::{target_checks, ModeResult, PipelineReport, RestoreResult, RunConfig};
+use process::{QuixApp, WorkerProcess};
+use report::{
+    target_checks, ModeResult, PipelineReport, ReadyTimes, RestartResult, RestoreResult, RunConfig,
+};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use worker::{RawResult, StoreFillResult, WorkerMode};
@@ -70,6 +76,14 @@ pub struct PipelineArgs {
     /// Skip the restore measurement.
     #[arg(long)]
     pub skip_restore: bool,
+    /// Skip the restart measurement (the exactly-once worker restarted with its state, and on
+    /// an empty input).
+    #[arg(long)]
+    pub skip_restart: bool,
+    /// Leave out the quix-streams row (and with it installing Quix Streams into
+    /// `target/quix-venv`).
+    #[arg(long)]
+    pub skip_quix: bool,
     /// Where the JSON goes (default: `target/bench` next to this binary).
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
@@ -86,16 +100,59 @@ pub struct PipelineArgs {
 }
 
 impl PipelineArgs {
-    /// `target/bench`, found from this binary's location (`target/release/pipeline`).
+    /// The target directory, found from this binary's location (`target/release/pipeline`).
+    fn target_dir() -> PathBuf {
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.to_owned()))
+            .unwrap_or_else(|| PathBuf::from("target"))
+    }
+
+    /// `target/bench`, next to this binary's `release` directory.
     pub fn out_dir(&self) -> PathBuf {
         if let Some(dir) = &self.out_dir {
             return dir.clone();
         }
-        std::env::current_exe()
-            .ok()
-            .and_then(|exe| Some(exe.parent()?.parent()?.join("bench")))
-            .unwrap_or_else(|| PathBuf::from("target/bench"))
+        Self::target_dir().join("bench")
     }
+
+    /// `target/quix-venv`: where the benchmark installs Quix Streams for the quix-streams row.
+    pub fn quix_venv(&self) -> PathBuf {
+        Self::target_dir().join("quix-venv")
+    }
+}
+
+/// What runs in a mode's process: one of this binary's worker modes or the Quix Streams peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// This binary re-executed as `worker --mode M`.
+    Worker(WorkerMode),
+    /// `benches/quix/dedup.py` on Quix Streams, exactly once.
+    Quix,
+}
+
+impl Mode {
+    /// Name in reports, topic names and group names.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Worker(mode) => mode.name(),
+            Self::Quix => "quix-streams",
+        }
+    }
+}
+
+impl From<WorkerMode> for Mode {
+    fn from(mode: WorkerMode) -> Self {
+        Self::Worker(mode)
+    }
+}
+
+/// Where a worker reads, writes and keeps its state.
+struct Placement {
+    input: String,
+    output: String,
+    group: String,
+    state_dir: PathBuf,
 }
 
 /// What every mode of a run shares.
@@ -106,45 +163,71 @@ struct RunContext {
     work_dir: PathBuf,
     broker_pid: Option<u32>,
     cores: usize,
+    /// The Quix Streams peer, unless `--skip-quix`.
+    quix: Option<QuixApp>,
 }
 
 impl RunContext {
-    fn group(&self, mode: WorkerMode) -> String {
-        format!("{}-{}", self.prefix, mode.name())
+    fn group(&self, mode: impl Into<Mode>) -> String {
+        format!("{}-{}", self.prefix, mode.into().name())
     }
-    fn output(&self, mode: WorkerMode) -> String {
-        format!("{}-out-{}", self.prefix, mode.name())
+    fn output(&self, mode: impl Into<Mode>) -> String {
+        format!("{}-out-{}", self.prefix, mode.into().name())
     }
-    fn state_dir(&self, mode: WorkerMode) -> PathBuf {
-        self.work_dir.join(format!("state-{}", mode.name()))
+    fn state_dir(&self, mode: impl Into<Mode>) -> PathBuf {
+        self.work_dir.join(format!("state-{}", mode.into().name()))
     }
-    /// Topics exactly creates for an app: the dedup changelog and the dead-letter topic.
-    fn internal_topics(&self, mode: WorkerMode) -> Vec<String> {
+    /// Where `mode` runs on the run's input.
+    fn placement(&self, mode: impl Into<Mode> + Copy) -> Placement {
+        Placement {
+            input: self.input.clone(),
+            output: self.output(mode),
+            group: self.group(mode),
+            state_dir: self.state_dir(mode),
+        }
+    }
+    /// Topics a mode's framework creates for itself. Exactly: the dedup changelog and the
+    /// dead-letter topic. Quix Streams: its changelog (and any repartition) topics, named
+    /// `changelog__<group>--...`, found by listing the broker's topics.
+    fn internal_topics(&self, mode: impl Into<Mode>) -> Vec<String> {
+        let mode = mode.into();
         let app = self.group(mode);
-        vec![
-            exactly_kafka::changelog_topic(&app, &self.input),
-            exactly_kafka::default_dead_letter_topic(&app),
-        ]
+        match mode {
+            Mode::Worker(_) => vec![
+                exactly_kafka::changelog_topic(&app, &self.input),
+                exactly_kafka::default_dead_letter_topic(&app),
+            ],
+            Mode::Quix => match measure::list_topics(&self.args.bootstrap) {
+                Ok(topics) => topics.into_iter().filter(|t| t.contains(&app)).collect(),
+                Err(e) => {
+                    eprintln!("[{}] not deleting its internal topics: {e:#}", mode.name());
+                    Vec::new()
+                }
+            },
+        }
     }
     fn delete(&self, topics: &[String]) {
-        if self.args.keep_topics {
+        if self.args.keep_topics || topics.is_empty() {
             return;
         }
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         broker::delete_topics(&self.args.bootstrap, &names);
     }
     fn worker_args(&self, mode: WorkerMode, metrics_port: u16, result: &Path) -> Vec<String> {
+        self.worker_args_at(&self.placement(mode), metrics_port, result)
+    }
+    fn worker_args_at(&self, at: &Placement, metrics_port: u16, result: &Path) -> Vec<String> {
         let mut args = vec![
             "--bootstrap".into(),
             self.args.bootstrap.clone(),
             "--input".into(),
-            self.input.clone(),
+            at.input.clone(),
             "--output".into(),
-            self.output(mode),
+            at.output.clone(),
             "--group".into(),
-            self.group(mode),
+            at.group.clone(),
             "--state-dir".into(),
-            self.state_dir(mode).display().to_string(),
+            at.state_dir.display().to_string(),
             "--commit-interval-ms".into(),
             self.args.commit_interval_ms.to_string(),
             "--metrics-addr".into(),
@@ -163,6 +246,50 @@ impl RunContext {
         }
         args
     }
+    /// Arguments of `benches/quix/dedup.py`: the run's commit interval (Quix takes seconds)
+    /// and, as `commit_every`, its `max_batch_records`, so that Quix commits by exactly's
+    /// policy too (every interval or every so many records, whichever comes first).
+    fn quix_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--bootstrap".into(),
+            self.args.bootstrap.clone(),
+            "--input".into(),
+            self.input.clone(),
+            "--output".into(),
+            self.output(Mode::Quix),
+            "--group".into(),
+            self.group(Mode::Quix),
+            "--state-dir".into(),
+            self.state_dir(Mode::Quix).display().to_string(),
+            "--commit-interval".into(),
+            (self.args.commit_interval_ms as f64 / 1000.0).to_string(),
+            "--commit-every".into(),
+            self.args.max_batch_records.to_string(),
+        ];
+        for kv in &self.args.kafka {
+            args.extend(["--kafka".to_owned(), kv.clone()]);
+        }
+        args
+    }
+    /// Starts `mode`'s process on the run's input.
+    fn spawn(
+        &self,
+        mode: Mode,
+        metrics_port: u16,
+        result: &Path,
+        log: PathBuf,
+    ) -> anyhow::Result<WorkerProcess> {
+        match mode {
+            Mode::Worker(m) => {
+                WorkerProcess::spawn(m, &self.worker_args(m, metrics_port, result), log)
+            }
+            Mode::Quix => self
+                .quix
+                .as_ref()
+                .context("the quix-streams mode runs only with Quix Streams installed")?
+                .spawn(&self.quix_args(), log),
+        }
+    }
 }
 
 fn scrape(port: u16) -> Option<String> {
@@ -173,8 +300,10 @@ fn scrape(port: u16) -> Option<String> {
 
 const COMMIT_HISTOGRAM: &str = "exactly_transaction_commit_seconds";
 
-/// Runs one mode on the backlog: throughput, then latency, then the read-back.
-fn run_mode(ctx: &RunContext, mode: WorkerMode) -> anyhow::Result<ModeResult> {
+/// Runs one mode on the backlog: throughput, then latency, then the read-back. Every mode is
+/// measured the same way; only where its commit latency comes from differs: exactly's
+/// `/metrics`, the raw copy's own result file, none for Quix Streams (it serves no metrics).
+fn run_mode(ctx: &RunContext, mode: Mode) -> anyhow::Result<ModeResult> {
     let a = &ctx.args;
     let output = ctx.output(mode);
     broker::create_topics(&a.bootstrap, &[(output.as_str(), a.partitions)]);
@@ -187,7 +316,7 @@ fn run_mode(ctx: &RunContext, mode: WorkerMode) -> anyhow::Result<ModeResult> {
     let ends = offsets.ends()?;
     let end_sum = offset_sum(&ends);
     eprintln!("[{}] catching up with {end_sum} records", mode.name());
-    let mut worker = WorkerProcess::spawn(mode, &ctx.worker_args(mode, port, &result_file), log)?;
+    let mut worker = ctx.spawn(mode, port, &result_file, log)?;
     let pid = worker.pid();
 
     // Throughput: from the first observed commit to committed offsets at the end.
@@ -250,7 +379,10 @@ fn run_mode(ctx: &RunContext, mode: WorkerMode) -> anyhow::Result<ModeResult> {
         "[{}] {msgs_per_s:.0} msgs/s ({processed} records in {seconds:.2} s after the first commit; startup {startup_seconds:.2} s)",
         mode.name(),
     );
-    let is_exactly = mode != WorkerMode::Raw;
+    let is_exactly = matches!(
+        mode,
+        Mode::Worker(WorkerMode::AtLeastOnce | WorkerMode::ExactlyOnce)
+    );
     let hist_backlog = if is_exactly {
         scrape(port).map(|t| Histogram::parse(&t, COMMIT_HISTOGRAM))
     } else {
@@ -287,11 +419,14 @@ fn run_mode(ctx: &RunContext, mode: WorkerMode) -> anyhow::Result<ModeResult> {
         let backlog = hist_backlog.unwrap_or_default();
         let paced = hist_all.unwrap_or_default().since(&backlog);
         (backlog.percentiles(), paced.percentiles())
-    } else {
+    } else if mode == Mode::Worker(WorkerMode::Raw) {
         let raw: RawResult = serde_json::from_slice(
             &std::fs::read(&result_file).context("reading the raw worker's result")?,
         )?;
         split_raw_commits(&raw, caught_up_unix_ms)
+    } else {
+        // Quix Streams: no metrics endpoint, so no commit latency.
+        (None, None)
     };
     let store_bytes = procfs::dir_bytes(&ctx.state_dir(mode));
     let output_count = count_topic(&a.bootstrap, &output, a.partitions, true, timeout)?;
@@ -340,6 +475,141 @@ fn split_raw_commits(
     (percentiles(&mut backlog), percentiles(&mut paced))
 }
 
+/// Starts per restart measurement (min / median / max are reported).
+const RESTARTS: usize = 3;
+
+/// One start of an exactly-once worker until it is ready.
+struct ReadyRun {
+    /// Process start → ready, seconds.
+    seconds: f64,
+    /// `exactly_restore_records_total` when ready.
+    restored_records: u64,
+}
+
+/// Whether a worker's `/metrics` shows every task restored: none restoring, and one
+/// `exactly_restore_seconds` observation per partition.
+fn all_restored(metrics: &str, partitions: i32) -> bool {
+    chaos::metric_sum(metrics, "exactly_tasks_restoring", &[]) == 0.0
+        && Histogram::parse(metrics, "exactly_restore_seconds").count as i32 >= partitions
+}
+
+/// Starts the exactly-once worker at `at` and waits until it is ready: every task restored
+/// and running (`/metrics` shows no task restoring and at least one restore per partition,
+/// as [`restore`] waits for, and `/ready` answers 200). Then stops it gracefully (SIGTERM).
+fn time_to_ready(ctx: &RunContext, at: &Placement, label: &str) -> anyhow::Result<ReadyRun> {
+    let a = &ctx.args;
+    let port = chaos::free_port();
+    let result_file = ctx.work_dir.join(format!("{label}.json"));
+    let log = ctx.work_dir.join(format!("{label}.log"));
+    let args = ctx.worker_args_at(at, port, &result_file);
+    let mut worker = WorkerProcess::spawn(WorkerMode::ExactlyOnce, &args, log)?;
+    let timeout = Duration::from_secs(a.timeout_s);
+    let (ready, text) = loop {
+        worker.check_running()?;
+        if worker.started.elapsed() > timeout {
+            bail!(
+                "[{label}] not ready within {timeout:?}; log {}",
+                worker.log.display()
+            );
+        }
+        let now = Instant::now();
+        if let Some(text) = scrape(port) {
+            let ready = || {
+                chaos::http_get(&format!("127.0.0.1:{port}"), "/ready")
+                    .is_some_and(|(status, _)| status == 200)
+            };
+            if all_restored(&text, a.partitions) && ready() {
+                break (now, text);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let seconds = (ready - worker.started).as_secs_f64();
+    let restored_records = chaos::metric_sum(&text, "exactly_restore_records_total", &[]) as u64;
+    eprintln!(
+        "[{label}] ready after {seconds:.2} s ({restored_records} changelog records replayed)"
+    );
+    worker.terminate(Duration::from_secs(120))?;
+    Ok(ReadyRun {
+        seconds,
+        restored_records,
+    })
+}
+
+/// Restart → ready of the exactly-once worker with its state dir intact (the IDs of the whole
+/// backlog), [`RESTARTS`] times, each after a graceful stop; next to it the "empty task"
+/// baseline: the same worker as a fresh app on a new, empty input topic (same partitions),
+/// started [`RESTARTS`] times with an empty state dir, after a first start that creates its
+/// topics. `state_ids` is what the exactly-once mode forwarded (the IDs its state holds). The
+/// runtime's restore settings are left at their defaults (no `EXACTLY_RESTORE_FROM`).
+fn restart(ctx: &RunContext, state_ids: u64) -> anyhow::Result<RestartResult> {
+    let a = &ctx.args;
+    let with_state_at = ctx.placement(WorkerMode::ExactlyOnce);
+    let state_bytes = procfs::dir_bytes(&with_state_at.state_dir);
+    let empty_at = Placement {
+        input: format!("{}-restart-empty-in", ctx.prefix),
+        output: format!("{}-restart-empty-out", ctx.prefix),
+        group: format!("{}-restart-empty", ctx.prefix),
+        state_dir: ctx.work_dir.join("state-restart-empty"),
+    };
+    broker::create_topics(
+        &a.bootstrap,
+        &[
+            (empty_at.input.as_str(), a.partitions),
+            (empty_at.output.as_str(), a.partitions),
+        ],
+    );
+    eprintln!(
+        "[restart] the exactly-once worker with its state ({state_ids} IDs) and on an empty input, {RESTARTS} times each"
+    );
+    let runs = (|| {
+        let first = time_to_ready(ctx, &empty_at, "restart-empty-first")?;
+        let (mut with_state, mut empty) = (Vec::new(), Vec::new());
+        // Interleaved, so that a change in the machine's load (other builds share its two
+        // cores) affects both series alike.
+        for i in 0..RESTARTS {
+            with_state.push(time_to_ready(ctx, &with_state_at, &format!("restart-{i}"))?);
+            std::fs::remove_dir_all(&empty_at.state_dir).ok();
+            empty.push(time_to_ready(
+                ctx,
+                &empty_at,
+                &format!("restart-empty-{i}"),
+            )?);
+        }
+        anyhow::Ok((first, with_state, empty))
+    })();
+    ctx.delete(&[
+        empty_at.input.clone(),
+        empty_at.output.clone(),
+        exactly_kafka::changelog_topic(&empty_at.group, &empty_at.input),
+        exactly_kafka::default_dead_letter_topic(&empty_at.group),
+    ]);
+    let (first, with_state, empty) = runs?;
+    let with_state = ready_times(&with_state);
+    let empty = ready_times(&empty);
+    Ok(RestartResult {
+        state_ids,
+        state_bytes,
+        ratio: with_state.median_seconds / empty.median_seconds.max(1e-9),
+        with_state,
+        empty,
+        empty_first_start_seconds: first.seconds,
+    })
+}
+
+fn ready_times(runs: &[ReadyRun]) -> ReadyTimes {
+    let seconds: Vec<f64> = runs.iter().map(|r| r.seconds).collect();
+    let mut sorted = seconds.clone();
+    sorted.sort_by(f64::total_cmp);
+    ReadyTimes {
+        min_seconds: sorted.first().copied().unwrap_or(0.0),
+        median_seconds: sorted.get(sorted.len() / 2).copied().unwrap_or(0.0),
+        max_seconds: sorted.last().copied().unwrap_or(0.0),
+        seconds,
+        restored_records: runs.iter().map(|r| r.restored_records).collect(),
+    }
+}
+
 fn restore(ctx: &RunContext) -> anyhow::Result<RestoreResult> {
     let a = &ctx.args;
     let mode = WorkerMode::ExactlyOnce;
@@ -373,12 +643,11 @@ fn restore(ctx: &RunContext) -> anyhow::Result<RestoreResult> {
         let now = Instant::now();
         if let Some(text) = scrape(port) {
             let restoring = chaos::metric_sum(&text, "exactly_tasks_restoring", &[]);
-            let restored_tasks = Histogram::parse(&text, "exactly_restore_seconds").count as i32;
             if restoring > 0.0 && restore_started.is_none() {
                 restore_started = Some(now);
                 restore_cpu0 = procfs::cpu_seconds(worker.pid()).unwrap_or(0.0);
             }
-            if restored_tasks >= a.partitions && restoring == 0.0 {
+            if all_restored(&text, a.partitions) {
                 break (now, text);
             }
         }
@@ -386,7 +655,9 @@ fn restore(ctx: &RunContext) -> anyhow::Result<RestoreResult> {
     };
     let worker_cpu = procfs::cpu_seconds(worker.pid()).unwrap_or(0.0) - restore_cpu0;
     let started = restore_started.unwrap_or(worker.started);
-    let restored_ids = chaos::metric_sum(&text, "exactly_restore_records_total", &[]) as u64;
+    // The stores held nothing before: the IDs in them now are the IDs the restore applied.
+    let restored_ids = chaos::metric_sum(&text, "exactly_store_entries", &[]) as u64;
+    let changelog_records = chaos::metric_sum(&text, "exactly_restore_records_total", &[]) as u64;
     let hist = Histogram::parse(&text, "exactly_restore_seconds");
     let seconds = (done - started).as_secs_f64().max(1e-3);
     let peak_rss_bytes = procfs::peak_rss_bytes(worker.pid()).unwrap_or(0);
@@ -394,6 +665,7 @@ fn restore(ctx: &RunContext) -> anyhow::Result<RestoreResult> {
     worker.terminate(Duration::from_secs(120))?;
     Ok(RestoreResult {
         restored_ids,
+        changelog_records,
         seconds,
         ids_per_s: restored_ids as f64 / seconds,
         mean_task_seconds: hist.sum / hist.count.max(1) as f64,
@@ -441,6 +713,12 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<PipelineReport> {
         .prefix("pipeline-work-")
         .tempdir_in(&out_dir)
         .context("creating the work directory")?;
+    // Install Quix Streams first: a failure stops the run before it has produced anything.
+    let quix = if args.skip_quix {
+        None
+    } else {
+        Some(quix::prepare(&args.quix_venv(), work.path())?)
+    };
     let port = bs
         .rsplit_once(':')
         .and_then(|(_, p)| p.split(',').next()?.parse().ok())
@@ -489,28 +767,50 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<PipelineReport> {
         work_dir: work.path().to_owned(),
         broker_pid: procfs::find_broker_pid(port),
         cores: machine.cores,
+        quix,
     };
 
     let mut modes = Vec::new();
     let mut failure = None;
-    for mode in [
-        WorkerMode::Raw,
-        WorkerMode::AtLeastOnce,
-        WorkerMode::ExactlyOnce,
-    ] {
-        match run_mode(&ctx, mode) {
+    let mut run_modes = vec![
+        Mode::Worker(WorkerMode::Raw),
+        Mode::Worker(WorkerMode::AtLeastOnce),
+        Mode::Worker(WorkerMode::ExactlyOnce),
+    ];
+    if ctx.quix.is_some() {
+        run_modes.push(Mode::Quix);
+    }
+    for mode in run_modes {
+        let result = run_mode(&ctx, mode);
+        // The exactly-once worker's topics stay for the restart and restore measurements.
+        if mode != Mode::Worker(WorkerMode::ExactlyOnce) {
+            ctx.delete(&[ctx.output(mode)]);
+            ctx.delete(&ctx.internal_topics(mode));
+        }
+        match result {
             Ok(r) => modes.push(r),
             Err(e) => {
                 failure = Some(e.context(format!("mode {}", mode.name())));
                 break;
             }
         }
-        // The exactly-once worker's topics stay for the restore measurement.
-        if mode != WorkerMode::ExactlyOnce {
-            ctx.delete(&[ctx.output(mode)]);
-            ctx.delete(&ctx.internal_topics(mode));
-        }
     }
+    // Before the restore below wipes the exactly-once worker's state.
+    let restart = if failure.is_none() && !args.skip_restart {
+        let state_ids = modes
+            .iter()
+            .find(|m| m.mode == WorkerMode::ExactlyOnce.name())
+            .map_or(0, |m| m.output.distinct_ids);
+        match restart(&ctx, state_ids) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                failure = Some(e.context("restart"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     let restore = if failure.is_none() && !args.skip_restore {
         match restore(&ctx) {
             Ok(r) => Some(r),
@@ -560,6 +860,11 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<PipelineReport> {
         broker_read,
         broker_latency,
         modes,
+        quix_version: ctx
+            .quix
+            .as_ref()
+            .map(|_| quix::QUIXSTREAMS_VERSION.to_owned()),
+        restart,
         restore,
         store_memory,
         targets: Vec::new(),
@@ -571,4 +876,35 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<PipelineReport> {
     std::fs::write(out_dir.join("latest.json"), &json)?;
     eprintln!("wrote {} and latest.json", file.display());
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_times_keep_the_order_and_take_the_middle_start() {
+        let runs: Vec<ReadyRun> = [0.9, 0.4, 1.5]
+            .into_iter()
+            .map(|seconds| ReadyRun {
+                seconds,
+                restored_records: 0,
+            })
+            .collect();
+        let t = ready_times(&runs);
+        assert_eq!(t.seconds, vec![0.9, 0.4, 1.5]);
+        assert_eq!(
+            (t.min_seconds, t.median_seconds, t.max_seconds),
+            (0.4, 0.9, 1.5)
+        );
+    }
+
+    #[test]
+    fn the_quix_mode_has_its_own_group_and_output() {
+        assert_eq!(Mode::Quix.name(), "quix-streams");
+        assert_eq!(
+            Mode::from(WorkerMode::ExactlyOnce).name(),
+            WorkerMode::ExactlyOnce.name()
+        );
+    }
 }

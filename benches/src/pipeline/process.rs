@@ -1,4 +1,7 @@
-//! Worker child processes: the pipeline binary re-executed as `worker --mode M ...`.
+//! Child processes of a pipeline run: the pipeline binary re-executed as `worker --mode M ...`
+//! ([`WorkerProcess::spawn`]), or the Quix Streams peer run by its venv's Python
+//! ([`QuixApp::spawn`]). Both are a [`WorkerProcess`]: a child with its stderr in a log, which
+//! the run measures the same way whatever program it runs.
 
 use super::worker::WorkerMode;
 use anyhow::{bail, Context as _};
@@ -7,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A worker child process: this binary re-executed as `worker --mode M ...`, stderr to a log.
+/// A mode's child process, stderr to a log.
 pub(super) struct WorkerProcess {
     child: Child,
     pub(super) log: PathBuf,
@@ -15,10 +18,19 @@ pub(super) struct WorkerProcess {
 }
 
 impl WorkerProcess {
+    /// This binary re-executed as `worker --mode <mode> <args>`.
     pub(super) fn spawn(mode: WorkerMode, args: &[String], log: PathBuf) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("locating this binary")?;
-        let stderr = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Command::new(exe)
+        // `/proc/self/exe` is this process's own image even after `target/release/pipeline`
+        // was rebuilt during the run (the target dir is shared): every mode of a run then
+        // runs the same code, and a rebuild does not make the next spawn fail.
+        let proc_exe = PathBuf::from("/proc/self/exe");
+        let exe = if proc_exe.exists() {
+            proc_exe
+        } else {
+            std::env::current_exe().context("locating this binary")?
+        };
+        let mut command = Command::new(exe);
+        command
             .arg("worker")
             .arg("--mode")
             .arg(
@@ -30,11 +42,18 @@ impl WorkerProcess {
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info,librdkafka=warn".into()),
-            )
+            );
+        Self::start(command, log)
+    }
+
+    /// Starts `command` with stdout discarded and stderr written to `log`.
+    fn start(mut command: Command, log: PathBuf) -> anyhow::Result<Self> {
+        let stderr = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = command
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
-            .context("starting a worker process")?;
+            .with_context(|| format!("starting {command:?}"))?;
         Ok(Self {
             child,
             log,
@@ -104,5 +123,31 @@ impl Drop for WorkerProcess {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// The Quix Streams peer: `benches/quix/dedup.py` run by the Python of the venv Quix Streams
+/// is installed in (see [`super::quix`]).
+#[derive(Debug, Clone)]
+pub(super) struct QuixApp {
+    /// The venv's `bin/python`.
+    pub(super) python: PathBuf,
+    /// The app's script.
+    pub(super) script: PathBuf,
+}
+
+impl QuixApp {
+    /// Runs the script with `args`. Python itself is the child (no shell in between), so the
+    /// pid measured is the one doing the work.
+    pub(super) fn spawn(&self, args: &[String], log: PathBuf) -> anyhow::Result<WorkerProcess> {
+        let mut command = Command::new(&self.python);
+        command
+            .arg(&self.script)
+            .args(args)
+            // Unbuffered, so that a traceback reaches the log even if the process is killed.
+            .env("PYTHONUNBUFFERED", "1")
+            // No warnings of Quix's dependencies in the log on every start.
+            .env("PYTHONWARNINGS", "ignore");
+        WorkerProcess::start(command, log)
     }
 }
