@@ -2,7 +2,7 @@
 //! how many IDs to store, filling a store, opening a RocksDB store, an in-memory changelog.
 
 use crate::ids::stored_id;
-use exactly_core::changelog::encode_entry;
+use exactly_core::changelog::{batch_record_key, encode_batch_into, encode_entry};
 use exactly_core::{
     ChangelogCheckpoint, Context, DedupStore, IdKey, ProcessError, Processor, Record, SeenEntry,
     StoreBatch,
@@ -112,9 +112,38 @@ pub fn open_rocks(dir: &Path, shared: &SharedRocksResources, partition: i32) -> 
 /// One changelog record as the restore consumer hands it over: offset, key (the ID), value.
 pub type ChangelogRecord = (i64, Vec<u8>, Vec<u8>);
 
-/// A changelog of `n` records with IDs [`stored_id`]`(0..n)`, first seen now, encoded as the
-/// runtime writes them.
+/// IDs per dedup changelog record in [`changelog`]: a transaction of the runtime's default
+/// 10,000 records over 4 tasks.
+pub const IDS_PER_CHANGELOG_RECORD: u64 = 2_500;
+
+/// A dedup changelog holding IDs [`stored_id`]`(0..n)`, first seen now, as the runtime writes
+/// it: one record per [`IDS_PER_CHANGELOG_RECORD`] IDs (one task's share of a transaction).
 pub fn changelog(n: u64) -> Vec<ChangelogRecord> {
+    let first_seen_ms = now_ms();
+    let mut value = Vec::new();
+    (0..n.div_ceil(IDS_PER_CHANGELOG_RECORD))
+        .map(|r| {
+            let ids = r * IDS_PER_CHANGELOG_RECORD..((r + 1) * IDS_PER_CHANGELOG_RECORD).min(n);
+            let entries: Vec<(IdKey, SeenEntry)> = ids
+                .map(|i| {
+                    (
+                        IdKey::of(&stored_id(i)),
+                        SeenEntry {
+                            first_seen_ms,
+                            source_offset: i as i64,
+                        },
+                    )
+                })
+                .collect();
+            encode_batch_into(entries.into_iter(), &mut value);
+            (r as i64, batch_record_key(&value).to_vec(), value.clone())
+        })
+        .collect()
+}
+
+/// The same IDs as [`changelog`] in the per-ID format of earlier versions (key = the raw ID,
+/// one record each), which restores still read.
+pub fn per_id_changelog(n: u64) -> Vec<ChangelogRecord> {
     let first_seen_ms = now_ms();
     (0..n)
         .map(|i| {

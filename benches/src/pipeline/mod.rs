@@ -70,6 +70,12 @@ pub struct PipelineArgs {
     /// is in flight (what exactly's runtime does; see docs/performance.md).
     #[arg(long, value_enum, default_value_t = worker::RawFlush::Drain)]
     pub raw_flush: worker::RawFlush,
+    /// Rounds of the modes on the same input: each mode's row is its median round (by
+    /// msgs/s), and the rounds' rates are reported too. The local test broker writes its whole
+    /// state to disk every half minute or so, which costs whichever mode runs then; rounds
+    /// (each in a rotated order) keep one such pause from deciding a comparison.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// Skip the memory-versus-store-size measurement.
     #[arg(long)]
     pub skip_store_memory: bool,
@@ -165,17 +171,23 @@ struct RunContext {
     cores: usize,
     /// The Quix Streams peer, unless `--skip-quix`.
     quix: Option<QuixApp>,
+    /// The round now measured: each round's modes have their own groups, outputs and state.
+    round: std::cell::Cell<usize>,
 }
 
 impl RunContext {
+    /// `mode`'s name in this round.
+    fn tag(&self, mode: impl Into<Mode>) -> String {
+        format!("r{}-{}", self.round.get(), mode.into().name())
+    }
     fn group(&self, mode: impl Into<Mode>) -> String {
-        format!("{}-{}", self.prefix, mode.into().name())
+        format!("{}-{}", self.prefix, self.tag(mode))
     }
     fn output(&self, mode: impl Into<Mode>) -> String {
-        format!("{}-out-{}", self.prefix, mode.into().name())
+        format!("{}-out-{}", self.prefix, self.tag(mode))
     }
     fn state_dir(&self, mode: impl Into<Mode>) -> PathBuf {
-        self.work_dir.join(format!("state-{}", mode.into().name()))
+        self.work_dir.join(format!("state-{}", self.tag(mode)))
     }
     /// Where `mode` runs on the run's input.
     fn placement(&self, mode: impl Into<Mode> + Copy) -> Placement {
@@ -401,7 +413,9 @@ fn run_mode(ctx: &RunContext, mode: Mode) -> anyhow::Result<ModeResult> {
         &ctx.input,
         &output,
         a.partitions,
-        &format!("lat-{}", mode.name()),
+        // The paced records' IDs are new in every round: a mode's earlier rounds forwarded
+        // the IDs they paced, and a resend of them would be dropped, not measured.
+        &format!("lat-{}", ctx.tag(mode)),
         a.latency_rate,
         a.latency_seconds,
         a.value_bytes,
@@ -437,6 +451,7 @@ fn run_mode(ctx: &RunContext, mode: Mode) -> anyhow::Result<ModeResult> {
         startup_seconds,
         seconds,
         msgs_per_s,
+        round_msgs_per_s: vec![msgs_per_s],
         msgs_per_s_incl_startup: end_sum as f64 / total_seconds,
         vs_raw: 1.0,
         e2e_latency: e2e,
@@ -768,9 +783,9 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<PipelineReport> {
         broker_pid: procfs::find_broker_pid(port),
         cores: machine.cores,
         quix,
+        round: std::cell::Cell::new(0),
     };
 
-    let mut modes = Vec::new();
     let mut failure = None;
     let mut run_modes = vec![
         Mode::Worker(WorkerMode::Raw),
@@ -780,21 +795,35 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<PipelineReport> {
     if ctx.quix.is_some() {
         run_modes.push(Mode::Quix);
     }
-    for mode in run_modes {
-        let result = run_mode(&ctx, mode);
-        // The exactly-once worker's topics stay for the restart and restore measurements.
-        if mode != Mode::Worker(WorkerMode::ExactlyOnce) {
-            ctx.delete(&[ctx.output(mode)]);
-            ctx.delete(&ctx.internal_topics(mode));
-        }
-        match result {
-            Ok(r) => modes.push(r),
-            Err(e) => {
-                failure = Some(e.context(format!("mode {}", mode.name())));
-                break;
+    let rounds = args.rounds.max(1);
+    // Results per mode (in `run_modes` order), one per round.
+    let mut results: Vec<Vec<ModeResult>> = vec![Vec::new(); run_modes.len()];
+    let eos = Mode::Worker(WorkerMode::ExactlyOnce);
+    'rounds: for round in 0..rounds {
+        ctx.round.set(round);
+        // Each round starts with the next mode, so that no mode always runs right after the
+        // same one (or always first, on the fewest records the broker holds).
+        for k in 0..run_modes.len() {
+            let i = (round + k) % run_modes.len();
+            let mode = run_modes[i];
+            eprintln!("[round {}/{rounds}] {}", round + 1, mode.name());
+            let result = run_mode(&ctx, mode);
+            // The last round's exactly-once topics stay for the restart and restore
+            // measurements.
+            if mode != eos || round + 1 < rounds {
+                ctx.delete(&[ctx.output(mode)]);
+                ctx.delete(&ctx.internal_topics(mode));
+            }
+            match result {
+                Ok(r) => results[i].push(r),
+                Err(e) => {
+                    failure = Some(e.context(format!("round {}, mode {}", round + 1, mode.name())));
+                    break 'rounds;
+                }
             }
         }
     }
+    let mut modes: Vec<ModeResult> = results.into_iter().filter_map(median_round).collect();
     // Before the restore below wipes the exactly-once worker's state.
     let restart = if failure.is_none() && !args.skip_restart {
         let state_ids = modes
@@ -876,6 +905,16 @@ pub fn run(args: PipelineArgs) -> anyhow::Result<PipelineReport> {
     std::fs::write(out_dir.join("latest.json"), &json)?;
     eprintln!("wrote {} and latest.json", file.display());
     Ok(report)
+}
+
+/// The round of a mode with the median rate (the lower one of two middle rounds), with every
+/// round's rate in [`ModeResult::round_msgs_per_s`]; `None` without rounds.
+fn median_round(mut rounds: Vec<ModeResult>) -> Option<ModeResult> {
+    let rates: Vec<f64> = rounds.iter().map(|r| r.msgs_per_s).collect();
+    rounds.sort_by(|a, b| a.msgs_per_s.total_cmp(&b.msgs_per_s));
+    let mut median = rounds.get((rounds.len().max(1) - 1) / 2)?.clone();
+    median.round_msgs_per_s = rates;
+    Some(median)
 }
 
 #[cfg(test)]

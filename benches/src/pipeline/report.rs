@@ -79,6 +79,8 @@ pub struct ModeResult {
     /// Seconds from the first observed offset commit until the committed offsets reached the
     /// end of the backlog.
     pub seconds: f64,
+    /// The rate of each round of this mode, in round order (the row is the median round).
+    pub round_msgs_per_s: Vec<f64>,
     /// Input records committed in that time, per second (the headline throughput).
     pub msgs_per_s: f64,
     /// Input records per second counting from the worker's start (includes joining the
@@ -299,6 +301,23 @@ impl PipelineReport {
                 m.other_cores,
                 thousands(m.output.records as f64),
                 thousands(m.output.distinct_ids as f64),
+            );
+        }
+        if self.modes.iter().any(|m| m.round_msgs_per_s.len() > 1) {
+            let rounds: Vec<String> = self
+                .modes
+                .iter()
+                .map(|m| {
+                    let rates: Vec<String> =
+                        m.round_msgs_per_s.iter().map(|r| thousands(*r)).collect();
+                    format!("{} {}", m.mode, rates.join(" / "))
+                })
+                .collect();
+            let _ = writeln!(
+                s,
+                "\nEach row is its mode's median of {} rounds on the same input (each round in a rotated order); msgs/s per round: {}.",
+                self.modes[0].round_msgs_per_s.len(),
+                rounds.join("; ")
             );
         }
         let _ = writeln!(

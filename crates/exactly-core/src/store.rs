@@ -81,11 +81,13 @@ pub trait DedupStore: Send {
     /// Atomically records the entries and the checkpoint. Never partially applied.
     fn apply(&mut self, batch: &StoreBatch) -> Result<(), StoreError>;
 
-    /// [`apply`](Self::apply) for a batch whose IDs the caller has just looked up in this
-    /// store and found absent or expired, with no write in between: the committing task's
-    /// case. A store may then skip its own existence check (an on-disk store saves one
-    /// batched lookup per commit); its entry count may then count a re-seen expired ID twice
-    /// until the next [`expire_before`](Self::expire_before) recounts.
+    /// [`apply`](Self::apply) for a batch of IDs the store is not expected to hold: the
+    /// committing task's (it has just looked them up and found them absent or expired, with
+    /// no write in between) and a restore's (the changelog past the store's checkpoint). A
+    /// store may then skip its own existence check (an on-disk store saves a batched lookup
+    /// per batch); its entry count may then count an ID twice (one re-seen after it expired,
+    /// or one on disk past its checkpoint after a crash) until the next
+    /// [`expire_before`](Self::expire_before) recounts.
     fn apply_unseen(&mut self, batch: &StoreBatch) -> Result<(), StoreError> {
         self.apply(batch)
     }

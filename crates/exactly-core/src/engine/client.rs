@@ -270,8 +270,14 @@ pub trait StreamClients {
         partitions: &[TopicPartition],
         within: Duration,
     ) -> Result<Vec<Option<i64>>, ClientError>;
-    /// Commits consumer offsets outside any transaction (at-least-once mode).
-    fn commit_offsets(&self, offsets: &[(TopicPartition, i64)]) -> Result<(), ClientError>;
+    /// Commits consumer offsets outside any transaction (at-least-once mode). With `sync` it
+    /// waits for the group coordinator's answer; otherwise it sends the commit and returns,
+    /// and a commit that fails later is only logged (a later commit covers its offsets).
+    fn commit_offsets(
+        &self,
+        offsets: &[(TopicPartition, i64)],
+        sync: bool,
+    ) -> Result<(), ClientError>;
     /// Whether the group took this member's assignment away (its offsets would be refused).
     fn assignment_lost(&self) -> bool;
 
@@ -283,7 +289,8 @@ pub trait StreamClients {
     /// transaction (or at-least-once batch) from 0: an error about this record, now or when
     /// the transaction commits, carries it as [`ClientError::record`]. While the producer's
     /// local queue is full (the brokers take records slower than they come, or none answers)
-    /// it waits for room at most `within`, and then fails as
+    /// it waits for room at most `within()` (asked only then: most sends never wait, and
+    /// reading the clock per record showed in profiles), and then fails as
     /// [`Abortable`](ClientErrorKind::Abortable). Once an earlier send's delivery failed, the
     /// transaction takes no more records: the send fails with that delivery's error, about
     /// the earlier record.
@@ -292,7 +299,7 @@ pub trait StreamClients {
         kind: RecordKind,
         record: &Output,
         seq: u64,
-        within: Duration,
+        within: &dyn Fn() -> Duration,
     ) -> Result<(), ClientError>;
     /// Adds consumer offsets to the open transaction, with the group consumer's metadata
     /// (member id, generation: KIP-447).

@@ -133,10 +133,10 @@ impl<C: StreamClients> TxnWriter for ClientWriter<'_, C> {
     fn send(&mut self, kind: RecordKind, record: &Output) -> Result<(), String> {
         let seq = self.origins.next(self.task, self.source.take());
         self.seq = seq;
-        let within = self.deadline.map_or(super::REQUEST_WAIT, |d| {
-            d.saturating_sub(self.clock.monotonic())
-        });
-        self.clients.send(kind, record, seq, within).map_err(|e| {
+        let (deadline, clock) = (self.deadline, self.clock);
+        let within =
+            || deadline.map_or(super::REQUEST_WAIT, |d| d.saturating_sub(clock.monotonic()));
+        self.clients.send(kind, record, seq, &within).map_err(|e| {
             let message = e.to_string();
             self.failure = Some(e);
             message
@@ -168,6 +168,13 @@ impl<'c, C: StreamClients> ClientWriter<'c, C> {
             },
         }
     }
+}
+
+/// Whether an at-least-once offset commit waits for the group coordinator's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OffsetCommit {
+    Sync,
+    Async,
 }
 
 /// Transactions refused because of one input record's outputs, in a row.
@@ -250,6 +257,27 @@ impl<F: ProcessorFactory> Engine<F> {
     ///    committed changelog). A store that fails is restored from its changelog.
     /// 7. **At-least-once only: commit the offsets**, last, after outputs and IDs are durable.
     pub(crate) fn commit<C: StreamClients>(&mut self, clients: &C) -> Result<(), Fault> {
+        // At least once, the offsets of a running thread go out without waiting for the
+        // coordinator: the records before them are delivered and their IDs stored, so a
+        // commit that is lost (a crash, an error) only makes their redelivery a duplicate the
+        // stores drop. With the global scope the offsets of repartition topics decide what is
+        // purged, so they are waited for.
+        let offsets = if self.cfg.dedup_scope == super::DedupScope::Global {
+            OffsetCommit::Sync
+        } else {
+            OffsetCommit::Async
+        };
+        self.commit_then(clients, offsets)
+    }
+
+    /// [`commit`](Self::commit) whose at-least-once offset commit waits for the coordinator
+    /// or not: the last commit before partitions move or the thread stops waits, so that the
+    /// next owner starts where this one stopped.
+    pub(crate) fn commit_then<C: StreamClients>(
+        &mut self,
+        clients: &C,
+        offset_commit: OffsetCommit,
+    ) -> Result<(), Fault> {
         if !self.txn.is_open() {
             return Ok(());
         }
@@ -380,7 +408,7 @@ impl<F: ProcessorFactory> Engine<F> {
         // 7.
         if !self.cfg.exactly_once() && !offsets.is_empty() {
             // A crash before this line re-delivers records whose IDs the stores now hold.
-            match clients.commit_offsets(&offsets) {
+            match clients.commit_offsets(&offsets, offset_commit == OffsetCommit::Sync) {
                 Ok(()) => self.note_committed(&offsets),
                 Err(e) if e.is_terminated() => return Err(e.into()),
                 Err(e) => {
@@ -483,7 +511,7 @@ impl<F: ProcessorFactory> Engine<F> {
         if !self.txn.is_open() {
             return Ok(());
         }
-        if let Err(fault) = self.commit(clients) {
+        if let Err(fault) = self.commit_then(clients, OffsetCommit::Sync) {
             self.recover(clients, fault)?;
         }
         if self.txn.is_open() {

@@ -87,14 +87,16 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
             .get_many(&keys, &mut found)
             .map_err(|e| self.store_err(e))?;
         let mut in_store = vec![false; records.len()];
-        let cutoff = clock.now_ms() - self.config.dedup_retention_ms;
+        // One wall-clock reading per batch: the retention cutoff and the IDs' first-seen time.
+        let now_ms = clock.now_ms();
+        let cutoff = now_ms - self.config.dedup_retention_ms;
         for (slot, entry) in lookup_index.iter().zip(found) {
             // An expired entry may still be on disk until compaction: it does not count.
             in_store[*slot] = entry.is_some_and(|e| e.first_seen_ms >= cutoff);
         }
 
         for (i, record) in records.iter().enumerate() {
-            if i > 0 && until.is_some_and(|u| clock.monotonic() >= u) {
+            if i > 0 && until.is_some_and(|u| clock.monotonic_coarse() >= u) {
                 return Ok(stale + i);
             }
             self.counters.consumed += 1;
@@ -105,7 +107,7 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
                         self.counters.duplicates += 1;
                     } else {
                         self.handle_new(record, Some(id.as_ref()), clock, writer)?;
-                        self.stage_id(*key, record.offset, clock);
+                        self.stage_id(*key, record.offset, now_ms);
                     }
                 }
                 Err(invalid) => {
@@ -281,8 +283,14 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         loop {
             self.outputs.clear();
             self.stores.drop_pending();
+            // State stores read their entries' TTL against the time; without stores no clock.
+            let now_ms = if self.stores.slots.is_empty() {
+                0
+            } else {
+                clock.now_ms()
+            };
             let mut ctx = Context::new(&self.id, record, id, &mut self.outputs)
-                .with_stores(&mut self.stores, clock.now_ms());
+                .with_stores(&mut self.stores, now_ms);
             let processor = self
                 .processor
                 .as_mut()
@@ -382,9 +390,9 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
 
     /// Stages a handled ID in the overlay; [`write_changelog`](Self::write_changelog) sends
     /// it to the changelog with the transaction's other IDs.
-    fn stage_id(&mut self, key: IdKey, source_offset: i64, clock: &dyn Clock) {
+    fn stage_id(&mut self, key: IdKey, source_offset: i64, first_seen_ms: i64) {
         let entry = SeenEntry {
-            first_seen_ms: clock.now_ms(),
+            first_seen_ms,
             source_offset,
         };
         self.overlay.insert(key, entry);

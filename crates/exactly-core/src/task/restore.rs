@@ -310,8 +310,9 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         }
         let cutoff = clock.now_ms() - self.config.dedup_retention_ms;
         let mut entries = Vec::new();
-        let mut last = None;
+        let (mut first, mut last) = (None, None);
         for (offset, key, value) in records {
+            first.get_or_insert(offset);
             last = Some(offset);
             let Some(value) = value else { continue };
             decode_record(key, value, |id, entry| {
@@ -337,7 +338,16 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
                 next_offset: last + 1,
             },
         };
-        self.store.apply(&batch).map_err(|e| self.store_err(e))?;
+        // The changelog past the store's checkpoint holds IDs the store lacks (see
+        // `apply_unseen`); a replay from before it (`RestoreFrom::Start`) holds IDs it has.
+        let checkpoint = self.store.checkpoint().map_err(|e| self.store_err(e))?;
+        let tail = checkpoint.is_none_or(|cp| first.is_some_and(|f| f >= cp.next_offset));
+        let applied = if tail {
+            self.store.apply_unseen(&batch)
+        } else {
+            self.store.apply(&batch)
+        };
+        applied.map_err(|e| self.store_err(e))?;
         self.counters.restored += n as u64;
         Ok(n)
     }

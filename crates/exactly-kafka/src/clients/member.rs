@@ -127,6 +127,14 @@ impl ConsumerContext for MemberContext {
             );
         }
     }
+
+    /// The outcome of an asynchronous offset commit (at least once): a failed one is logged,
+    /// and the next commit covers its offsets.
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "offset commit failed; the next commit covers its offsets");
+        }
+    }
 }
 
 /// Context of auxiliary clients: routes librdkafka logs to `tracing`.

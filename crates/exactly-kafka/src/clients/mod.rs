@@ -228,10 +228,17 @@ impl KafkaClients {
         if !config.kafka.contains_key("allow.auto.create.topics") {
             pc.set("allow.auto.create.topics", "false");
         }
-        pc.set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .set("batch.num.messages", "10000")
-            .set("queue.buffering.max.messages", "1000000");
+        pc.set("enable.idempotence", "true");
+        // Throughput defaults, which the `[kafka]` table may change.
+        for (key, value) in [
+            ("linger.ms", "5"),
+            ("batch.num.messages", "10000"),
+            ("queue.buffering.max.messages", "1000000"),
+        ] {
+            if !config.kafka.contains_key(key) {
+                pc.set(key, value);
+            }
+        }
         if exactly_once {
             pc.set("transactional.id", txn_id).set(
                 "transaction.timeout.ms",
@@ -454,9 +461,18 @@ impl StreamClients for KafkaClients {
             .collect())
     }
 
-    fn commit_offsets(&self, offsets: &[(TopicPartition, i64)]) -> Result<(), ClientError> {
+    fn commit_offsets(
+        &self,
+        offsets: &[(TopicPartition, i64)],
+        sync: bool,
+    ) -> Result<(), ClientError> {
+        let mode = if sync {
+            CommitMode::Sync
+        } else {
+            CommitMode::Async
+        };
         self.consumer
-            .commit(&offsets_tpl(offsets)?, CommitMode::Sync)
+            .commit(&offsets_tpl(offsets)?, mode)
             .map_err(read("commit offsets"))
     }
 
@@ -480,7 +496,7 @@ impl StreamClients for KafkaClients {
         _kind: RecordKind,
         record: &Output,
         seq: u64,
-        within: Duration,
+        within: &dyn Fn() -> Duration,
     ) -> Result<(), ClientError> {
         let p = self.producer.borrow();
         producer::send(&p, record, seq, within).map_err(|e| match e {
@@ -492,7 +508,7 @@ impl StreamClients for KafkaClients {
                 // librdkafka refuses to produce once the transaction is abortable (`_STATE`),
                 // which an earlier record's failed delivery makes it: say which record that
                 // was, so that the engine can set it aside instead of retrying in vain.
-                producer::drain_deliveries(&p, within.min(REQUEST_TIMEOUT));
+                producer::drain_deliveries(&p, within().min(REQUEST_TIMEOUT));
                 self.refused_delivery(&p).unwrap_or(error)
             }
             producer::SendError::QueueFull(waited) => ClientError::new(

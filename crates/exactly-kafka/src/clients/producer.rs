@@ -44,12 +44,12 @@ pub(crate) enum SendError {
 }
 
 /// Sends a record (send number `seq` of its transaction, which its delivery report carries),
-/// serving delivery reports while the local queue is full, for `within` at most.
+/// serving delivery reports while the local queue is full, for `within()` at most.
 pub(crate) fn send(
     producer: &BaseProducer<DeliveryTracker>,
     out: &Output,
     seq: u64,
-    within: Duration,
+    within: &dyn Fn() -> Duration,
 ) -> Result<(), SendError> {
     let mut headers = OwnedHeaders::new_with_capacity(out.headers.len());
     for (k, v) in &out.headers {
@@ -77,7 +77,10 @@ pub(crate) fn send(
         match producer.send(record) {
             Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                let deadline = *deadline.get_or_insert_with(|| Instant::now() + within);
+                let (deadline, within) = *deadline.get_or_insert_with(|| {
+                    let within = within();
+                    (Instant::now() + within, within)
+                });
                 if Instant::now() >= deadline {
                     return Err(SendError::QueueFull(within));
                 }
@@ -94,13 +97,23 @@ pub(crate) fn send(
 /// also calls, waits in 100 ms poll slices once the first check finds messages in flight, so
 /// every commit took at least 100 ms; 1 ms steps let it start as soon as the last report is
 /// in.
+///
+/// Each step waits in librdkafka's own `rd_kafka_flush`, not in a poll: while a flush runs,
+/// librdkafka sends what it queued at once instead of after `linger.ms`, so the commit does not
+/// wait for the last batches to linger. (With rdkafka's event-based delivery reports that
+/// flush returns after its 1 ms, since the reports wait for this thread to serve them.)
 pub(crate) fn drain_deliveries(producer: &BaseProducer<DeliveryTracker>, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while producer.in_flight_count() > 0 {
         if Instant::now() >= deadline {
             return false;
         }
-        producer.poll(Duration::from_millis(1));
+        // SAFETY: the pointer is the live producer's; librdkafka's flush only reads its state
+        // and waits (it serves no callbacks in event mode).
+        unsafe {
+            rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), 1);
+        }
+        producer.poll(Duration::ZERO);
     }
     true
 }

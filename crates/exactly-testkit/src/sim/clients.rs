@@ -568,7 +568,11 @@ impl StreamClients for SimClients {
         })
     }
 
-    fn commit_offsets(&self, offsets: &[(TopicPartition, i64)]) -> Result<(), ClientError> {
+    fn commit_offsets(
+        &self,
+        offsets: &[(TopicPartition, i64)],
+        _sync: bool,
+    ) -> Result<(), ClientError> {
         self.request("commit_offsets", |c, s| {
             let meta = c.member_metadata(&self.cfg.group, s.member);
             let list: Vec<(String, i32, i64)> = offsets
@@ -598,7 +602,7 @@ impl StreamClients for SimClients {
         kind: RecordKind,
         out: &Output,
         seq: u64,
-        within: Duration,
+        within: &dyn Fn() -> Duration,
     ) -> Result<(), ClientError> {
         self.op("send", |c, s| {
             Self::producer_ok(s, "send")?;
@@ -638,6 +642,7 @@ impl StreamClients for SimClients {
                 }
                 // The queue is full: librdkafka's produce fails with QUEUE_FULL, and the
                 // client serves deliveries and tries again until `within` has passed.
+                let within = within();
                 if !c.wait_for_brokers(within) {
                     return Err(ClientError::new(
                         ClientErrorKind::Abortable,
