@@ -143,9 +143,9 @@ pub struct StoreOptions {
     /// blocks. `0.0` disables the filter.
     pub bloom_bits: f64,
     /// Recent IDs a dedup store holds in memory before it writes them to disk as one sorted
-    /// file (default 256 Ki, about 12 MiB); it writes them earlier when the stores of the
-    /// process together hold more than their shared budget
-    /// ([`SharedRocksResources::with_recent_ids`]).
+    /// file (default 224 Ki: seven eighths of 256 Ki, the most a hash table of 2¹⁸ slots
+    /// takes, 8.4 MiB); it writes them earlier when the stores of the process together hold
+    /// more than their shared budget ([`SharedRocksResources::with_recent_ids`]).
     pub recent_ids: usize,
 }
 
@@ -154,7 +154,7 @@ impl Default for StoreOptions {
         Self {
             disable_wal: true,
             bloom_bits: 10.0,
-            recent_ids: 256 << 10,
+            recent_ids: 224 << 10,
         }
     }
 }

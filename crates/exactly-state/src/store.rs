@@ -347,6 +347,11 @@ impl RocksDedupStore {
                 found: StoreIdentity::of_checkpoint(&batch.checkpoint),
             });
         }
+        // The recent IDs' table never grows past the size `recent_ids` fits in: a batch that
+        // would take it past them goes after the recent IDs are on disk.
+        if !self.recent.is_empty() && self.recent.len() + batch.entries.len() > self.recent_max {
+            self.spill()?;
+        }
         let cutoff = self.retention_cutoff();
         let before = self.recent.len();
         if unseen {
@@ -453,13 +458,14 @@ impl RocksDedupStore {
         Ok(())
     }
 
-    /// Empties the recent IDs. A store that spilled early for the shared budget gives its
-    /// table's memory back; a busy one keeps it for the next round.
+    /// Empties the recent IDs. A store that spilled well before its own limit (for the shared
+    /// budget, or on close) gives its table's memory back; a busy one keeps it for the next
+    /// round.
     fn clear_recent(&mut self) {
         let n = self.recent.len();
         self.budget.remove(n);
         self.recent.clear();
-        if n < self.recent_max {
+        if n < self.recent_max / 2 {
             self.recent.shrink_to_fit();
         }
     }

@@ -29,10 +29,13 @@ pub(crate) fn db_options(shared: &SharedRocksResources) -> Options {
     // Entries and checkpoint must reach disk together even without a WAL (see the type doc).
     opts.set_atomic_flush(true);
     opts.set_write_buffer_manager(&shared.write_buffer_manager);
-    // The unused default column family's memtable would size the write-ahead log's
-    // preallocation (1.1 times the largest write buffer: 70 MB of disk per store with the
-    // 64 MiB default); the stores' own column families set theirs.
+    // The write-ahead log holds only meta writes and deletes (IDs arrive as files, a state
+    // store writes without it by default), yet RocksDB preallocates its file by the write
+    // buffer budget (64 MiB of disk per store while open) and the manifest by 4 MiB: both are
+    // kept small. The unused default column family gets a small memtable too.
     opts.set_write_buffer_size(1 << 20);
+    opts.set_max_total_wal_size(4 << 20);
+    opts.set_manifest_preallocation_size(64 << 10);
     // Every task directory gets RocksDB's info log; keep it small.
     opts.set_keep_log_file_num(2);
     opts.set_max_log_file_size(1 << 20);

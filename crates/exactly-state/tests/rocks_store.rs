@@ -677,3 +677,18 @@ fn an_unfinished_spill_file_is_deleted_at_open() {
     assert!(!dir.join("recent-ids.sst").exists());
     assert_eq!(store.checkpoint().expect("checkpoint"), None);
 }
+
+#[test]
+fn a_batch_that_would_pass_the_limit_goes_in_after_the_recent_ids_are_on_disk() {
+    let (_root, dir) = store_dir();
+    let shared = shared();
+    let mut store = open_with_recent(&dir, &shared, 10);
+    store.apply(&batch_of(&numbered(0, 8), 1)).expect("apply");
+    assert_eq!(store.recent_ids(), 8);
+    // 8 + 5 > 10: the 8 go to disk with their checkpoint first.
+    store.apply(&batch_of(&numbered(8, 13), 2)).expect("apply");
+    assert_eq!(store.recent_ids(), 5);
+    assert_eq!(store.durable_checkpoint().map(|cp| cp.next_offset), Some(1));
+    assert_eq!(physical_ids(&dir).len(), 8);
+    assert_eq!(store.stats().entries, 13);
+}
