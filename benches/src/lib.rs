@@ -18,11 +18,12 @@
 //! ```
 //! use exactly_benches::fixtures::{fill, stored_id_counts};
 //! use exactly_benches::ids::stored_id;
-//! use exactly_core::{DedupStore, MemDedupStore};
+//! use exactly_core::{DedupStore, IdKey, MemDedupStore};
 //!
 //! let mut store = MemDedupStore::new();
 //! fill(&mut store, 0..1_000, 500);
-//! assert!(store.get(&stored_id(999)).unwrap().is_some());
+//! assert!(store.get(&IdKey::of(&stored_id(999))).unwrap().is_some());
+//! assert!(store.get(&IdKey::of(&stored_id(1_000))).unwrap().is_none());
 //! assert!(stored_id_counts().contains(&1_000_000));
 //! ```
 #![warn(missing_docs)]

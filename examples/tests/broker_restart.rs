@@ -71,7 +71,7 @@ fn instances_running_and_restoring_through_broker_restarts_keep_running_and_outp
     assert!(apps[1].kill9(), "instance b was running");
     apps[1].start();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !apps[1].log_since_start().contains("restoring dedup store") {
+    while !apps[1].log_since_start().contains("restoring stores") {
         alive(&mut apps);
         assert!(
             Instant::now() < deadline,

@@ -1,13 +1,15 @@
-//! The RocksDB dedup store of `exactly`: one RocksDB instance per task, IDs and changelog
-//! checkpoint in one `WriteBatch`, whole-key bloom filters, TTL expiry by a compaction filter,
-//! and one block cache and write-buffer budget shared by every store of the process.
+//! The RocksDB dedup store of `exactly`: one RocksDB instance per task, holding 16-byte ID
+//! keys ([`exactly_core::IdKey`]). Recent IDs live in an in-memory table; spills write them as
+//! one sorted SST file that RocksDB ingests, then the changelog checkpoint they reach. Pinned
+//! whole-key filters, TTL expiry, and one block cache, write-buffer and recent-ID budget shared
+//! by every store of the process.
 //!
 //! [`RocksDedupStore`] implements [`exactly_core::DedupStore`] and passes the conformance
 //! suite of `exactly-testkit`. It is a cache of the task's changelog partition: it may lag the
 //! changelog (the restore replays the tail from its checkpoint) but never leads it.
 //!
 //! ```no_run
-//! use exactly_core::{ChangelogCheckpoint, DedupStore, SeenEntry, StoreBatch};
+//! use exactly_core::{ChangelogCheckpoint, DedupStore, IdKey, SeenEntry, StoreBatch};
 //! use exactly_state::{task_dir, RocksDedupStore, SharedRocksResources, StoreIdentity};
 //! use std::path::Path;
 //!
@@ -22,16 +24,17 @@
 //!     eprintln!("restoring from scratch: {reason}");
 //! }
 //!
-//! // After the Kafka transaction committed: IDs and checkpoint in one atomic write.
+//! // After the Kafka transaction committed: the IDs it made seen, and the checkpoint.
+//! let id = IdKey::of(b"order-17");
 //! store.apply(&StoreBatch {
-//!     entries: vec![(b"order-17".to_vec(), SeenEntry { first_seen_ms: 1_700_000_000_000, source_offset: 42 })],
+//!     entries: vec![(id, SeenEntry { first_seen_ms: 1_700_000_000_000, source_offset: 42 })],
 //!     checkpoint: ChangelogCheckpoint {
 //!         topic: identity.changelog_topic.clone(),
 //!         partition: identity.partition,
 //!         next_offset: 1,
 //!     },
 //! })?;
-//! assert!(store.get(b"order-17")?.is_some());
+//! assert!(store.get(&id)?.is_some());
 //! # Ok(())
 //! # }
 //! ```

@@ -870,7 +870,7 @@ fn restoring_in(log: &str) -> bool {
     }
     let mut last: HashMap<&str, bool> = HashMap::new();
     for line in log.lines() {
-        let restoring = if line.contains("restoring dedup store") {
+        let restoring = if line.contains("restoring stores") {
             true
         } else if line.contains("task restored; running") {
             false
@@ -1235,8 +1235,8 @@ mod tests {
     fn a_log_shows_start_up_and_restores_until_every_task_runs() {
         assert!(restoring_in("INFO stream thread started thread=0\n"));
         let assigned = "INFO partitions assigned assigned=2 tasks=2\n";
-        let restoring = "INFO restoring dedup store thread=a-0-0 task=in-0 checkpoint=0 from=0 end=9\n\
-                         INFO restoring dedup store thread=a-0-0 task=in-1 checkpoint=0 from=0 end=3\n";
+        let restoring = "INFO restoring stores thread=a-0-0 task=in-0 ranges=[\"c: 0..9\"]\n\
+                         INFO restoring stores thread=a-0-0 task=in-1 ranges=[\"c: 0..3\"]\n";
         let one = "INFO task restored; running thread=a-0-0 task=in-1 committed=Some(3)\n";
         let other = "INFO task restored; running thread=a-0-0 task=in-0 committed=Some(9)\n";
         assert!(restoring_in(&format!("{restoring}{assigned}")));
@@ -1244,7 +1244,7 @@ mod tests {
         assert!(!restoring_in(&format!("{restoring}{assigned}{one}{other}")));
         // A task restoring anew (its store failed) restores again.
         assert!(restoring_in(&format!(
-            "{restoring}{assigned}{one}{other}INFO restoring dedup store thread=a-0-0 task=in-0 from=9\n"
+            "{restoring}{assigned}{one}{other}INFO restoring stores thread=a-0-0 task=in-0 ranges=[\"c: 9..12\"]\n"
         )));
     }
 }

@@ -8,7 +8,7 @@ use exactly_core::{
     Context, ErrorPolicy, IdPolicy, IdSource, InvalidIdPolicy, Output, ProcessError, Processor,
     Record, RetryPolicy, TaskConfig, TaskId,
 };
-use exactly_testkit::{TestDriver, TestRecord};
+use exactly_testkit::{CrashPoint, TestDriver, TestRecord};
 use std::time::Duration;
 
 fn dlq_config() -> TaskConfig {
@@ -372,4 +372,37 @@ fn expired_changelog_entries_are_not_restored() {
         1,
         "only 'new' is within the retention"
     );
+}
+
+#[test]
+fn a_restore_whose_tail_retention_deleted_after_it_was_planned_completes() {
+    let config = TaskConfig {
+        dedup_retention_ms: 60_000,
+        ..TaskConfig::default()
+    };
+    let mut d = TestDriver::builder(fanout as fn(&TaskId) -> Fanout)
+        .config(config)
+        .build();
+    d.pipe(TestRecord::with_id("a").value("1").partition(0));
+    d.run_until_idle().unwrap();
+    // A crash between the commit and the store apply: the store's checkpoint lies before
+    // the changelog record of "b"'s transaction.
+    d.pipe(TestRecord::with_id("b").value("1").partition(0));
+    d.step_and_crash(CrashPoint::AfterCommitBeforeApply)
+        .unwrap();
+    assert_eq!(d.committed_outputs("out").len(), 2);
+    // The instance stays down longer than the retention. The restart plans the tail from
+    // the checkpoint; the broker deletes it (retention) before the restore's first fetch,
+    // which resets to the log start with nothing to read, so the consumer's position never
+    // reaches the end the plan saw.
+    d.clock().advance(Duration::from_secs(61));
+    d.restart().unwrap();
+    assert_eq!(d.stats().restored_records, 0, "the tail is gone");
+    assert_eq!(d.committed_offset(0), Some(2));
+    // "b" expired with its changelog record: a resend is new again, as after any expiry.
+    d.pipe(TestRecord::with_id("c").value("1").partition(0));
+    d.pipe(TestRecord::with_id("c").value("1").partition(0));
+    d.run_until_idle().unwrap();
+    assert_eq!(d.committed_outputs("out").len(), 3);
+    assert_eq!(d.committed_offset(0), Some(4));
 }

@@ -273,16 +273,19 @@ impl<F: ProcessorFactory> Engine<F> {
             return Ok(());
         }
         // The restore consumer's position counts only where it reads for this restore; no
-        // position yet (nothing read, or not assigned yet): the part's start.
+        // position yet (nothing read, or not assigned yet): the part's start. (The start
+        // moves to the log start when records were deleted before the consumer read them.)
         let assigned = &self.restore_assigned;
-        let pos: Vec<i64> = slot
+        let mut pos: Vec<i64> = slot
             .changelogs
             .iter()
             .zip(&r.parts)
             .map(|(changelog, part)| {
                 let cp = TopicPartition::new(changelog.as_str(), tp.partition);
                 match assigned.get(&cp) {
-                    Some(id) if *id == r.id => clients.restore_position(&cp).unwrap_or(part.from),
+                    Some(id) if *id == r.id => clients
+                        .restore_position(&cp)
+                        .map_or(part.from, |p| p.max(part.from)),
                     _ => part.from,
                 }
             })
@@ -293,8 +296,15 @@ impl<F: ProcessorFactory> Engine<F> {
             .zip(&pos)
             .map(|(p, pos)| (p.end - pos).max(0));
         observer.restore_remaining(&tp.topic, tp.partition, remaining.sum());
-        // Behind the end seen at the last check: more records are there, no round trip.
-        if r.parts.iter().zip(&pos).any(|(p, pos)| *pos < p.end) {
+        // Behind the end seen at the last check and reading on: more records are there, no
+        // round trip. A position that stopped moving below the end is checked against the
+        // broker: retention or DeleteRecords may have removed what it was to read (the
+        // consumer then resets to the log start, but librdkafka's position stays put until
+        // it reads something).
+        let behind = r.parts.iter().zip(&pos).any(|(p, pos)| *pos < p.end);
+        let moved = r.last_pos != pos;
+        r.last_pos.clone_from(&pos);
+        if behind && moved {
             return Ok(());
         }
         if r.last_check
@@ -305,9 +315,8 @@ impl<F: ProcessorFactory> Engine<F> {
         r.last_check = Some(now);
         let at_end = changelogs_at_end(
             clients,
-            &slot.changelogs,
-            tp.partition,
-            &pos,
+            (tp, &slot.changelogs),
+            &mut pos,
             &mut r.parts,
             &within,
         )?;
@@ -340,9 +349,8 @@ impl<F: ProcessorFactory> Engine<F> {
         };
         match changelogs_at_end(
             clients,
-            &slot.changelogs,
-            tp.partition,
-            &pos,
+            (tp, &slot.changelogs),
+            &mut pos,
             &mut r.parts,
             &within,
         )? {
@@ -479,16 +487,32 @@ impl<F: ProcessorFactory> Engine<F> {
 /// and compares them with the positions `pos`; updates each part's `end`.
 fn changelogs_at_end<C: StreamClients>(
     clients: &C,
-    changelogs: &[String],
-    partition: i32,
-    pos: &[i64],
+    (task, changelogs): (&TopicPartition, &[String]),
+    pos: &mut [i64],
     parts: &mut [Part],
     within: &dyn Fn() -> Duration,
 ) -> Result<AtEnd, Fault> {
-    for ((changelog, pos), part) in changelogs.iter().zip(pos).zip(parts.iter_mut()) {
-        let cp = TopicPartition::new(changelog.as_str(), partition);
-        let (_, lso) = clients.watermarks(&cp, Isolation::ReadCommitted, within())?;
+    for (k, ((changelog, pos), part)) in changelogs
+        .iter()
+        .zip(pos.iter_mut())
+        .zip(parts.iter_mut())
+        .enumerate()
+    {
+        let cp = TopicPartition::new(changelog.as_str(), task.partition);
+        let (low, lso) = clients.watermarks(&cp, Isolation::ReadCommitted, within())?;
         part.end = lso;
+        if *pos < low {
+            // Deleted before the restore read them. The dedup changelog loses records only
+            // to its retention, which the store would expire them by anyway; a state store
+            // misses whatever updates they held, wherever it restores from.
+            if k == 0 {
+                tracing::info!(task = %task, changelog, from = *pos, low, "changelog records past the dedup retention were deleted before the restore read them; restoring from the log start");
+            } else {
+                tracing::warn!(task = %task, changelog, from = *pos, low, "state changelog records were deleted (DeleteRecords or retention) before the restore read them; their updates are lost; restoring from the log start");
+            }
+            part.from = low;
+            *pos = low;
+        }
         if *pos < lso {
             return Ok(AtEnd::Behind);
         }

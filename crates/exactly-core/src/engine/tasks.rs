@@ -77,6 +77,9 @@ pub(crate) struct Restore {
     pub(crate) parts: Vec<Part>,
     pub(crate) last_check: Option<Duration>,
     pub(crate) last_wait_log: Duration,
+    /// The restore consumer's positions at the last check: a restore behind its end whose
+    /// positions stopped moving asks the broker why (records deleted before it read them).
+    pub(crate) last_pos: Vec<i64>,
     /// After a request of this restore failed transiently: when it is checked again, and how
     /// many checks failed in a row.
     pub(crate) retry: Option<(Duration, u32)>,
@@ -101,6 +104,7 @@ impl Restore {
             parts,
             last_check: None,
             last_wait_log: now,
+            last_pos: Vec::new(),
             retry: None,
         }
     }

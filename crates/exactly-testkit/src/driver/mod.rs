@@ -128,8 +128,14 @@ impl<F: ProcessorFactory> TestDriverBuilder<F> {
             retention_ms: None,
             ..TopicConfig::default()
         };
+        // The dedup changelog is `compact,delete` with `retention.ms` = the dedup retention,
+        // as the runtime creates it.
         let changelog = changelog_topic(&self.app, &self.input);
-        cluster.create_topic(&changelog, self.partitions, compacted);
+        let dedup_changelog = TopicConfig {
+            retention_ms: Some(self.config.dedup_retention_ms),
+            ..compacted
+        };
+        cluster.create_topic(&changelog, self.partitions, dedup_changelog);
         for s in &self.config.stores {
             let topic = state_changelog_topic(&self.app, &self.input, &s.name);
             cluster.create_topic(&topic, self.partitions, compacted);

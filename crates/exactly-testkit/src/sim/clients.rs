@@ -86,7 +86,19 @@ struct State {
     batches: HashMap<(String, i32), u64>,
     /// Records sent while no broker answered, in send order: delivered when one does.
     queued: Vec<Queued>,
-    restore: BTreeMap<TopicPartition, i64>,
+    /// The restore consumer's changelog partitions.
+    restore: BTreeMap<TopicPartition, RestorePosition>,
+}
+
+/// Where the restore consumer reads a changelog partition, as librdkafka tracks it.
+#[derive(Debug, Clone, Copy)]
+struct RestorePosition {
+    /// The next offset to fetch. A fetch below the log start (retention or DeleteRecords
+    /// removed records since) resets it to the log start (`auto.offset.reset=earliest`).
+    fetch: i64,
+    /// The application position `position()` reports: moved only by what the consumer
+    /// reads (records and transaction markers), not by a reset, as librdkafka's.
+    app: i64,
 }
 
 /// A record in the producer's queue.
@@ -769,7 +781,13 @@ impl StreamClients for SimClients {
 
     fn restore_assign(&self, tp: &TopicPartition, from: i64) -> Result<(), ClientError> {
         self.op("restore_assign", |_, s| {
-            s.restore.insert(tp.clone(), from);
+            s.restore.insert(
+                tp.clone(),
+                RestorePosition {
+                    fetch: from,
+                    app: from,
+                },
+            );
             Ok(())
         })
     }
@@ -792,20 +810,27 @@ impl StreamClients for SimClients {
                 if budget == 0 {
                     break;
                 }
-                let (recs, next) = c.read_committed(&tp.topic, tp.partition, *pos, budget);
+                // The broker deletes segments past `retention.ms` whenever its cleaner runs;
+                // the latest moment that can surprise a restore is its fetch.
+                c.apply_retention(&tp.topic, tp.partition);
+                let start = c.log_start_offset(&tp.topic, tp.partition).max(pos.fetch);
+                let (recs, next) = c.read_committed(&tp.topic, tp.partition, start, budget);
                 budget -= recs.len();
                 out.records.extend(
                     recs.into_iter()
                         .map(|(o, r)| (tp.topic.clone(), tp.partition, o, r.clone())),
                 );
-                *pos = next;
+                pos.fetch = next;
+                if next > start {
+                    pos.app = next;
+                }
             }
             Ok(out)
         })
     }
 
     fn restore_position(&self, tp: &TopicPartition) -> Option<i64> {
-        self.state.borrow().restore.get(tp).copied()
+        self.state.borrow().restore.get(tp).map(|p| p.app)
     }
 
     fn watermarks(

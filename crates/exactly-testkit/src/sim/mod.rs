@@ -520,6 +520,22 @@ impl SimCluster {
         removed
     }
 
+    /// Retention (where `retention.ms` is set) on one partition. Returns how many entries
+    /// were removed.
+    pub fn apply_retention(&mut self, topic: &str, partition: i32) -> usize {
+        let now = self.now_ms();
+        let Some(t) = self.topics.get_mut(topic) else {
+            return 0;
+        };
+        match (
+            t.config.retention_ms,
+            t.partitions.get_mut(partition as usize),
+        ) {
+            (Some(ms), Some(log)) => log.apply_retention(now, ms),
+            _ => 0,
+        }
+    }
+
     /// DeleteRecords: the records of `topic`/`partition` before `offset` are deleted (an
     /// offset beyond the high watermark is refused, as Kafka does). Returns the new log start.
     pub fn delete_records(
