@@ -319,15 +319,20 @@ fn dead_letter_without_a_dlq_topic_is_a_clear_error() {
     );
 }
 
-#[test]
-fn ids_older_than_the_retention_expire_and_are_processed_again() {
+/// A fan-out driver whose IDs (and dedup changelog records) are kept for one minute.
+fn one_minute_retention() -> TestDriver<fn(&TaskId) -> Fanout> {
     let config = TaskConfig {
         dedup_retention_ms: 60_000,
         ..TaskConfig::default()
     };
-    let mut d = TestDriver::builder(fanout as fn(&TaskId) -> Fanout)
+    TestDriver::builder(fanout as fn(&TaskId) -> Fanout)
         .config(config)
-        .build();
+        .build()
+}
+
+#[test]
+fn ids_older_than_the_retention_expire_and_are_processed_again() {
+    let mut d = one_minute_retention();
     d.pipe(TestRecord::with_id("a").value("1"));
     d.run_until_idle().unwrap();
     d.clock().advance(Duration::from_secs(30));
@@ -352,13 +357,7 @@ fn ids_older_than_the_retention_expire_and_are_processed_again() {
 
 #[test]
 fn expired_changelog_entries_are_not_restored() {
-    let config = TaskConfig {
-        dedup_retention_ms: 60_000,
-        ..TaskConfig::default()
-    };
-    let mut d = TestDriver::builder(fanout as fn(&TaskId) -> Fanout)
-        .config(config)
-        .build();
+    let mut d = one_minute_retention();
     d.pipe(TestRecord::with_id("old").value("1"));
     d.run_until_idle().unwrap();
     d.clock().advance(Duration::from_secs(50));
@@ -376,13 +375,7 @@ fn expired_changelog_entries_are_not_restored() {
 
 #[test]
 fn a_restore_whose_tail_retention_deleted_after_it_was_planned_completes() {
-    let config = TaskConfig {
-        dedup_retention_ms: 60_000,
-        ..TaskConfig::default()
-    };
-    let mut d = TestDriver::builder(fanout as fn(&TaskId) -> Fanout)
-        .config(config)
-        .build();
+    let mut d = one_minute_retention();
     d.pipe(TestRecord::with_id("a").value("1").partition(0));
     d.run_until_idle().unwrap();
     // A crash between the commit and the store apply: the store's checkpoint lies before
