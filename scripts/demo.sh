@@ -12,7 +12,7 @@ cd "$REPO_ROOT"
 "$REPO_ROOT/scripts/broker.sh" up
 eval "$("$REPO_ROOT/scripts/broker.sh" env)"
 export KAFKA_BOOTSTRAP
-# Build the whole workspace the way scripts/test.sh does (same features, one build of rocksdb
-# and librdkafka for both commands), then run the demo.
-cargo build --workspace --all-targets
+# Build only what the demo runs, the `exactly` CLI (crates/exactly-cli); scripts/test.sh builds
+# the rest of the workspace later with the same rocksdb and librdkafka.
+cargo build -p exactly-cli --bin exactly
 exec "${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug/exactly" demo "$@"

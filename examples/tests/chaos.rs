@@ -35,6 +35,10 @@ fn plan(unique: u64, actions: u64, extra_args: &[&str]) -> ChaosPlan {
         state_stores: Vec::new(),
         extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
         soak: None,
+        app_command: None,
+        messages: None,
+        input_id: Default::default(),
+        output_id: Default::default(),
     }
 }
 

@@ -3,12 +3,12 @@
 //! connections terminated while it runs. After each, the ledger holds one row per payment ID
 //! and every balance equals the sum of its unique payments.
 
-use exactly_sinks::testing::{require_postgres, unique_name};
 use exactly_testkit::broker::{self, TestMessage};
 use exactly_testkit::chaos::{
     free_port, messages_with_duplicates, metric_sum, scrape_until, wait_caught_up,
     wait_failpoint_kill, wait_for_log, AppProcess,
 };
+use exactly_testkit::services::{require_postgres, unique_name};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;

@@ -109,6 +109,10 @@ fn stateful_chaos_with_sigkill_keeps_outputs_and_state_equal_to_a_sequential_run
         state_stores: vec!["totals".into()],
         extra_args: Vec::new(),
         soak: None,
+        app_command: None,
+        messages: None,
+        input_id: Default::default(),
+        output_id: Default::default(),
     };
     println!(
         "state chaos seed {} (replay with EXACTLY_CHAOS_SEED={})",

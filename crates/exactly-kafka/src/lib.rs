@@ -29,6 +29,7 @@
 mod clients;
 pub mod config;
 pub mod error;
+#[cfg(feature = "failpoints")]
 mod failpoint;
 pub mod runtime;
 mod stores;

@@ -92,6 +92,108 @@ fn admin_config(config: &RuntimeConfig) -> ClientConfig {
     config.client_config(&format!("{}-{}-admin", config.app_id, config.instance_id))
 }
 
+/// A metadata client and an admin client, made from the same config.
+fn admin_clients(
+    config: &RuntimeConfig,
+) -> Result<(BaseConsumer, AdminClient<DefaultClientContext>), RuntimeError> {
+    let cc = admin_config(config);
+    let kafka = |e| RuntimeError::Kafka {
+        during: "creating an admin client",
+        source: e,
+    };
+    Ok((cc.create().map_err(kafka)?, cc.create().map_err(kafka)?))
+}
+
+/// The partition count the missing-input error suggests (an example: the user chooses).
+const SUGGESTED_INPUT_PARTITIONS: i32 = 6;
+
+/// The command that creates a topic of an app (an input or an output) with the `exactly` CLI,
+/// as the errors about a missing topic suggest it. (`crates/exactly-cli` tests that running it
+/// lets the app start.)
+pub fn create_topic_command(topic: &str, partitions: i32, bootstrap: &str) -> String {
+    format!("exactly topics create {topic} --partitions {partitions} --bootstrap {bootstrap}")
+}
+
+/// What [`create_topics`] did with a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// It was created.
+    Created,
+    /// It existed already, with the partition count asked for.
+    Existed,
+}
+
+/// Creates `topics` (an app's inputs or outputs) with `partitions` partitions each, the
+/// config's replication factor and the topic-level `properties` (e.g. `retention.ms`), as
+/// `exactly topics create` does. A topic that exists with the same partition count is left
+/// alone; one with another count is an error (the tool never changes an existing topic).
+pub fn create_topics(
+    config: &RuntimeConfig,
+    topics: &[String],
+    partitions: i32,
+    properties: &[(String, String)],
+) -> Result<Vec<(String, Created)>, RuntimeError> {
+    if partitions < 1 {
+        return Err(RuntimeError::Config(format!(
+            "--partitions {partitions}: a topic needs at least one partition"
+        )));
+    }
+    let (client, admin) = admin_clients(config)?;
+    let result =
+        (|| {
+            let before = partition_counts(&client, topics, config)?;
+            let mut new = Vec::new();
+            let mut done = Vec::new();
+            for topic in topics {
+                match before[topic] {
+                    Some(n) if n == partitions => done.push((topic.clone(), Created::Existed)),
+                    Some(n) => {
+                        return Err(RuntimeError::Topic(format!(
+                    "topic `{topic}` exists with {n} partitions, not {partitions}; left unchanged"
+                )))
+                    }
+                    None => {
+                        let replication = TopicReplication::Fixed(config.replication_factor);
+                        let mut t = NewTopic::new(topic, partitions, replication);
+                        for (k, v) in properties {
+                            t = t.set(k, v);
+                        }
+                        new.push(t);
+                    }
+                }
+            }
+            if !new.is_empty() {
+                let opts = AdminOptions::new().operation_timeout(Some(config.startup_timeout));
+                let results = futures_executor::block_on(admin.create_topics(&new, &opts))
+                    .map_err(|e| RuntimeError::Kafka {
+                        during: "creating topics",
+                        source: e,
+                    })?;
+                for r in results {
+                    match r {
+                        Ok(name) => done.push((name, Created::Created)),
+                        Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                            done.push((name, Created::Existed))
+                        }
+                        Err((name, code)) => {
+                            return Err(RuntimeError::Topic(format!(
+                                "could not create topic `{name}`: {code}"
+                            )))
+                        }
+                    }
+                }
+                let created: Vec<(String, i32, Cleanup)> = done
+                    .iter()
+                    .map(|(t, _)| (t.clone(), partitions, Cleanup::Default))
+                    .collect();
+                wait_for_topics(&client, &created, config)?;
+            }
+            Ok(done)
+        })();
+    crate::clients::serve_events(&client);
+    result
+}
+
 /// What the topic checks found out for the stream threads.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CheckedTopics {
@@ -121,16 +223,7 @@ struct TopicFacts {
 /// Checks inputs and outputs, creates missing internal topics (changelogs, DLQ) and refuses
 /// mismatching ones.
 pub fn ensure_topics(config: &RuntimeConfig) -> Result<CheckedTopics, RuntimeError> {
-    let cc = admin_config(config);
-    let client: BaseConsumer = cc.create().map_err(|e| RuntimeError::Kafka {
-        during: "creating an admin client",
-        source: e,
-    })?;
-    let admin: AdminClient<DefaultClientContext> =
-        cc.create().map_err(|e| RuntimeError::Kafka {
-            during: "creating an admin client",
-            source: e,
-        })?;
+    let (client, admin) = admin_clients(config)?;
     let checked = check_and_create(config, &client, &admin);
     // librdkafka hands a client's logs over only when its queue is polled: serve them
     // (connection errors explain a failed check) before the client is dropped.
@@ -188,15 +281,18 @@ fn check_and_create(
             }
             None => {
                 return Err(RuntimeError::Topic(format!(
-                    "input topic `{input}` does not exist; create it (e.g. `exactly topics create`) or fix `inputs`"
+                    "input topic `{input}` does not exist; create it, e.g. `{}` (its partition count caps the app's parallelism), or fix `inputs`",
+                    create_topic_command(input, SUGGESTED_INPUT_PARTITIONS, &config.bootstrap)
                 )))
             }
         }
     }
     for output in &config.outputs {
         if counts[output].is_none() {
+            let partitions = inputs.values().copied().max().unwrap_or(1);
             return Err(RuntimeError::Topic(format!(
-                "output topic `{output}` does not exist; create it before starting the app (outputs are not auto-created, so a typo cannot silently create a topic)"
+                "output topic `{output}` does not exist; create it before starting the app, e.g. `{}` (outputs are not auto-created, so a typo cannot silently create a topic)",
+                create_topic_command(output, partitions, &config.bootstrap)
             )));
         }
     }
@@ -345,7 +441,7 @@ fn wait_for_topics(
         }
         if std::time::Instant::now() > deadline {
             return Err(RuntimeError::Topic(format!(
-                "internal topics {names:?} did not appear within the startup timeout"
+                "topics {names:?} did not appear within the startup timeout ({} ms); check the broker (its log) and raise startup_timeout_ms if it is slow", config.startup_timeout.as_millis()
             )));
         }
         std::thread::sleep(Duration::from_millis(100));

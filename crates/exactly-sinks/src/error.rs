@@ -8,12 +8,14 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum SinkError {
     /// PostgreSQL answered with an error or the connection failed.
+    #[cfg(feature = "postgres")]
     #[error("postgres: {}", postgres_detail(.0))]
     Postgres(#[from] tokio_postgres::Error),
     /// No pooled PostgreSQL connection could be had (server down, pool exhausted, timeout).
     #[error("postgres connection pool: {0}")]
     Pool(String),
     /// Redis answered with an error or the connection failed.
+    #[cfg(feature = "redis")]
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     /// The sink is configured in a way that cannot work (e.g. an invalid table name).
@@ -55,8 +57,10 @@ impl SinkError {
     /// timeouts, an exhausted pool.
     pub fn is_transient(&self) -> bool {
         match self {
+            #[cfg(feature = "postgres")]
             Self::Postgres(e) => postgres_is_transient(e),
             Self::Pool(_) | Self::OutOfTime { .. } => true,
+            #[cfg(feature = "redis")]
             Self::Redis(e) => {
                 e.is_io_error()
                     || e.is_connection_dropped()
@@ -92,6 +96,7 @@ impl SinkError {
     }
 }
 
+#[cfg(feature = "postgres")]
 /// What PostgreSQL said (`tokio_postgres::Error`'s own text is only "db error" for an error
 /// the server answered): the server's message and SQLSTATE, or the client's error with its
 /// cause.
@@ -105,6 +110,7 @@ fn postgres_detail(e: &tokio_postgres::Error) -> String {
     }
 }
 
+#[cfg(feature = "postgres")]
 /// SQLSTATEs that mean "try again": class 08 (connection exception), 40001
 /// (serialization_failure), 40P01 (deadlock_detected), 55P03 (lock_not_available, from
 /// `lock_timeout`), 57014 (query_canceled, from `statement_timeout`), 57P01..57P03

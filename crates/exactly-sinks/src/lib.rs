@@ -12,7 +12,9 @@
 //! - [`redis_guard`]: `SET key NX PX ttl` before the effect, for effects that cannot share a
 //!   transaction. At most once in the window between guard and effect, bounded by a TTL.
 //!
-//! `docs/sinks.md` says when to use which, and what every crash point does.
+//! `docs/sinks.md` says when to use which, and what every crash point does. Each sink is a
+//! feature (`postgres`, `redis`; both on by default; through the `exactly` facade, its
+//! features of the same names).
 //!
 //! ```no_run
 //! use exactly_sinks::postgres::{PgSink, PgSinkConfig};
@@ -32,14 +34,20 @@
 
 pub mod error;
 pub mod metrics;
+#[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "redis")]
 pub mod redis_guard;
 pub mod retry;
-pub mod testing;
 
 pub use error::SinkError;
 pub use metrics::SinkMetrics;
+#[cfg(feature = "postgres")]
 pub use postgres::{PgApply, PgBatch, PgHandler, PgSink, PgSinkConfig, PgSinkProcessor};
+#[cfg(feature = "redis")]
+pub use redis;
+#[cfg(feature = "redis")]
 pub use redis_guard::{GuardState, Guarded, RedisGuard, RedisGuardConfig};
 pub use retry::SinkRetry;
-pub use {redis, tokio_postgres};
+#[cfg(feature = "postgres")]
+pub use tokio_postgres;

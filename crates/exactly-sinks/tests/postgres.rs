@@ -8,9 +8,9 @@ mod common;
 use common::{payments, Ledger, Payment, Tables};
 use exactly_core::{Context, ProcessError, Record, TaskId};
 use exactly_sinks::postgres::{PgApply, PgBatch, PgHandler, PgSinkProcessor};
-use exactly_sinks::testing::{require_postgres, require_postgres_at, Probe, TcpProxy};
 use exactly_sinks::tokio_postgres::Transaction;
 use exactly_sinks::{SinkError, SinkMetrics};
+use exactly_testkit::services::{require_postgres, require_postgres_at, Probe, TcpProxy};
 use exactly_testkit::{StepOutcome, TestDriver, TestRecord};
 use std::sync::{Arc, Barrier};
 
@@ -333,7 +333,7 @@ fn backends_terminated_mid_transaction_are_retried_and_every_payment_is_booked_o
         return;
     };
     let t = Tables::new(&url, "pg_terminate");
-    let app_name = exactly_sinks::testing::unique_name("pgterm");
+    let app_name = exactly_testkit::services::unique_name("pgterm");
     let metrics = SinkMetrics::unregistered();
     let sink = t.sink_with(t.config("app").application_name(&app_name), metrics.clone());
     let all = payments(300, 9);
@@ -379,7 +379,7 @@ fn a_terminated_backend_whose_socket_is_still_open_is_not_reused_by_the_retry() 
     let proxy = TcpProxy::start("127.0.0.1:5432").expect("proxy");
     proxy.linger(std::time::Duration::from_secs(2));
     let t = Tables::new(&url, "pg_terminate_linger");
-    let app_name = exactly_sinks::testing::unique_name("pglinger");
+    let app_name = exactly_testkit::services::unique_name("pglinger");
     let metrics = SinkMetrics::unregistered();
     let mut config = t.config("app").application_name(&app_name);
     config.url = format!(

@@ -1,8 +1,8 @@
 //! The Redis guard against a real Redis (no mocks). Each test has its own key prefix.
 
 use exactly_sinks::redis_guard::{GuardState, Guarded, RedisGuard, RedisGuardConfig};
-use exactly_sinks::testing::{require_redis, require_redis_at, unique_name, Probe};
 use exactly_sinks::{SinkError, SinkMetrics};
+use exactly_testkit::services::{require_redis, require_redis_at, unique_name, Probe};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;

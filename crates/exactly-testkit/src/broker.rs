@@ -53,17 +53,7 @@ pub fn reachable(bs: &str, timeout: Duration) -> bool {
 
 /// A topic name unique to this process and call.
 pub fn unique_name(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() % 100_000_000)
-        .unwrap_or(0);
-    format!(
-        "{prefix}-{}-{ms}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    crate::unique(prefix, '-')
 }
 
 fn admin(bs: &str) -> AdminClient<DefaultClientContext> {

@@ -2,6 +2,7 @@
 //! (feature `broker`). Used by the process-level tests, `exactly demo` and `exactly chaos`.
 
 use crate::broker::{self, ReadRecord, TestMessage};
+pub use crate::ids::IdLocation;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
@@ -38,10 +39,20 @@ impl AppProcess {
         let mut full: Vec<String> = prefix_args.iter().map(|s| (*s).to_owned()).collect();
         full.extend(["--instance-id".to_owned(), id.to_owned()]);
         full.extend(args);
+        Self::from_command(program, full, id, log_dir)
+    }
+
+    /// Instance `id` run as `program args` exactly (the arguments name the instance).
+    pub fn from_command(
+        program: impl Into<PathBuf>,
+        args: Vec<String>,
+        id: &str,
+        log_dir: &Path,
+    ) -> Self {
         Self {
             id: id.to_owned(),
             program: program.into(),
-            args: full,
+            args,
             envs: vec![("RUST_LOG".into(), "info,librdkafka=warn".into())],
             child: None,
             log: log_dir.join(format!("instance-{id}.log")),
@@ -330,12 +341,14 @@ fn wait_caught_up_with(
     }
 }
 
+/// The ID a record without one is counted under.
+pub const NO_ID: &str = "<no id>";
+
 /// Output records per message ID (`<no id>` for records without one).
 pub fn count_by_id(records: &[ReadRecord]) -> HashMap<String, u64> {
     let mut m = HashMap::new();
     for r in records {
-        *m.entry(r.id().unwrap_or_else(|| "<no id>".into()))
-            .or_default() += 1;
+        *m.entry(r.id().unwrap_or_else(|| NO_ID.into())).or_default() += 1;
     }
     m
 }
@@ -374,8 +387,29 @@ pub struct DuplicateExample {
 impl Verification {
     /// Compares input and output records by `message-id`.
     pub fn compare(inputs: &[ReadRecord], outputs: &[ReadRecord]) -> Self {
-        let ins = count_by_id(inputs);
-        let outs = count_by_id(outputs);
+        let header = IdLocation::default();
+        Self::compare_by(inputs, outputs, &header, &header)
+    }
+
+    /// Compares input and output records by the IDs at `input_id` and `output_id` (records
+    /// without one count as the ID `<no id>`).
+    pub fn compare_by(
+        inputs: &[ReadRecord],
+        outputs: &[ReadRecord],
+        input_id: &IdLocation,
+        output_id: &IdLocation,
+    ) -> Self {
+        let id_in = |r: &ReadRecord| input_id.of(r).unwrap_or_else(|| NO_ID.to_owned());
+        let id_out = |r: &ReadRecord| output_id.of(r).unwrap_or_else(|| NO_ID.to_owned());
+        let count = |records: &[ReadRecord], id: &dyn Fn(&ReadRecord) -> String| {
+            let mut m: HashMap<String, u64> = HashMap::new();
+            for r in records {
+                *m.entry(id(r)).or_default() += 1;
+            }
+            m
+        };
+        let ins = count(inputs, &id_in);
+        let outs = count(outputs, &id_out);
         let mut missing: Vec<String> = ins
             .keys()
             .filter(|id| !outs.contains_key(*id))
@@ -398,17 +432,17 @@ impl Verification {
             .into_iter()
             .take(10)
             .map(|id| {
-                let at = |records: &[ReadRecord]| {
+                let at = |records: &[ReadRecord], of: &dyn Fn(&ReadRecord) -> String| {
                     records
                         .iter()
-                        .filter(|r| r.id().as_ref() == Some(id))
+                        .filter(|r| of(r) == *id)
                         .map(|r| (r.partition, r.offset, r.timestamp))
                         .collect()
                 };
                 DuplicateExample {
                     id: id.clone(),
-                    inputs: at(inputs),
-                    outputs: at(outputs),
+                    inputs: at(inputs, &id_in),
+                    outputs: at(outputs, &id_out),
                 }
             })
             .collect();
@@ -535,6 +569,91 @@ pub fn scrape_until(addr: &str, timeout: Duration, done: impl Fn(&str) -> bool) 
     }
 }
 
+/// The command line of an app under test with placeholders the harness fills in per instance,
+/// as `exactly chaos --app-cmd` takes it: `{bootstrap}`, `{input}`, `{output}`, `{app}` (the
+/// app id: consumer group, internal topic prefix), `{instance}` (a stable instance id, reused
+/// by the replacement of a killed process), `{state}` (the instance's own state directory) and
+/// `{metrics_addr}` (where it serves `/ready`; needed for a soak). Words are split like a
+/// POSIX shell does (quotes group), but no shell runs: the signals reach the app itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppCommand {
+    words: Vec<String>,
+}
+
+impl AppCommand {
+    /// Every placeholder.
+    pub const PLACEHOLDERS: [&'static str; 7] = [
+        "{bootstrap}",
+        "{input}",
+        "{output}",
+        "{app}",
+        "{instance}",
+        "{state}",
+        "{metrics_addr}",
+    ];
+    /// The placeholders a command must use: without them instances would share topics, a
+    /// group, an identity or a state directory with something else.
+    pub const REQUIRED: [&'static str; 5] =
+        ["{input}", "{output}", "{app}", "{instance}", "{state}"];
+
+    /// Parses `template`, or says what is wrong with it.
+    pub fn parse(template: &str) -> Result<Self, String> {
+        let words = shlex::split(template)
+            .ok_or_else(|| format!("cannot split `{template}` into words: unbalanced quotes"))?;
+        if words.is_empty() {
+            return Err("the app command is empty".to_owned());
+        }
+        for word in &words {
+            let mut rest = word.as_str();
+            while let Some(open) = rest.find('{') {
+                let tail = &rest[open..];
+                let Some(close) = tail.find('}') else { break };
+                let name = &tail[..=close];
+                let looks_like_one = name[1..name.len() - 1]
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '_');
+                if looks_like_one && !Self::PLACEHOLDERS.contains(&name) {
+                    return Err(format!(
+                        "unknown placeholder {name} in the app command; the placeholders are {}",
+                        Self::PLACEHOLDERS.join(" ")
+                    ));
+                }
+                rest = &tail[close + 1..];
+            }
+        }
+        let command = Self { words };
+        let missing: Vec<&str> = Self::REQUIRED
+            .iter()
+            .copied()
+            .filter(|p| !command.uses(p))
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "the app command does not use {}: each instance needs the harness's topics, app id,                  instance id and its own state directory, e.g. `my-app --input {{input}} --output {{output}}                  --app-id {{app}} --instance-id {{instance}} --state-dir {{state}} --bootstrap {{bootstrap}}`",
+                missing.join(" ")
+            ));
+        }
+        Ok(command)
+    }
+
+    /// Whether the command uses `placeholder` (e.g. `"{metrics_addr}"`).
+    pub fn uses(&self, placeholder: &str) -> bool {
+        self.words.iter().any(|w| w.contains(placeholder))
+    }
+
+    /// The program and its arguments with the placeholders replaced by `values`
+    /// (`("{input}", "orders")`, ...).
+    pub fn render(&self, values: &[(&str, &str)]) -> (PathBuf, Vec<String>) {
+        let mut words = self.words.iter().map(|w| {
+            values.iter().fold(w.clone(), |w, (placeholder, value)| {
+                w.replace(placeholder, value)
+            })
+        });
+        let program = PathBuf::from(words.next().expect("parse refuses an empty command"));
+        (program, words.collect())
+    }
+}
+
 /// A seeded chaos run: app processes over a topic, killed and restarted at random while
 /// messages (with resent IDs) stream in, then verified per message ID.
 #[derive(Debug, Clone)]
@@ -568,6 +687,16 @@ pub struct ChaosPlan {
     pub extra_args: Vec<String>,
     /// A soak instead of `actions` disruptions over `unique` IDs (see [`Soak`]).
     pub soak: Option<Soak>,
+    /// Run this command line per instance instead of `program` with the standard options
+    /// (`prefix_args` and `extra_args` are not used then).
+    pub app_command: Option<AppCommand>,
+    /// The input to produce instead of the generated messages (`unique`, `dup_share` and
+    /// `accounts` are not used then); produced in order, in `actions` chunks.
+    pub messages: Option<Vec<TestMessage>>,
+    /// Where the input records carry their message ID.
+    pub input_id: IdLocation,
+    /// Where the output records carry their input's message ID.
+    pub output_id: IdLocation,
 }
 
 /// A soak: disruptions go on for `duration`, each after a round of `unique` fresh IDs (with
@@ -949,6 +1078,12 @@ pub fn run_soak_with_sink(
     progress: &mut dyn FnMut(usize, &str),
     mut sink: Option<&mut dyn SoakSink>,
 ) -> ChaosReport {
+    if let (Some(command), Some(_)) = (&plan.app_command, &plan.soak) {
+        assert!(
+            command.uses("{metrics_addr}"),
+            "a soak watches each instance's /ready: the app command must serve it at {{metrics_addr}}"
+        );
+    }
     let base = broker::unique_name("chaos");
     let (input, output, app) = (
         format!("{base}-in"),
@@ -961,10 +1096,16 @@ pub fn run_soak_with_sink(
     // the seed.
     let mut sink_rng = StdRng::seed_from_u64(plan.seed ^ 0x51_0C_5E_ED);
     let mut sink_lock: Option<SinkLock> = None;
-    let mut messages = messages_with_duplicates(plan.unique, plan.dup_share, plan.seed);
-    if plan.accounts > 0 {
-        as_payments(&mut messages, plan.accounts);
-    }
+    let messages = match &plan.messages {
+        Some(given) => given.clone(),
+        None => {
+            let mut messages = messages_with_duplicates(plan.unique, plan.dup_share, plan.seed);
+            if plan.accounts > 0 {
+                as_payments(&mut messages, plan.accounts);
+            }
+            messages
+        }
+    };
     let prefix: Vec<&str> = plan.prefix_args.iter().map(String::as_str).collect();
     let ready_addrs: Vec<String> = match plan.soak {
         Some(_) => (0..plan.instances)
@@ -974,6 +1115,23 @@ pub fn run_soak_with_sink(
     };
     let mut instances: Vec<AppProcess> = (0..plan.instances)
         .map(|i| {
+            if let Some(command) = &plan.app_command {
+                let (id, state) = (i.to_string(), work_dir.join(format!("state-{i}")));
+                let state = state.display().to_string();
+                let addr = ready_addrs.get(i).map_or("", String::as_str);
+                let (program, args) = command.render(&[
+                    ("{bootstrap}", bs),
+                    ("{input}", &input),
+                    ("{output}", &output),
+                    ("{app}", &app),
+                    ("{instance}", &id),
+                    ("{state}", &state),
+                    ("{metrics_addr}", addr),
+                ]);
+                let mut process = AppProcess::from_command(program, args, &id, work_dir);
+                process.env("KAFKA_BOOTSTRAP", bs);
+                return process;
+            }
             let mut args = instance_args(
                 bs,
                 &input,
@@ -1205,7 +1363,12 @@ pub fn run_soak_with_sink(
     report.inputs = broker::read_committed(bs, &input);
     report.outputs = deleted_outputs;
     report.outputs.extend(broker::read_committed(bs, &output));
-    report.verification = Verification::compare(&report.inputs, &report.outputs);
+    report.verification = Verification::compare_by(
+        &report.inputs,
+        &report.outputs,
+        &plan.input_id,
+        &plan.output_id,
+    );
     if let Some(s) = sink.as_mut() {
         report.sink_verification = Some(Verification::compare(&report.inputs, &s.effects()));
     }

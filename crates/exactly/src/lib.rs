@@ -21,11 +21,26 @@
 //!     .run(|_: &TaskId| Forward)
 //!     .unwrap();
 //! ```
+//!
+//! ## Features
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `logging` (default) | `logging::init`: a `tracing-subscriber` set-up driven by `RUST_LOG` |
+//! | `cli` | `cli::RunArgs` and `cli::ClusterArgs`: the options an app binary takes, for clap |
+//! | `postgres` | `sinks::postgres`: effects in PostgreSQL, deduplicated by message ID |
+//! | `redis` | `sinks::redis_guard`: a Redis `SET NX` guard per message ID |
+//! | `failpoints` | crash-injection points (`EXACTLY_FAILPOINT`) for process-level tests; never in production |
+//!
+//! The `exactly` command line (demo, chaos harness, verifier, store and topic tools) is the
+//! `exactly-cli` crate.
 #![warn(missing_docs)]
 
 pub mod app;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod config;
+#[cfg(feature = "logging")]
 pub mod logging;
 pub mod observer;
 pub mod processors;
@@ -40,7 +55,8 @@ pub use exactly_core::{
 };
 pub use exactly_kafka::{DedupScope, Guarantee, RuntimeConfig, RuntimeError};
 pub use exactly_metrics::{Health, Metrics};
-/// Idempotent external sinks (PostgreSQL, Redis): see `docs/sinks.md`.
+/// Idempotent external sinks: PostgreSQL (feature `postgres`) and a Redis guard (feature
+/// `redis`); see `docs/sinks.md`.
 pub use exactly_sinks as sinks;
 
 /// The README's code compiles (`cargo test --doc`).

@@ -4,9 +4,9 @@
 #![allow(dead_code)]
 
 use exactly_sinks::postgres::{PgApply, PgSink, PgSinkConfig};
-use exactly_sinks::testing::unique_name;
 use exactly_sinks::tokio_postgres::Transaction;
 use exactly_sinks::{SinkError, SinkMetrics, SinkRetry};
+use exactly_testkit::services::unique_name;
 use std::collections::BTreeMap;
 use std::time::Duration;
 

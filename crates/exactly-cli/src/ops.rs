@@ -3,10 +3,13 @@
 use exactly::cli::ClusterArgs;
 use exactly_core::DedupStore;
 use exactly_kafka::config::{all_changelogs, repartition_topic};
+use exactly_kafka::topics::Created;
 use exactly_kafka::{changelog_topic, default_dead_letter_topic, DedupScope};
 use exactly_state::{task_dir, RocksDedupStore, SharedRocksResources, StoreIdentity};
 use exactly_testkit::broker;
-use exactly_testkit::chaos::Verification;
+use exactly_testkit::broker::ReadRecord;
+use exactly_testkit::chaos::{Verification, NO_ID};
+use exactly_testkit::ids::IdLocation;
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -24,6 +27,17 @@ pub struct VerifyArgs {
     /// Output topic.
     #[arg(long)]
     output: String,
+    /// Where the input records carry their message ID: `header:<name>`, `key`,
+    /// `json:<field>` (a field of a JSON value) or `json:/<pointer>` (a nested one).
+    #[arg(
+        long = "id",
+        default_value = "header:message-id",
+        value_name = "LOCATION"
+    )]
+    input_id: IdLocation,
+    /// Where the output records carry their input's message ID (default: as --id).
+    #[arg(long, value_name = "LOCATION")]
+    output_id: Option<IdLocation>,
     #[command(flatten)]
     cluster: ClusterArgs,
     /// How many offending IDs to list.
@@ -31,8 +45,19 @@ pub struct VerifyArgs {
     show: usize,
 }
 
+/// `partition:offset` of each of `records` whose ID at `at` is `id`.
+fn offsets_of(records: &[ReadRecord], at: &IdLocation, id: &str) -> String {
+    let places: Vec<String> = records
+        .iter()
+        .filter(|r| at.of(r).as_deref().unwrap_or(NO_ID) == id)
+        .map(|r| format!("{}:{}", r.partition, r.offset))
+        .collect();
+    places.join(", ")
+}
+
 /// Reads both topics with isolation.level=read_committed and compares them per message ID
-/// (header `message-id`). Exit code 1 on any duplicate, missing or unexpected ID.
+/// (the `message-id` header, or where `--id` and `--output-id` say). Exit code 1 on any
+/// duplicate, missing or unexpected ID; each is listed with its partition:offset places.
 pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     let base = a.cluster.client_config("exactly-verify")?;
     let partitions = existing_topics(&base, &[&a.input, &a.output])?;
@@ -50,7 +75,9 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     spinner.set_message(format!("reading {}", a.output));
     let outputs = read(&a.output)?;
     spinner.finish_and_clear();
-    let v = Verification::compare(&inputs, &outputs);
+    let output_id = a.output_id.clone().unwrap_or_else(|| a.input_id.clone());
+    let v = Verification::compare_by(&inputs, &outputs, &a.input_id, &output_id);
+    println!("IDs: input {}, output {output_id}", a.input_id);
     println!("| {:<20} | {:>10} |", "verify", "count");
     println!("|{:-<22}|{:->12}|", "", "");
     for (k, n) in [
@@ -67,17 +94,36 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         println!("OK: every input ID is in the output exactly once");
         return Ok(ExitCode::SUCCESS);
     }
-    let outs = exactly_testkit::chaos::count_by_id(&outputs);
-    let mut dups: Vec<(&String, &u64)> = outs.iter().filter(|(_, n)| **n > 1).collect();
-    dups.sort();
-    for (id, n) in dups.iter().take(a.show) {
-        println!("duplicate: {id} appears {n} times in {}", a.output);
+    let mut outs: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for r in &outputs {
+        *outs
+            .entry(output_id.of(r).unwrap_or_else(|| NO_ID.to_owned()))
+            .or_default() += 1;
+    }
+    // (partition:offset places: where to start reading the app's logs.)
+    for (id, n) in outs.iter().filter(|(_, n)| **n > 1).take(a.show) {
+        println!(
+            "duplicate: {id} appears {n} times in {} at {} (input at {})",
+            a.output,
+            offsets_of(&outputs, &output_id, id),
+            offsets_of(&inputs, &a.input_id, id)
+        );
     }
     for id in v.missing.iter().take(a.show) {
-        println!("missing: {id} is in {} but not in {}", a.input, a.output);
+        println!(
+            "missing: {id} (in {} at {}) is not in {}",
+            a.input,
+            offsets_of(&inputs, &a.input_id, id),
+            a.output
+        );
     }
     for id in v.unexpected.iter().take(a.show) {
-        println!("unexpected: {id} is in {} but not in {}", a.output, a.input);
+        println!(
+            "unexpected: {id} (in {} at {}) is not in {}",
+            a.output,
+            offsets_of(&outputs, &output_id, id),
+            a.input
+        );
     }
     println!(
         "FAILED: {} duplicates, {} missing, {} unexpected",
@@ -232,7 +278,10 @@ fn subdirs(dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
 
 /// Options of `exactly topics`.
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct TopicsArgs {
+    #[command(subcommand)]
+    action: Option<TopicsAction>,
     /// Application id (default: the config file's).
     #[arg(long)]
     app_id: Option<String>,
@@ -246,8 +295,70 @@ pub struct TopicsArgs {
     cluster: ClusterArgs,
 }
 
-/// Describes (and with `--create` creates) an app's internal topics.
+/// `exactly topics` subcommands.
+#[derive(clap::Subcommand, Debug)]
+enum TopicsAction {
+    /// Creates an app's own topics (inputs, outputs) that do not exist yet, with the config's
+    /// replication factor; leaves existing ones alone (an existing topic with another
+    /// partition count is an error). The app creates its internal topics itself.
+    Create(CreateTopicsArgs),
+}
+
+/// Options of `exactly topics create`.
+#[derive(clap::Args, Debug)]
+struct CreateTopicsArgs {
+    /// The topics to create.
+    #[arg(required = true, value_name = "TOPIC")]
+    topics: Vec<String>,
+    /// Partitions of each topic (an input's count caps the app's parallelism).
+    #[arg(long)]
+    partitions: i32,
+    /// Replicas of each partition (default: the config file's `replication_factor`, else 1;
+    /// -1 for the broker's default).
+    #[arg(long)]
+    replication_factor: Option<i32>,
+    /// A topic config property, `key=value` (repeatable), e.g. `retention.ms=604800000`.
+    #[arg(long = "topic-config", value_name = "KEY=VALUE")]
+    topic_config: Vec<String>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+fn create_topics(a: CreateTopicsArgs) -> anyhow::Result<ExitCode> {
+    let mut config = a.cluster.runtime_config(Some("exactly-topics"))?;
+    if let Some(n) = a.replication_factor {
+        anyhow::ensure!(
+            n > 0 || n == -1,
+            "--replication-factor {n}: set it to a positive number of replicas, or -1 for the broker's default"
+        );
+        config.replication_factor = n;
+    }
+    let properties = a
+        .topic_config
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .ok_or_else(|| anyhow::anyhow!("--topic-config expects KEY=VALUE, got `{kv}`"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    metadata(&config.client_config("exactly-topics"))?;
+    let done = exactly_kafka::topics::create_topics(&config, &a.topics, a.partitions, &properties)?;
+    for (topic, what) in done {
+        match what {
+            Created::Created => println!("created {topic} ({} partitions)", a.partitions),
+            Created::Existed => println!("{topic} exists ({} partitions)", a.partitions),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Describes (and with `--create` creates) an app's internal topics; `topics create` creates
+/// its own topics.
 pub fn topics(a: TopicsArgs) -> anyhow::Result<ExitCode> {
+    if let Some(TopicsAction::Create(c)) = a.action {
+        return create_topics(c);
+    }
     let mut config = a.cluster.runtime_config(a.app_id.as_deref())?;
     if !a.inputs.is_empty() {
         config.inputs = a.inputs.clone();

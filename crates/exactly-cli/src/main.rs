@@ -23,9 +23,10 @@ enum Command {
     /// Runs two instances of a dedup-forward app on the local broker over messages with
     /// duplicate IDs, SIGKILLs and restarts one mid-stream, and prints what reached the output.
     Demo(demo::DemoArgs),
-    /// Runs N instances of a dedup-forward app over a topic, kills and restarts them on a
-    /// seeded random schedule (SIGKILL, SIGSTOP/SIGCONT, SIGTERM), then verifies per message ID
-    /// and prints a report. Exit code 1 on any duplicate or loss.
+    /// Runs N instances of an app (yours with --app-cmd, else the built-in dedup-forward) over
+    /// fresh topics, kills and restarts them on a seeded random schedule (SIGKILL,
+    /// SIGSTOP/SIGCONT, SIGTERM), then verifies the output per message ID (read_committed) and
+    /// prints a report. Exit code 1 on any duplicate or loss.
     Chaos(ChaosArgs),
     /// Runs a dedup-forward app instance (what `demo` starts as its instances).
     Forward(ForwardArgs),
@@ -35,7 +36,7 @@ enum Command {
     /// Lists the task stores of a stopped app: entries, bytes, checkpoint; looks an ID up.
     Inspect(ops::InspectArgs),
     /// Describes an app's internal topics (changelogs, dead-letter topic); creates them with
-    /// --create.
+    /// --create. `exactly topics create TOPIC... --partitions N` creates an app's own topics.
     Topics(ops::TopicsArgs),
     /// Loads and validates an app config (TOML file plus EXACTLY_* environment overrides) and
     /// prints the effective config, secrets redacted. Exits 1 with the reason if it is invalid.
@@ -67,7 +68,33 @@ struct ChaosArgs {
     /// Seed of the schedule (default: random; printed, so a run can be replayed).
     #[arg(long)]
     seed: Option<u64>,
-    /// An option for every instance (repeatable; `exactly forward`'s options, e.g.
+    /// Your app's command line, run once per instance, with placeholders the harness fills in:
+    /// {bootstrap} {input} {output} {app} {instance} {state} (required: {input} {output} {app}
+    /// {instance} {state}; {metrics_addr} too with --minutes). Words split like a shell's, but
+    /// no shell runs, so the signals reach the app. Example:
+    /// "target/release/my-app --bootstrap {bootstrap} --input {input} --output {output}
+    /// --app-id {app} --instance-id {instance} --state-dir {state}"
+    #[arg(long, value_name = "COMMAND")]
+    app_cmd: Option<String>,
+    /// Produce this file instead of generated messages: one JSON object per line,
+    /// {"id": "...", "key": "...", "value": ...} (id: the `message-id` header; key optional;
+    /// value a string, sent as is, or any JSON, sent as its JSON text). Produced in order, in
+    /// --kills chunks.
+    #[arg(long, value_name = "PATH")]
+    input_file: Option<std::path::PathBuf>,
+    /// Generated messages are payments over this many accounts: key `acct-{i % N}`, value an
+    /// amount from 1 to 100 (for stateful apps such as the running-totals example).
+    #[arg(long, default_value_t = 0)]
+    accounts: usize,
+    /// Where the input records carry their message ID: `header:<name>`, `key`, `json:<field>`
+    /// or `json:/<pointer>`.
+    #[arg(long, default_value = "header:message-id")]
+    input_id: exactly_testkit::ids::IdLocation,
+    /// Where the app's output records carry their input's message ID (default: where the
+    /// input has it).
+    #[arg(long)]
+    output_id: Option<exactly_testkit::ids::IdLocation>,
+    /// An option for every instance of the built-in app (repeatable; `exactly forward`'s options, e.g.
     /// `--app-arg=--threads --app-arg=2` or `--app-arg=--guarantee --app-arg=at-least-once`).
     #[arg(long = "app-arg", value_name = "ARG", allow_hyphen_values = true)]
     app_args: Vec<String>,
@@ -157,11 +184,6 @@ fn run_chaos(a: ChaosArgs) -> anyhow::Result<ExitCode> {
         a.instances > 0 && a.partitions > 0 && a.unique > 0,
         "--instances, --partitions and --unique must be positive"
     );
-    let bs = exactly_testkit::broker::bootstrap();
-    anyhow::ensure!(
-        exactly_testkit::broker::reachable(&bs, std::time::Duration::from_secs(10)),
-        "no Kafka broker answers at {bs}: start the local one with `scripts/broker.sh up`, or set KAFKA_BOOTSTRAP"
-    );
     anyhow::ensure!(
         a.minutes.is_none_or(|m| m > 0.0),
         "--minutes must be positive"
@@ -174,6 +196,33 @@ fn run_chaos(a: ChaosArgs) -> anyhow::Result<ExitCode> {
         a.slow_sink.is_none() || a.minutes.is_some(),
         "--slow-sink locks the sink's table in a soak: give --minutes too"
     );
+    anyhow::ensure!(
+        a.app_cmd.is_none() || a.app_args.is_empty(),
+        "--app-arg adds options to the built-in app; with --app-cmd, write them into the command"
+    );
+    anyhow::ensure!(
+        a.input_file.is_none() || a.minutes.is_none(),
+        "a soak (--minutes) produces fresh rounds of generated IDs; it cannot use --input-file"
+    );
+    let app_command = a
+        .app_cmd
+        .as_deref()
+        .map(exactly_testkit::chaos::AppCommand::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    if let (Some(command), Some(_)) = (&app_command, a.minutes) {
+        anyhow::ensure!(
+            command.uses("{metrics_addr}"),
+            "a soak (--minutes) watches each instance's /ready: add {{metrics_addr}} to --app-cmd, where the app serves it"
+        );
+    }
+    let messages = a.input_file.as_deref().map(read_input_file).transpose()?;
+    let output_id = a.output_id.clone().unwrap_or_else(|| a.input_id.clone());
+    let bs = exactly_testkit::broker::bootstrap();
+    anyhow::ensure!(
+        exactly_testkit::broker::reachable(&bs, std::time::Duration::from_secs(10)),
+        "no Kafka broker answers at {bs}: start the local one with `scripts/broker.sh up`, or set KAFKA_BOOTSTRAP"
+    );
     let mut plan = exactly_testkit::chaos::ChaosPlan {
         program: std::env::current_exe()?,
         prefix_args: vec!["forward".into()],
@@ -183,13 +232,17 @@ fn run_chaos(a: ChaosArgs) -> anyhow::Result<ExitCode> {
         dup_share: a.dup_share,
         actions: a.kills,
         seed: a.seed.unwrap_or_else(rand::random),
-        accounts: 0,
+        accounts: a.accounts,
         state_stores: Vec::new(),
         extra_args: a.app_args.clone(),
         soak: a.minutes.map(|m| exactly_testkit::chaos::Soak {
             duration: std::time::Duration::from_secs_f64(m * 60.0),
             broker_script: a.broker_script.clone(),
         }),
+        app_command,
+        messages,
+        input_id: a.input_id.clone(),
+        output_id,
     };
     if plan.soak.is_some() {
         plan.unique = a.round_ids;
@@ -267,6 +320,48 @@ fn run_chaos(a: ChaosArgs) -> anyhow::Result<ExitCode> {
         println!("NOT exactly once; logs kept in {}", work.display());
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// The messages of `exactly chaos --input-file`: one JSON object per line.
+fn read_input_file(
+    path: &std::path::Path,
+) -> anyhow::Result<Vec<exactly_testkit::broker::TestMessage>> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Line {
+        id: Option<String>,
+        key: Option<String>,
+        value: serde_json::Value,
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read --input-file {}: {e}", path.display()))?;
+    let mut messages = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed: Line = serde_json::from_str(line).map_err(|e| {
+            anyhow::anyhow!(
+                "{}:{}: {e}; each line must be a JSON object {{\"id\": \"...\", \"key\": \"...\", \"value\": ...}} (id and key optional)",
+                path.display(),
+                n + 1
+            )
+        })?;
+        messages.push(exactly_testkit::broker::TestMessage {
+            id: parsed.id,
+            key: parsed.key.map(String::into_bytes),
+            value: match parsed.value {
+                serde_json::Value::String(s) => s.into_bytes(),
+                other => other.to_string().into_bytes(),
+            },
+        });
+    }
+    anyhow::ensure!(
+        !messages.is_empty(),
+        "--input-file {} has no messages",
+        path.display()
+    );
+    Ok(messages)
 }
 
 fn run_forward(a: ForwardArgs) -> anyhow::Result<ExitCode> {

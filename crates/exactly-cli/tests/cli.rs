@@ -61,15 +61,17 @@ fn verify_reports_a_duplicated_and_a_missing_record_and_exits_non_zero() {
     );
     broker::create_topics(&bs, &[(&input, 2), (&output, 2), (&clean, 2)]);
     let ids: Vec<String> = (0..50).map(|i| format!("id-{i}")).collect();
-    broker::produce(&bs, &input, &ids.iter().map(|i| msg(i)).collect::<Vec<_>>());
-    // The fixture output: id-7 twice, id-42 missing.
+    let all: Vec<TestMessage> = ids.iter().map(|i| msg(i)).collect();
+    // Into one partition each, so the places are known: id-i at offset i.
+    broker::produce_to(&bs, &input, Some(0), &all);
+    // The fixture output: id-7 twice (1:7 and 1:49), id-42 missing.
     let mut out: Vec<TestMessage> = ids
         .iter()
         .filter(|i| *i != "id-42")
         .map(|i| msg(i))
         .collect();
     out.push(msg("id-7"));
-    broker::produce(&bs, &output, &out);
+    broker::produce_to(&bs, &output, Some(1), &out);
     broker::produce(&bs, &clean, &ids.iter().map(|i| msg(i)).collect::<Vec<_>>());
 
     let bad = verify(&bs, &input, &output);
@@ -79,8 +81,18 @@ fn verify_reports_a_duplicated_and_a_missing_record_and_exits_non_zero() {
 
     let t = text(&bad);
     assert_eq!(bad.status.code(), Some(1), "{t}");
-    assert!(t.contains("duplicate: id-7 appears 2 times"), "{t}");
-    assert!(t.contains("missing: id-42 is in"), "{t}");
+    assert!(
+        t.contains(&format!(
+            "duplicate: id-7 appears 2 times in {output} at 1:7, 1:49 (input at 0:7)"
+        )),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!(
+            "missing: id-42 (in {input} at 0:42) is not in {output}"
+        )),
+        "{t}"
+    );
     assert!(
         t.contains("FAILED: 1 duplicates, 1 missing, 0 unexpected"),
         "{t}"
@@ -194,6 +206,88 @@ fn check_rejects_a_wrong_type_an_unknown_key_and_a_missing_key_with_a_clear_mess
     assert!(t.contains("<redacted>") && !t.contains("hunter2"), "{t}");
 }
 
+/// `verify --id key --output-id json:id`: an app whose inputs carry the ID as the key and
+/// whose outputs carry it in a JSON field; a nested field by JSON pointer.
+#[test]
+fn verify_reads_ids_from_the_key_and_from_a_json_field_of_the_value() {
+    let Some(bs) = broker::require_broker("verify-id-locations") else {
+        return;
+    };
+    let (input, output) = (broker::unique_name("vkin"), broker::unique_name("vjout"));
+    broker::create_topics(&bs, &[(&input, 1), (&output, 1)]);
+    let keyed = |i: u32| TestMessage {
+        id: None,
+        key: Some(format!("order-{i}").into_bytes()),
+        value: b"v".to_vec(),
+    };
+    let json = |i: u32| TestMessage {
+        id: None,
+        key: None,
+        value: format!(r#"{{"order": {{"id": "order-{i}"}}, "id": "order-{i}", "n": {i}}}"#)
+            .into_bytes(),
+    };
+    broker::produce(&bs, &input, &(0..20).map(keyed).collect::<Vec<_>>());
+    // Every ID once, except order-5 (twice) and order-9 (missing).
+    let mut out: Vec<TestMessage> = (0..20).filter(|i| *i != 9).map(json).collect();
+    out.push(json(5));
+    broker::produce(&bs, &output, &out);
+
+    let by = |id: &str, output_id: &str| {
+        run(
+            &[
+                "verify",
+                "--bootstrap",
+                &bs,
+                "--input",
+                &input,
+                "--output",
+                &output,
+                "--id",
+                id,
+                "--output-id",
+                output_id,
+            ],
+            &[],
+        )
+    };
+    let field = by("key", "json:id");
+    let pointer = by("key", "json:/order/id");
+    // The default location (header message-id) finds no ID in either topic.
+    let header = by("header:message-id", "header:message-id");
+    let malformed = by("value", "json:id");
+    broker::delete_topics(&bs, &[&input, &output]);
+
+    for o in [&field, &pointer] {
+        let t = text(o);
+        assert_eq!(o.status.code(), Some(1), "{t}");
+        assert!(t.contains("| unique input IDs     |         20 |"), "{t}");
+        assert!(
+            t.contains(&format!(
+                "duplicate: order-5 appears 2 times in {output} at 0:5, 0:19 (input at 0:5)"
+            )),
+            "{t}"
+        );
+        assert!(
+            t.contains(&format!(
+                "missing: order-9 (in {input} at 0:9) is not in {output}"
+            )),
+            "{t}"
+        );
+        assert!(
+            t.contains("FAILED: 1 duplicates, 1 missing, 0 unexpected"),
+            "{t}"
+        );
+    }
+    let t = text(&header);
+    assert!(t.contains("| unique input IDs     |          1 |"), "{t}");
+    assert_ne!(malformed.status.code(), Some(0));
+    assert!(
+        text(&malformed).contains("`value` is not an ID location"),
+        "{}",
+        text(&malformed)
+    );
+}
+
 #[test]
 fn verify_counts_only_committed_records_and_reports_unexpected_ids() {
     let Some(bs) = broker::require_broker("verify-aborted") else {
@@ -216,7 +310,7 @@ fn verify_counts_only_committed_records_and_reports_unexpected_ids() {
     let t = text(&o);
     assert_eq!(o.status.code(), Some(1), "{t}");
     assert!(t.contains("| output records       |         51 |"), "{t}");
-    assert!(t.contains("unexpected: stray-1 is in"), "{t}");
+    assert!(t.contains("unexpected: stray-1 (in "), "{t}");
     assert!(!t.contains("ghost") && !t.contains("duplicate:"), "{t}");
     assert!(
         t.contains("FAILED: 0 duplicates, 0 missing, 1 unexpected"),
@@ -432,7 +526,7 @@ fn a_chaos_soak_with_broker_restarts_long_pauses_an_output_recreation_and_a_slow
     let Some(private) = broker::PrivateBroker::start("cli-soak", &dir.path().join("broker")) else {
         return;
     };
-    let Some(pg) = exactly_sinks::testing::require_postgres("cli-soak") else {
+    let Some(pg) = exactly_testkit::services::require_postgres("cli-soak") else {
         return;
     };
     // The script the soak calls with `down` / `up`: scripts/broker.sh on this broker.
@@ -491,4 +585,176 @@ fn a_chaos_soak_with_broker_restarts_long_pauses_an_output_recreation_and_a_slow
         assert_eq!(sink_count(&t, label), 0, "sink effects {label}: {t}");
     }
     println!("{t}");
+}
+
+/// The backticked commands in `text` that start with `exactly ` or `scripts/`.
+fn suggested_commands(text: &str) -> Vec<String> {
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|c| c.starts_with("exactly ") || c.starts_with("scripts/"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every `exactly <verb>` and `scripts/<script>` named in backticks in a string of the
+/// workspace's sources (error messages, hints, docs comments of the CLI) exists: the verb's
+/// `--help` succeeds, the script is in the repository.
+#[test]
+fn every_command_the_sources_suggest_exists() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut files = Vec::new();
+    let mut dirs = vec![root.join("crates"), root.join("examples/src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read source dir") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    let mut verbs = std::collections::BTreeSet::new();
+    let mut scripts = std::collections::BTreeSet::new();
+    for file in &files {
+        let source = std::fs::read_to_string(file).expect("read source");
+        for command in suggested_commands(&source) {
+            let mut words = command.split_whitespace();
+            match words.next() {
+                Some("exactly") => {
+                    // `exactly topics create …`: the verb, and its subcommand if it has one.
+                    let verb: Vec<&str> = words
+                        .take_while(|w| {
+                            !w.starts_with('-')
+                                && w.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+                        })
+                        .take(2)
+                        .collect();
+                    if !verb.is_empty() {
+                        verbs.insert(verb.join(" "));
+                    }
+                }
+                Some(script) if script.ends_with(".sh") => {
+                    scripts.insert(script.to_owned());
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(
+        verbs.contains("topics create") && scripts.contains("scripts/broker.sh"),
+        "the scan found {verbs:?} and {scripts:?}: it no longer sees the known suggestions"
+    );
+    for verb in &verbs {
+        let mut args: Vec<&str> = verb.split(' ').collect();
+        args.push("--help");
+        let help = run(&args, &[]);
+        assert!(
+            help.status.success(),
+            "a message suggests `exactly {verb}`, which the CLI does not have:\n{}",
+            text(&help)
+        );
+    }
+    for script in &scripts {
+        assert!(
+            root.join(script).is_file(),
+            "a message suggests `{script}`, which is not in the repository"
+        );
+    }
+}
+
+/// An app whose input and then output topic is missing stops with an error that suggests a
+/// command; running that command (with this build's `exactly`) creates the topic, and the app
+/// then starts and forwards a record.
+#[test]
+fn the_commands_the_missing_topic_errors_suggest_create_the_topics_and_the_app_then_runs() {
+    let Some(bs) = broker::require_broker("cli-suggested-topics") else {
+        return;
+    };
+    let (input, output, app) = (
+        broker::unique_name("suggest-in"),
+        broker::unique_name("suggest-out"),
+        broker::unique_name("suggest-app"),
+    );
+    let state = tempfile::tempdir().expect("temp dir");
+    let state_dir = state.path().display().to_string();
+    let forward = [
+        "forward",
+        "--bootstrap",
+        &bs,
+        "--input",
+        &input,
+        "--output",
+        &output,
+        "--app-id",
+        &app,
+        "--state-dir",
+        &state_dir,
+    ];
+    for missing in [&input, &output] {
+        let failed = run(&forward, &[("RUST_LOG", "error")]);
+        let t = text(&failed);
+        assert_ne!(failed.status.code(), Some(0), "{t}");
+        assert!(
+            t.contains(&format!("topic `{missing}` does not exist")),
+            "{t}"
+        );
+        let commands = suggested_commands(&t);
+        let [command] = commands.as_slice() else {
+            panic!("expected one suggested command, got {commands:?} in:\n{t}");
+        };
+        let args: Vec<&str> = command.split_whitespace().skip(1).collect();
+        let created = run(&args, &[]);
+        let t = text(&created);
+        assert_eq!(created.status.code(), Some(0), "`{command}`:\n{t}");
+        // The output gets the input's partition count.
+        assert!(
+            t.contains(&format!("created {missing} (6 partitions)")),
+            "{t}"
+        );
+        assert!(
+            broker::list_topics(&bs).contains(missing),
+            "`{command}` did not create {missing}"
+        );
+    }
+    // Both exist now (6 partitions each): the app runs and forwards a record.
+    let mut app_process = exactly_testkit::chaos::AppProcess::new(
+        EXACTLY,
+        &["forward"],
+        "0",
+        forward[1..].iter().map(|a| (*a).to_owned()).collect(),
+        state.path(),
+    );
+    app_process.start();
+    broker::produce(&bs, &input, &[msg("suggested-1")]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let outputs = loop {
+        let outputs = broker::read_committed(&bs, &output);
+        if !outputs.is_empty() || std::time::Instant::now() > deadline {
+            break outputs;
+        }
+        assert!(
+            app_process.exited().is_none(),
+            "the app exited; log tail:\n{}",
+            app_process.log_tail(20)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let status = app_process.terminate(std::time::Duration::from_secs(60));
+    broker::delete_topics(
+        &bs,
+        &[
+            &input,
+            &output,
+            &format!("{app}-{input}-dedup-changelog"),
+            &format!("{app}-dlq"),
+        ],
+    );
+    assert_eq!(outputs.len(), 1, "{}", app_process.log_tail(20));
+    assert_eq!(
+        outputs[0].headers.get("message-id").map(Vec::as_slice),
+        Some(&b"suggested-1"[..])
+    );
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }

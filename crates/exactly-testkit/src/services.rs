@@ -146,17 +146,7 @@ pub fn require_redis_at(test: &str, url: &str, probe: &Probe) -> Option<String> 
 /// A name unique to this process and call (lowercase, `[a-z0-9_]`): a table name or key
 /// prefix of one test, so tests can run in parallel.
 pub fn unique_name(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() % 100_000_000)
-        .unwrap_or(0);
-    format!(
-        "{prefix}_{}_{ms}_{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-    .to_ascii_lowercase()
+    crate::unique(prefix, '_').to_ascii_lowercase()
 }
 
 /// A TCP proxy on 127.0.0.1 in front of a server, that a test can [`cut`](Self::cut) (every
