@@ -7,7 +7,8 @@
 # 1. scripts/setup.sh (installs what is missing), 2. scripts/broker.sh up, unless KAFKA_BOOTSTRAP
 # names another cluster, 3. `cargo nextest run --workspace --no-fail-fast` (profile `ci` from
 # .config/nextest.toml when CI=true), 4. `cargo test --workspace --doc` (nextest does not run
-# doctests). Both steps run even if the first fails; the exit code is non-zero if either did.
+# doctests), 5. `cargo package` and `cargo doc` of the library crates, without warnings. Every
+# step runs even if an earlier one fails; the exit code is non-zero if any did.
 # The broker is left running for the next run; STOP_BROKER=1 stops it at the end.
 set -euo pipefail
 # shellcheck source=lib.sh
@@ -61,6 +62,16 @@ nextest_rc=0
 run_logged nextest cargo nextest run --workspace --no-fail-fast "${profile_args[@]}" "$@" || nextest_rc=$?
 doc_rc=0
 run_logged doctest cargo test --workspace --doc || doc_rc=$?
+# The library crates are publishable: `cargo package` takes them (metadata, file list) and
+# their API docs build without a warning. Examples and benches are not published.
+publish_rc=0
+unpublished=(--exclude exactly-examples --exclude exactly-benches)
+run_logged package cargo package --workspace --no-verify --allow-dirty "${unpublished[@]}" || publish_rc=$?
+if grep -q '^warning' "$LOG_DIR/package.log"; then
+	echo "cargo package warned (see $LOG_DIR/package.log)"
+	publish_rc=1
+fi
+RUSTDOCFLAGS="-D warnings" run_logged rustdoc cargo doc --workspace --no-deps "${unpublished[@]}" || publish_rc=$?
 
 # One closing line for both runners: nextest's summary plus the doctests' `test result:` lines.
 summary="$(strip_ansi "$LOG_DIR/nextest.log" | grep -E '^ *Summary \[' | tail -n1 || true)"
@@ -76,6 +87,7 @@ done < <(strip_ansi "$LOG_DIR/doctest.log" | grep -E '^test result:' || true)
 echo
 echo "nextest: $([[ $nextest_rc == 0 ]] && echo ok || echo "FAILED (exit $nextest_rc)")${summary:+ —$(sed 's/^ *Summary//' <<<"$summary")}"
 echo "doctests: $([[ $doc_rc == 0 ]] && echo ok || echo "FAILED (exit $doc_rc)")"
+echo "cargo package + cargo doc (no warnings): $([[ $publish_rc == 0 ]] && echo ok || echo "FAILED (see $LOG_DIR/package.log, $LOG_DIR/rustdoc.log)")"
 if [[ -z "$summary" && $nextest_rc != 0 ]]; then
 	echo "nextest printed no summary: the build failed or no test ran (see $LOG_DIR/nextest.log)"
 fi
@@ -87,4 +99,4 @@ if ((missing_service > 0)); then
 	echo "$missing_service of the tests reported passed skipped for a missing service (listed in $TEST_SKIP_LOG)"
 fi
 echo "total: $passed passed, $failed failed, $skipped skipped, $missing_service skipped for a missing service"
-((nextest_rc == 0 && doc_rc == 0))
+((nextest_rc == 0 && doc_rc == 0 && publish_rc == 0))

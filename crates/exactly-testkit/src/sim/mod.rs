@@ -1,15 +1,15 @@
 //! A simulated Kafka cluster with Apache Kafka's rules, in memory, deterministic.
 //!
-//! - **Logs** ([`log`]): offsets never change; transactional records are pending until their
+//! - **Logs** (`log`): offsets never change; transactional records are pending until their
 //!   transaction's marker; the last stable offset (LSO) stops read_committed readers at the
 //!   oldest open transaction; read_committed reads are correct from any offset; compaction
 //!   and retention remove records, never offsets.
-//! - **Transactions** ([`txn`]): producer ids and epochs per `transactional.id`;
+//! - **Transactions** (`txn`): producer ids and epochs per `transactional.id`;
 //!   `init_transactions` aborts the open transaction and fences older producers; the
 //!   coordinator aborts a transaction that outlives its timeout and bumps the epoch
 //!   (librdkafka then reports the producer as fenced); transactional offsets stay pending until
 //!   the commit.
-//! - **Groups** ([`group`]): members with generations, eager and cooperative rebalances whose
+//! - **Groups** (`group`): members with generations, eager and cooperative rebalances whose
 //!   events reach members at their next heartbeat, revoked vs lost partitions, static
 //!   membership (`group.instance.id` replaces the old member and fences it), session timeouts
 //!   of members whose process is paused or dead, KIP-447: a `TxnOffsetCommit` of a member that
