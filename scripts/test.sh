@@ -72,6 +72,16 @@ if grep -q '^warning' "$LOG_DIR/package.log"; then
 	publish_rc=1
 fi
 RUSTDOCFLAGS="-D warnings" run_logged rustdoc cargo doc --workspace --no-deps "${unpublished[@]}" || publish_rc=$?
+# An app builds the facade with a subset of its features (the workspace build unifies them
+# all): each subset must compile without a warning too.
+for features in "" logging cli postgres redis failpoints; do
+	run_logged "check-features-${features:-none}" cargo check -p exactly -p exactly-sinks \
+		--no-default-features ${features:+--features "exactly/$features"} || publish_rc=$?
+	if grep -q '^warning' "$LOG_DIR/check-features-${features:-none}.log"; then
+		echo "exactly with features [${features}] compiles with warnings (see $LOG_DIR/check-features-${features:-none}.log)"
+		publish_rc=1
+	fi
+done
 
 # One closing line for both runners: nextest's summary plus the doctests' `test result:` lines.
 summary="$(strip_ansi "$LOG_DIR/nextest.log" | grep -E '^ *Summary \[' | tail -n1 || true)"
@@ -87,7 +97,7 @@ done < <(strip_ansi "$LOG_DIR/doctest.log" | grep -E '^test result:' || true)
 echo
 echo "nextest: $([[ $nextest_rc == 0 ]] && echo ok || echo "FAILED (exit $nextest_rc)")${summary:+ —$(sed 's/^ *Summary//' <<<"$summary")}"
 echo "doctests: $([[ $doc_rc == 0 ]] && echo ok || echo "FAILED (exit $doc_rc)")"
-echo "cargo package + cargo doc (no warnings): $([[ $publish_rc == 0 ]] && echo ok || echo "FAILED (see $LOG_DIR/package.log, $LOG_DIR/rustdoc.log)")"
+echo "cargo package, cargo doc, facade feature sets (no warnings): $([[ $publish_rc == 0 ]] && echo ok || echo "FAILED (see $LOG_DIR/package.log, $LOG_DIR/rustdoc.log)")"
 if [[ -z "$summary" && $nextest_rc != 0 ]]; then
 	echo "nextest printed no summary: the build failed or no test ran (see $LOG_DIR/nextest.log)"
 fi

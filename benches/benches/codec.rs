@@ -13,7 +13,7 @@
 //!
 //! The restore benchmark drives a real `Task` through its restore path
 //! (`Task::restore_records`: decode every value, check retention, one store apply per poll
-//! batch) into an empty store, 1M IDs (10M with `EXACTLY_BENCH_LARGE=1`), from the batch
+//! batch) into an empty store, 1M IDs (10M with `BENCH_LARGE=1`), from the batch
 //! format and from the per-ID format. It excludes the Kafka fetch, which the pipeline
 //! benchmark's restore measurement includes.
 

@@ -1,9 +1,9 @@
 //! Dedup store benchmarks: lookups (hit and miss) and inserts, batched and single, for
-//! `MemDedupStore` and `RocksDedupStore` holding 1M IDs (and 10M with `EXACTLY_BENCH_LARGE=1`).
+//! `MemDedupStore` and `RocksDedupStore` holding 1M IDs (and 10M with `BENCH_LARGE=1`).
 //!
 //! ```text
 //! cargo bench -p exactly-benches --bench store
-//! EXACTLY_BENCH_LARGE=1 cargo bench -p exactly-benches --bench store
+//! BENCH_LARGE=1 cargo bench -p exactly-benches --bench store
 //! ```
 //!
 //! Every benchmark handles 500 IDs per iteration (the runtime looks up a poll batch at once)

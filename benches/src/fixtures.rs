@@ -13,7 +13,7 @@ use std::path::Path;
 
 /// Set to `1` to also run the store benchmarks at 10M stored IDs (filling and compacting a
 /// 10M-ID RocksDB store takes minutes on two cores, so it is off by default).
-pub const BENCH_LARGE_ENV: &str = "EXACTLY_BENCH_LARGE";
+pub const BENCH_LARGE_ENV: &str = "BENCH_LARGE";
 
 /// Changelog topic named in the checkpoints of benchmark stores.
 pub const BENCH_CHANGELOG: &str = "bench-in-dedup-changelog";
@@ -24,7 +24,7 @@ pub fn large_enabled() -> bool {
 }
 
 /// Store sizes (stored IDs) the store benchmarks run at: 1M, plus 10M with
-/// `EXACTLY_BENCH_LARGE=1`.
+/// `BENCH_LARGE=1`.
 pub fn stored_id_counts() -> Vec<u64> {
     if large_enabled() {
         vec![1_000_000, 10_000_000]

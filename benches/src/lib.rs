@@ -3,7 +3,7 @@
 //!
 //! - `benches/store.rs` and `benches/codec.rs` (criterion, `cargo bench -p exactly-benches`):
 //!   dedup store lookups and inserts, batched and single, for `MemDedupStore` and
-//!   `RocksDedupStore` at 1M stored IDs (10M with `EXACTLY_BENCH_LARGE=1`); the changelog
+//!   `RocksDedupStore` at 1M stored IDs (10M with `BENCH_LARGE=1`); the changelog
 //!   codec; the restore rate from a changelog held in memory.
 //! - `src/bin/pipeline.rs` (`cargo run --release -p exactly-benches --bin pipeline`): the
 //!   end-to-end benchmark against a broker: a raw consume→produce copy, `exactly` at least

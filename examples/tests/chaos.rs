@@ -4,7 +4,7 @@
 //! at the start-up or restore; SIGSTOP/SIGCONT; graceful SIGTERM restarts). The output, read with
 //! isolation.level=read_committed, must hold every ID exactly once. Two more runs cover the
 //! other modes: two stream threads per process, and the at-least-once guarantee (no loss,
-//! duplicates bounded by the crashes). On failure (or with `EXACTLY_CHAOS_KEEP=1`) the
+//! duplicates bounded by the crashes). On failure (or with `TEST_CHAOS_KEEP=1`) the
 //! instances' logs and state dirs are kept and their path printed.
 
 use exactly_testkit::broker;
@@ -19,7 +19,7 @@ fn env_or(name: &str, default: u64) -> u64 {
 }
 
 /// The plan of a run: two dedup-forward processes over four partitions, 20 % resends;
-/// `EXACTLY_CHAOS_UNIQUE`, `EXACTLY_CHAOS_ACTIONS` and `EXACTLY_CHAOS_SEED` override the
+/// `TEST_CHAOS_UNIQUE`, `TEST_CHAOS_ACTIONS` and `TEST_CHAOS_SEED` override the
 /// size, the disruptions and the seed.
 fn plan(unique: u64, actions: u64, extra_args: &[&str]) -> ChaosPlan {
     ChaosPlan {
@@ -27,10 +27,10 @@ fn plan(unique: u64, actions: u64, extra_args: &[&str]) -> ChaosPlan {
         prefix_args: Vec::new(),
         instances: 2,
         partitions: 4,
-        unique: env_or("EXACTLY_CHAOS_UNIQUE", unique) as usize,
+        unique: env_or("TEST_CHAOS_UNIQUE", unique) as usize,
         dup_share: 0.2,
-        actions: env_or("EXACTLY_CHAOS_ACTIONS", actions) as usize,
-        seed: env_or("EXACTLY_CHAOS_SEED", u64::from(rand::random::<u32>())),
+        actions: env_or("TEST_CHAOS_ACTIONS", actions) as usize,
+        seed: env_or("TEST_CHAOS_SEED", u64::from(rand::random::<u32>())),
         accounts: 0,
         state_stores: Vec::new(),
         extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
@@ -42,7 +42,7 @@ fn plan(unique: u64, actions: u64, extra_args: &[&str]) -> ChaosPlan {
     }
 }
 
-/// Runs `plan`, prints the report, keeps the logs on failure (or `EXACTLY_CHAOS_KEEP`), and
+/// Runs `plan`, prints the report, keeps the logs on failure (or `TEST_CHAOS_KEEP`), and
 /// checks what every run must show: every SIGKILL killed a running instance, every input was
 /// read back, every ID reached the output, none that was not sent. `check` then looks at the
 /// report and the instances' logs while they still exist.
@@ -53,7 +53,7 @@ fn run_and_check(
     check: impl FnOnce(&ChaosReport, &Path),
 ) -> ChaosReport {
     println!(
-        "chaos seed {} (replay with EXACTLY_CHAOS_SEED={}), instance args {:?}",
+        "chaos seed {} (replay with TEST_CHAOS_SEED={}), instance args {:?}",
         plan.seed, plan.seed, plan.extra_args
     );
     let dir = tempfile::tempdir().expect("tempdir");
@@ -71,7 +71,7 @@ fn run_and_check(
     println!("{}", report.summary());
     let v = &report.verification;
     let failed = (exact && !v.is_exact()) || !v.missing.is_empty() || !v.unexpected.is_empty();
-    if failed || std::env::var_os("EXACTLY_CHAOS_KEEP").is_some() {
+    if failed || std::env::var_os("TEST_CHAOS_KEEP").is_some() {
         // Keep the instances' logs and state for the post-mortem.
         let kept = dir.keep();
         println!("logs and state kept in {}", kept.display());

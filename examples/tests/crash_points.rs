@@ -1,5 +1,5 @@
 //! One process-level test per crash point of docs/exactly-once.md: the app SIGKILLs itself at
-//! that exact point of the protocol (`EXACTLY_FAILPOINT`), is restarted, and the output, read
+//! that exact point of the protocol (`TEST_FAILPOINT`), is restarted, and the output, read
 //! with isolation.level=read_committed, still holds every ID exactly once. The last two tests
 //! cover at-least-once mode.
 
@@ -45,7 +45,7 @@ fn crash_at(
             guarantee,
         ],
     );
-    app.env("EXACTLY_FAILPOINT", &format!("{point}:{hit}"));
+    app.env("TEST_FAILPOINT", &format!("{point}:{hit}"));
     app.start();
     broker::produce(&s.bs, &s.input, &messages);
     // The failpoint kills the process: wait for that event.
@@ -67,7 +67,7 @@ fn crash_at(
         "{point}:{hit}: after the crash the transaction is {}; committed offsets {committed:?}; {visible:?}",
         if open { "open" } else { "resolved" }
     );
-    app.env("EXACTLY_FAILPOINT", "");
+    app.env("TEST_FAILPOINT", "");
     app.set_log(s.dir.path().join("restart.log"));
     app.start();
     // The restart restores both tasks before it processes, and resumes each exactly at the
@@ -198,7 +198,7 @@ fn a_panic_outside_the_processor_stops_the_instance_and_commits_nothing_of_its_t
             "500",
         ],
     );
-    app.env("EXACTLY_FAILPOINT", "after_send:3:panic");
+    app.env("TEST_FAILPOINT", "after_send:3:panic");
     app.start();
     broker::produce(&s.bs, &s.input, &messages);
     let status = app.wait_exit(Duration::from_secs(60));
@@ -213,7 +213,7 @@ fn a_panic_outside_the_processor_stops_the_instance_and_commits_nothing_of_its_t
         app.log_tail(30)
     );
     assert!(
-        log.contains("EXACTLY_FAILPOINT: panic at AfterSend (hit 3)"),
+        log.contains("TEST_FAILPOINT: panic at AfterSend (hit 3)"),
         "the panic came from the failpoint"
     );
     assert!(
@@ -238,7 +238,7 @@ fn a_panic_outside_the_processor_stops_the_instance_and_commits_nothing_of_its_t
     // reaches it (every input committed in 2 of 16 runs here, once under load); the exit status
     // and the log above show that the instance stopped.
 
-    app.env("EXACTLY_FAILPOINT", "");
+    app.env("TEST_FAILPOINT", "");
     app.set_log(s.dir.path().join("restart.log"));
     app.start();
     s.wait_caught_up(std::slice::from_mut(&mut app));

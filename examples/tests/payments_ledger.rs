@@ -318,7 +318,7 @@ fn crashes_before_between_and_after_the_two_commits_book_each_payment_once() {
             "0",
             &["--commit-interval-ms", "50", "--max-batch-records", "250"],
         );
-        crashing.env("EXACTLY_FAILPOINT", point);
+        crashing.env("TEST_FAILPOINT", point);
         crashing.start();
         broker::produce(&s.bs, &s.input, chunk);
         wait_failpoint_kill(&mut crashing, Duration::from_secs(120));
@@ -367,11 +367,11 @@ fn sigkill_chaos_keeps_the_ledger_exact() {
     let Some(s) = Setup::new("ledger-chaos", 4) else {
         return;
     };
-    let seed = std::env::var("EXACTLY_CHAOS_SEED")
+    let seed = std::env::var("TEST_CHAOS_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| u64::from(rand::random::<u32>()));
-    println!("ledger chaos seed {seed} (replay with EXACTLY_CHAOS_SEED={seed})");
+    println!("ledger chaos seed {seed} (replay with TEST_CHAOS_SEED={seed})");
     let kills_wanted = 24;
     let payments = Payments::new(20_000, 0.2, seed);
     let mut rng = StdRng::seed_from_u64(seed);
@@ -541,13 +541,13 @@ fn a_slow_sink_among_kills_and_pauses_keeps_the_ledger_exact() {
     let Some(s) = Setup::new("ledger-slow", 4) else {
         return;
     };
-    let seed = std::env::var("EXACTLY_CHAOS_SEED")
+    let seed = std::env::var("TEST_CHAOS_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| u64::from(rand::random::<u32>()));
-    println!("ledger slow-sink seed {seed} (replay with EXACTLY_CHAOS_SEED={seed})");
-    // 15 chunks of 1,000 payments by default; `EXACTLY_CHAOS_CHUNKS` runs it longer (a soak).
-    let chunks: usize = std::env::var("EXACTLY_CHAOS_CHUNKS")
+    println!("ledger slow-sink seed {seed} (replay with TEST_CHAOS_SEED={seed})");
+    // 15 chunks of 1,000 payments by default; `TEST_CHAOS_CHUNKS` runs it longer (a soak).
+    let chunks: usize = std::env::var("TEST_CHAOS_CHUNKS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(15);

@@ -188,12 +188,12 @@ fn concurrent_restores_over_aborted_transactions_keep_every_committed_id() {
         "0",
         &["--commit-interval-ms", "50", "--max-batch-records", "500"],
     );
-    app.env("EXACTLY_FAILPOINT", "after_send:2");
+    app.env("TEST_FAILPOINT", "after_send:2");
     app.start();
     broker::produce_to(&s.bs, &s.input, Some(0), &big);
     broker::produce_to(&s.bs, &s.input, Some(1), &small);
     chaos::wait_failpoint_kill(&mut app, Duration::from_secs(120));
-    app.env("EXACTLY_FAILPOINT", "");
+    app.env("TEST_FAILPOINT", "");
     app.start();
     s.wait_caught_up(std::slice::from_mut(&mut app));
     stop_all(std::slice::from_mut(&mut app));

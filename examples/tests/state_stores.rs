@@ -101,10 +101,10 @@ fn stateful_chaos_with_sigkill_keeps_outputs_and_state_equal_to_a_sequential_run
         prefix_args: Vec::new(),
         instances: 2,
         partitions: 4,
-        unique: env_or("EXACTLY_CHAOS_UNIQUE", 40_000) as usize,
+        unique: env_or("TEST_CHAOS_UNIQUE", 40_000) as usize,
         dup_share: 0.2,
-        actions: env_or("EXACTLY_CHAOS_ACTIONS", 40) as usize,
-        seed: env_or("EXACTLY_CHAOS_SEED", u64::from(rand::random::<u32>())),
+        actions: env_or("TEST_CHAOS_ACTIONS", 40) as usize,
+        seed: env_or("TEST_CHAOS_SEED", u64::from(rand::random::<u32>())),
         accounts: 200,
         state_stores: vec!["totals".into()],
         extra_args: Vec::new(),
@@ -115,7 +115,7 @@ fn stateful_chaos_with_sigkill_keeps_outputs_and_state_equal_to_a_sequential_run
         output_id: Default::default(),
     };
     println!(
-        "state chaos seed {} (replay with EXACTLY_CHAOS_SEED={})",
+        "state chaos seed {} (replay with TEST_CHAOS_SEED={})",
         plan.seed, plan.seed
     );
     let dir = tempfile::tempdir().expect("tempdir");
@@ -130,7 +130,7 @@ fn stateful_chaos_with_sigkill_keeps_outputs_and_state_equal_to_a_sequential_run
         println!("logs and state kept in {}", kept.display());
     }
     assert!(
-        report.sigkills >= 15 || std::env::var("EXACTLY_CHAOS_ACTIONS").is_ok(),
+        report.sigkills >= 15 || std::env::var("TEST_CHAOS_ACTIONS").is_ok(),
         "only {} SIGKILLs",
         report.sigkills
     );

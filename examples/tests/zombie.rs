@@ -1,4 +1,4 @@
-//! Zombie fencing: an instance freezes itself (SIGSTOP, `EXACTLY_FAILPOINT=after_send:3:stop`)
+//! Zombie fencing: an instance freezes itself (SIGSTOP, `TEST_FAILPOINT=after_send:3:stop`)
 //! right after the sends of a transaction, before its offsets and its commit; a replacement with
 //! the same instance id (so the same transactional.id and `group.instance.id`) starts on another
 //! state dir and takes over, then the old process is continued with SIGCONT. It goes on with its
@@ -32,7 +32,7 @@ fn a_frozen_instance_replaced_under_the_same_id_is_fenced_and_writes_nothing_vis
         "0",
         &["--commit-interval-ms", "100", "--max-batch-records", "500"],
     );
-    old.env("EXACTLY_FAILPOINT", "after_send:3:stop");
+    old.env("TEST_FAILPOINT", "after_send:3:stop");
     old.start();
     broker::produce(&s.bs, &s.input, halves[0]);
     // It stops itself in its third transaction, after the sends, before the commit.
@@ -62,7 +62,7 @@ fn a_frozen_instance_replaced_under_the_same_id_is_fenced_and_writes_nothing_vis
         old.log_tail(30)
     );
     let log = std::fs::read_to_string(&old.log).unwrap_or_default();
-    let frozen = at(&log, "EXACTLY_FAILPOINT: SIGSTOP at AfterSend");
+    let frozen = at(&log, "TEST_FAILPOINT: SIGSTOP at AfterSend");
     let producer = at(&log, "producer fenced: dropped this thread's tasks");
     let member = at(
         &log,

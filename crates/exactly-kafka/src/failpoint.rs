@@ -1,4 +1,4 @@
-//! Crash points for process-level tests: `EXACTLY_FAILPOINT=<point>:<n>` makes the process
+//! Crash points for process-level tests: `TEST_FAILPOINT=<point>:<n>` makes the process
 //! SIGKILL itself the `n`-th time (1-based, counted over all stream threads) it reaches
 //! `point`; `<point>:<n>:stop` makes it SIGSTOP itself there instead (a zombie frozen at a
 //! known step; SIGCONT continues it), and `<point>:<n>:panic` panics the stream thread there
@@ -54,7 +54,7 @@ static HITS: AtomicU64 = AtomicU64::new(0);
 
 fn armed() -> Option<(Point, u64, Action)> {
     *ARMED.get_or_init(|| {
-        let v = std::env::var("EXACTLY_FAILPOINT").ok().filter(|v| !v.is_empty())?;
+        let v = std::env::var("TEST_FAILPOINT").ok().filter(|v| !v.is_empty())?;
         let mut parts = v.split(':');
         let parsed = (|| {
             let point = Point::parse(parts.next()?)?;
@@ -69,11 +69,11 @@ fn armed() -> Option<(Point, u64, Action)> {
         })();
         match parsed {
             Some(a) => {
-                tracing::warn!(failpoint = %v, "EXACTLY_FAILPOINT is set: this process will SIGKILL, SIGSTOP or panic itself (test hook)");
+                tracing::warn!(failpoint = %v, "TEST_FAILPOINT is set: this process will SIGKILL, SIGSTOP or panic itself (test hook)");
                 Some(a)
             }
             None => {
-                tracing::error!(value = %v, "EXACTLY_FAILPOINT must be <before_send|after_send|during_commit|after_commit>:<n>[:stop|:panic]; ignored");
+                tracing::error!(value = %v, "TEST_FAILPOINT must be <before_send|after_send|during_commit|after_commit>:<n>[:stop|:panic]; ignored");
                 None
             }
         }
@@ -89,18 +89,18 @@ pub(crate) fn hit(point: Point) {
         return;
     }
     if action == Action::Panic {
-        panic!("EXACTLY_FAILPOINT: panic at {point:?} (hit {n})");
+        panic!("TEST_FAILPOINT: panic at {point:?} (hit {n})");
     }
     if action == Action::Stop {
-        eprintln!("EXACTLY_FAILPOINT: SIGSTOP at {point:?} (hit {n})");
+        eprintln!("TEST_FAILPOINT: SIGSTOP at {point:?} (hit {n})");
         // SAFETY: kill(2) on our own pid; the process stops here until SIGCONT.
         unsafe {
             libc::kill(libc::getpid(), libc::SIGSTOP);
         }
-        eprintln!("EXACTLY_FAILPOINT: continued after SIGSTOP at {point:?}");
+        eprintln!("TEST_FAILPOINT: continued after SIGSTOP at {point:?}");
         return;
     }
-    eprintln!("EXACTLY_FAILPOINT: SIGKILL at {point:?} (hit {n})");
+    eprintln!("TEST_FAILPOINT: SIGKILL at {point:?} (hit {n})");
     if point == Point::DuringCommit {
         // Die while the commit request is in flight, not before it is sent.
         std::thread::spawn(|| {

@@ -96,6 +96,7 @@ impl SinkMetrics {
     }
 
     /// Creates every series of `sink` at 0, so dashboards show it before the first batch.
+    #[cfg(any(feature = "postgres", feature = "redis"))]
     pub(crate) fn touch(&self, sink: &str) {
         for c in [
             &self.batches_committed_total,

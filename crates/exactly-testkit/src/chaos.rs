@@ -540,13 +540,13 @@ pub fn wait_for_log(process: &mut AppProcess, needle: &str, timeout: Duration) {
     }
 }
 
-/// Waits (bounded) for a process started with `EXACTLY_FAILPOINT` to kill itself at the
+/// Waits (bounded) for a process started with `TEST_FAILPOINT` to kill itself at the
 /// failpoint, and panics (with the log tail) if it exited any other way.
 pub fn wait_failpoint_kill(process: &mut AppProcess, timeout: Duration) {
     let status = process.wait_exit(timeout);
     let log = std::fs::read_to_string(&process.log).unwrap_or_default();
     assert!(
-        log.contains("EXACTLY_FAILPOINT: SIGKILL"),
+        log.contains("TEST_FAILPOINT: SIGKILL"),
         "instance {} exited ({status}) but not at the failpoint; log tail:\n{}",
         process.id,
         process.log_tail(30)

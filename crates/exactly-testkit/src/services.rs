@@ -10,16 +10,16 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// `EXACTLY_TEST_POSTGRES` (a tokio-postgres connection string), or the local test database
+/// `TEST_POSTGRES` (a tokio-postgres connection string), or the local test database
 /// `host=127.0.0.1 port=5432 user=postgres dbname=test`.
 pub fn postgres_url() -> String {
-    std::env::var("EXACTLY_TEST_POSTGRES")
+    std::env::var("TEST_POSTGRES")
         .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".to_owned())
 }
 
-/// `EXACTLY_TEST_REDIS`, or `redis://127.0.0.1:6379/`.
+/// `TEST_REDIS`, or `redis://127.0.0.1:6379/`.
 pub fn redis_url() -> String {
-    std::env::var("EXACTLY_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_owned())
+    std::env::var("TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_owned())
 }
 
 fn in_ci() -> bool {
@@ -103,7 +103,7 @@ pub fn require_postgres_at(test: &str, url: &str, probe: &Probe) -> Option<Strin
                 "PostgreSQL",
                 &url,
                 &why,
-                "start PostgreSQL or point EXACTLY_TEST_POSTGRES at one",
+                "start PostgreSQL or point TEST_POSTGRES at one",
             );
             None
         }
@@ -136,7 +136,7 @@ pub fn require_redis_at(test: &str, url: &str, probe: &Probe) -> Option<String> 
                 "Redis",
                 &url,
                 &why,
-                "start redis-server or point EXACTLY_TEST_REDIS at one",
+                "start redis-server or point TEST_REDIS at one",
             );
             None
         }

@@ -1,7 +1,7 @@
 //! Randomized schedules of crashes (at every crash point), broker faults, store loss and
 //! corruption, store write failures, zombies and duplicate injection. After each schedule
 //! every input message ID must have produced its outputs exactly once in the committed
-//! output. Seeded: a failure prints the seed, and `EXACTLY_SEED=<seed>` replays it alone.
+//! output. Seeded: a failure prints the seed, and `TEST_SEED=<seed>` replays it alone.
 
 mod common;
 use common::{fanout, oracle, Fanout};
@@ -22,7 +22,7 @@ fn run_schedule(seed: u64) -> (u64, u64) {
     let mut inputs: Vec<(String, u64)> = Vec::new();
     let mut crashes = 0u64;
     let ops = rng.gen_range(20..60);
-    let trace = std::env::var("EXACTLY_TRACE").is_ok();
+    let trace = std::env::var("TEST_TRACE").is_ok();
     if trace {
         let _ = tracing_subscriber::fmt()
             .with_env_filter("debug")
@@ -145,26 +145,26 @@ fn run_schedule(seed: u64) -> (u64, u64) {
     let report = oracle(&inputs, &outputs);
     assert!(
         report.is_exact(),
-        "seed {seed} (replay with EXACTLY_SEED={seed}):\n{report}"
+        "seed {seed} (replay with TEST_SEED={seed}):\n{report}"
     );
     (crashes, report.unique_ids)
 }
 
 #[test]
 fn every_message_id_produces_its_outputs_exactly_once_under_random_crash_schedules() {
-    let (seeds, base): (Vec<u64>, u64) = match std::env::var("EXACTLY_SEED") {
+    let (seeds, base): (Vec<u64>, u64) = match std::env::var("TEST_SEED") {
         Ok(s) => {
-            let seed: u64 = s.parse().expect("EXACTLY_SEED must be a number");
+            let seed: u64 = s.parse().expect("TEST_SEED must be a number");
             (vec![seed], seed)
         }
         Err(_) => {
-            let n = match std::env::var("EXACTLY_SCHEDULES") {
+            let n = match std::env::var("TEST_SCHEDULES") {
                 Ok(v) => v
                     .parse()
-                    .expect("EXACTLY_SCHEDULES must be a number of schedules"),
+                    .expect("TEST_SCHEDULES must be a number of schedules"),
                 Err(_) => DEFAULT_SCHEDULES,
             };
-            assert!(n >= 1, "EXACTLY_SCHEDULES must be at least 1");
+            assert!(n >= 1, "TEST_SCHEDULES must be at least 1");
             let base = 0x5eed_0000u64;
             ((base..base + n).collect(), base)
         }
@@ -174,7 +174,7 @@ fn every_message_id_produces_its_outputs_exactly_once_under_random_crash_schedul
     for seed in &seeds {
         let seed = *seed;
         let (c, u) = std::panic::catch_unwind(|| run_schedule(seed)).unwrap_or_else(|_| {
-            panic!("schedule with seed {seed} failed; replay with EXACTLY_SEED={seed}")
+            panic!("schedule with seed {seed} failed; replay with TEST_SEED={seed}")
         });
         crashes += c;
         ids += u;

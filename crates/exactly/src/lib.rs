@@ -30,7 +30,7 @@
 //! | `cli` | `cli::RunArgs` and `cli::ClusterArgs`: the options an app binary takes, for clap |
 //! | `postgres` | `sinks::postgres`: effects in PostgreSQL, deduplicated by message ID |
 //! | `redis` | `sinks::redis_guard`: a Redis `SET NX` guard per message ID |
-//! | `failpoints` | crash-injection points (`EXACTLY_FAILPOINT`) for process-level tests; never in production |
+//! | `failpoints` | crash-injection points (`TEST_FAILPOINT`) for process-level tests; never in production |
 //!
 //! The `exactly` command line (demo, chaos harness, verifier, store and topic tools) is the
 //! `exactly-cli` crate.

@@ -2,7 +2,9 @@
 //! values, defaults, overrides, the exact error messages, redaction, and the documented
 //! example in `docs/configuration.md`.
 
-use exactly::config::{keys, load_from, redacted, ConfigError, LoadedConfig, Origin};
+use exactly::config::{
+    keys, load_from, redacted, reference_markdown, ConfigError, LoadedConfig, Origin, KEYS,
+};
 use exactly::{
     ErrorPolicy, Guarantee, IdSource, InvalidIdPolicy, RetryPolicy, RuntimeConfig, TaskConfig,
 };
@@ -260,27 +262,34 @@ fn env_alone_configures_an_app() {
 }
 
 #[test]
-fn test_hook_and_unrelated_variables_are_ignored() {
+fn variables_outside_the_exactly_namespace_are_ignored() {
     let c = ok(
         Some(MINIMAL),
         &[
-            ("EXACTLY_FAILPOINT", "before_commit"),
-            ("EXACTLY_CHAOS_SEED", "1"),
-            ("EXACTLY_SCHEDULES", "10"),
-            ("EXACTLY_SEED", "42"),
-            ("EXACTLY_TRACE", "1"),
-            (
-                "EXACTLY_TEST_POSTGRES",
-                "host=127.0.0.1 user=postgres dbname=test",
-            ),
-            ("EXACTLY_TEST_REDIS", "redis://127.0.0.1:6379/"),
-            ("EXACTLY_BENCH_LARGE", "1"),
+            ("TEST_FAILPOINT", "before_commit"),
+            ("TEST_CHAOS_SEED", "1"),
+            ("TEST_SCHEDULES", "10"),
+            ("TEST_SEED", "42"),
+            ("TEST_TRACE", "1"),
+            ("TEST_POSTGRES", "host=127.0.0.1 user=postgres dbname=test"),
+            ("TEST_REDIS", "redis://127.0.0.1:6379/"),
+            ("BENCH_LARGE", "1"),
             ("TEST_SKIP_LOG", "/tmp/skipped.txt"),
             ("PATH", "/usr/bin"),
             ("THREADS", "9"),
         ],
     );
     assert_eq!(c.threads, 1);
+}
+
+/// The loader knows no test-harness variables: the harnesses use names outside `EXACTLY_*`
+/// (`TEST_FAILPOINT`, `TEST_SEED`, ...), and an `EXACTLY_*` name that is no key is refused.
+#[test]
+fn an_exactly_variable_that_names_no_key_is_refused_even_if_a_harness_once_used_it() {
+    assert!(
+        error(Some(MINIMAL), &[("EXACTLY_FAILPOINT", "after_send:1")])
+            .starts_with("unknown config key `failpoint` (from EXACTLY_FAILPOINT)")
+    );
 }
 
 #[test]
@@ -599,10 +608,10 @@ commit_interval_ms = 100
 max_batch_records = 10000
 guarantee = "exactly_once"
 static_membership = true
-verify_topic_configs = true
-renew_producer_after_outage = false
 restore_from = "checkpoint"
 offset_reset = "fail"
+verify_topic_configs = true
+renew_producer_after_outage = false
 transaction_timeout_ms = 10000
 startup_timeout_ms = 30000
 replication_factor = 1
@@ -628,8 +637,8 @@ scope = "partition"
 repartition_purge_interval_ms = 30000
 
 [dead_letter]
-enabled = true
 topic = "orders-dedup-dlq"
+enabled = true
 create = true
 
 [kafka]
@@ -690,16 +699,69 @@ fn documented_example_sets_every_key() {
     }
 }
 
+/// The key tables of docs/configuration.md are the declaration's ([`reference_markdown`]):
+/// a key added, renamed or documented differently in code fails here until the page says the
+/// same. `UPDATE_DOCS=1` rewrites the page's generated part instead.
 #[test]
-fn every_key_has_a_row_in_the_docs() {
+fn the_key_tables_in_the_docs_are_generated_from_the_declaration() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/configuration.md");
     let doc = std::fs::read_to_string(path).unwrap();
+    let begin = doc
+        .find("<!-- keys:begin")
+        .and_then(|i| doc[i..].find("-->\n").map(|j| i + j + 4))
+        .expect("docs/configuration.md has a `<!-- keys:begin ... -->` marker");
+    let end = doc
+        .find("<!-- keys:end -->")
+        .expect("docs/configuration.md has a `<!-- keys:end -->` marker");
+    let generated = reference_markdown();
+    if std::env::var("UPDATE_DOCS").is_ok_and(|v| v == "1") {
+        let updated = format!("{}{generated}{}", &doc[..begin], &doc[end..]);
+        std::fs::write(path, updated).unwrap();
+        return;
+    }
+    assert!(
+        doc[begin..end] == generated,
+        "the key tables of docs/configuration.md differ from the declaration in \
+         crates/exactly/src/config/keys.rs; change the declaration (the docs come from it) and \
+         run `UPDATE_DOCS=1 cargo test -p exactly --test config` to rewrite them"
+    );
     for key in keys() {
         assert!(
-            doc.contains(&format!("| `{key}` |")),
-            "docs/configuration.md has no row for `{key}`"
+            doc[begin..end].contains(&format!("| `{key}` |")),
+            "no row for `{key}`"
         );
     }
+}
+
+/// Each documented default (the declaration's `default_doc`, shown in the docs) is the
+/// value the loader gives a key set nowhere.
+#[test]
+fn each_documented_default_is_the_loaded_default() {
+    let defaults: toml::Table = redacted(&ok(Some(MINIMAL), &[])).parse().unwrap();
+    let mut checked = 0;
+    for key in KEYS {
+        // Defaults that depend on something else: the environment, the app id.
+        if key.required || ["bootstrap", "dead_letter.topic", "metrics_addr"].contains(&key.name) {
+            continue;
+        }
+        let documented = key
+            .default_doc
+            .split('`')
+            .nth(1)
+            .unwrap_or_else(|| panic!("`{}` documents no default value", key.name));
+        let loaded = match key.name.split_once('.') {
+            Some((section, name)) => &defaults[section][name],
+            None => &defaults[key.name],
+        };
+        assert_eq!(
+            documented,
+            loaded.to_string(),
+            "the documented default of `{}`",
+            key.name
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, KEYS.len() - 5);
 }
 
 #[test]

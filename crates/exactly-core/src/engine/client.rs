@@ -216,7 +216,7 @@ impl fmt::Display for ClientError {
 impl std::error::Error for ClientError {}
 
 /// A named point of the protocol. Clients may act on it: the Kafka runtime's test builds
-/// SIGKILL the process there (`EXACTLY_FAILPOINT`), the simulation kills the simulated one.
+/// SIGKILL the process there (`TEST_FAILPOINT`), the simulation kills the simulated one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Step {
     /// A transaction is about to receive its first record.

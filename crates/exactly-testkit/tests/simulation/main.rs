@@ -10,8 +10,8 @@
 //! message ID in the read_committed output (0 duplicates, 0 losses) and, for the stateful app,
 //! compares each key's emitted totals with a sequential run over the unique IDs.
 //!
-//! `EXACTLY_SEED=<seed>` replays one schedule (with `EXACTLY_TRACE=1`: its actions and the
-//! engine's log); `EXACTLY_SCHEDULES=<n>` runs `n` schedules instead of the default.
+//! `TEST_SEED=<seed>` replays one schedule (with `TEST_TRACE=1`: its actions and the
+//! engine's log); `TEST_SCHEDULES=<n>` runs `n` schedules instead of the default.
 
 mod apps;
 mod scenarios;
@@ -137,7 +137,7 @@ fn run_schedule(seed: u64) -> Result<Counts, String> {
     let mut all: Vec<String> = w.failures.clone();
     all.extend(problems);
     if !all.is_empty() {
-        let trace = if std::env::var("EXACTLY_TRACE").is_ok() {
+        let trace = if std::env::var("TEST_TRACE").is_ok() {
             format!("\ntrace:\n{}", w.trace.join("\n"))
         } else {
             String::new()
@@ -313,24 +313,24 @@ fn drain(world: &world::Shared) {
 #[test]
 fn every_message_id_is_processed_exactly_once_in_seeded_simulations_of_a_cluster_with_kafkas_rules()
 {
-    let (seeds, label): (Vec<u64>, String) = match std::env::var("EXACTLY_SEED") {
+    let (seeds, label): (Vec<u64>, String) = match std::env::var("TEST_SEED") {
         Ok(s) => {
-            let seed: u64 = s.parse().expect("EXACTLY_SEED must be a number");
+            let seed: u64 = s.parse().expect("TEST_SEED must be a number");
             (vec![seed], format!("seed {seed}"))
         }
         Err(_) => {
-            let n = match std::env::var("EXACTLY_SCHEDULES") {
+            let n = match std::env::var("TEST_SCHEDULES") {
                 Ok(v) => v
                     .parse()
-                    .expect("EXACTLY_SCHEDULES must be a number of schedules (at least 1)"),
+                    .expect("TEST_SCHEDULES must be a number of schedules (at least 1)"),
                 Err(_) => DEFAULT_SCHEDULES,
             };
-            assert!(n >= 1, "EXACTLY_SCHEDULES must be at least 1");
+            assert!(n >= 1, "TEST_SCHEDULES must be at least 1");
             let base = 0x51_0000u64;
             ((base..base + n).collect(), format!("seeds {base:#x}.."))
         }
     };
-    if std::env::var("EXACTLY_TRACE").is_ok() {
+    if std::env::var("TEST_TRACE").is_ok() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter("debug")
             .with_test_writer()
@@ -354,10 +354,10 @@ fn every_message_id_is_processed_exactly_once_in_seeded_simulations_of_a_cluster
                         match std::panic::catch_unwind(|| run_schedule(seed)) {
                             Ok(Ok(c)) => total.add(&c),
                             Ok(Err(report)) => failed.push(format!(
-                                "schedule {seed} failed (replay: EXACTLY_SEED={seed} EXACTLY_TRACE=1):\n{report}"
+                                "schedule {seed} failed (replay: TEST_SEED={seed} TEST_TRACE=1):\n{report}"
                             )),
                             Err(_) => failed.push(format!(
-                                "schedule {seed} panicked (replay: EXACTLY_SEED={seed} EXACTLY_TRACE=1)"
+                                "schedule {seed} panicked (replay: TEST_SEED={seed} TEST_TRACE=1)"
                             )),
                         }
                     }
