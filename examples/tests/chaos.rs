@@ -90,6 +90,12 @@ fn run_and_check(
         report.kills_landed, report.sigkills,
         "SIGKILLs that hit a running process"
     );
+    // A frozen instance replaced under its id and then continued is fenced (its producer, and
+    // its group member by static membership) and must stop on its own.
+    assert_eq!(
+        report.zombies_stopped, report.replacements,
+        "continued zombies that stopped by the fence (the others ran for 60 s more)"
+    );
     assert_eq!(
         v.inputs,
         plan.unique + (plan.unique as f64 * 0.2 / 0.8).round() as usize,

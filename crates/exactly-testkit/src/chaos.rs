@@ -780,6 +780,12 @@ pub struct ChaosReport {
     pub pauses: u32,
     /// Graceful SIGTERM restarts.
     pub terminations: u32,
+    /// Frozen instances replaced by a process with the same instance id, then continued.
+    pub replacements: u32,
+    /// Of those, the continued (zombie) processes that stopped on their own (fenced).
+    pub zombies_stopped: u32,
+    /// Of those, the zombies still running 60 s after SIGCONT, then SIGKILLed.
+    pub zombies_killed: u32,
     /// SIGSTOPs longer than the session timeout (soak).
     pub long_pauses: u32,
     /// Broker restarts (soak with a broker script).
@@ -835,6 +841,7 @@ impl ChaosReport {
         let v = &self.verification;
         format!(
             "chaos seed {}: {} inputs, {} unique IDs, {} resent; {} SIGKILLs ({} landed, {} during start-up/restore), {} SIGSTOP/SIGCONT, \
+             {} frozen and replaced under their id ({} zombies stopped by the fence, {} killed after 60 s), \
              {} SIGTERM restarts; {} outputs, {} duplicates, {} missing, {} unexpected; {:.1} s",
             self.seed,
             v.inputs,
@@ -844,6 +851,9 @@ impl ChaosReport {
             self.kills_landed,
             self.restore_kills,
             self.pauses,
+            self.replacements,
+            self.zombies_stopped,
+            self.zombies_killed,
             self.terminations,
             v.outputs,
             v.duplicates,
@@ -1038,6 +1048,36 @@ fn restart_exited(inst: &mut AppProcess, status: ExitStatus, exits: &mut Vec<Str
 }
 
 /// SIGKILLs `inst` and counts what the kill hit.
+/// The zombie disruption: `inst` is frozen (SIGSTOP) and `replacement`, with the same instance
+/// id, started, as an orchestrator does when it takes a hung process for dead; once the
+/// replacement has run for a while the frozen process is continued (SIGCONT). Its producer
+/// and group member were fenced by the replacement, so it must stop on its own without writing
+/// anything visible; one still running after 60 s is SIGKILLed and counted. The replacement
+/// then is the instance.
+fn replace_frozen(
+    inst: &mut AppProcess,
+    mut replacement: AppProcess,
+    rng: &mut StdRng,
+    report: &mut ChaosReport,
+) {
+    inst.freeze();
+    replacement.start();
+    std::thread::sleep(Duration::from_millis(rng.gen_range(1_000..4_000)));
+    inst.resume();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while inst.exited().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if inst.exited().is_some() {
+        report.zombies_stopped += 1;
+    } else {
+        inst.kill9();
+        report.zombies_killed += 1;
+    }
+    report.starts += inst.starts;
+    std::mem::swap(inst, &mut replacement);
+}
+
 fn kill(inst: &mut AppProcess, report: &mut ChaosReport) {
     let restoring = inst.starting_or_restoring();
     report.sigkills += 1;
@@ -1113,38 +1153,35 @@ pub fn run_soak_with_sink(
             .collect(),
         None => Vec::new(),
     };
+    // Instance `i` with its state in `work_dir/{state}` (a replacement of a frozen instance
+    // runs on another state dir, as on another machine).
+    let make = |i: usize, state: &str| -> AppProcess {
+        let state = work_dir.join(state);
+        if let Some(command) = &plan.app_command {
+            let (id, state) = (i.to_string(), state.display().to_string());
+            let addr = ready_addrs.get(i).map_or("", String::as_str);
+            let (program, args) = command.render(&[
+                ("{bootstrap}", bs),
+                ("{input}", &input),
+                ("{output}", &output),
+                ("{app}", &app),
+                ("{instance}", &id),
+                ("{state}", &state),
+                ("{metrics_addr}", addr),
+            ]);
+            let mut process = AppProcess::from_command(program, args, &id, work_dir);
+            process.env("KAFKA_BOOTSTRAP", bs);
+            return process;
+        }
+        let mut args = instance_args(bs, &input, &output, &app, &state);
+        if let Some(addr) = ready_addrs.get(i) {
+            args.extend(["--metrics-addr".to_owned(), addr.clone()]);
+        }
+        args.extend(plan.extra_args.iter().cloned());
+        AppProcess::new(&plan.program, &prefix, &i.to_string(), args, work_dir)
+    };
     let mut instances: Vec<AppProcess> = (0..plan.instances)
-        .map(|i| {
-            if let Some(command) = &plan.app_command {
-                let (id, state) = (i.to_string(), work_dir.join(format!("state-{i}")));
-                let state = state.display().to_string();
-                let addr = ready_addrs.get(i).map_or("", String::as_str);
-                let (program, args) = command.render(&[
-                    ("{bootstrap}", bs),
-                    ("{input}", &input),
-                    ("{output}", &output),
-                    ("{app}", &app),
-                    ("{instance}", &id),
-                    ("{state}", &state),
-                    ("{metrics_addr}", addr),
-                ]);
-                let mut process = AppProcess::from_command(program, args, &id, work_dir);
-                process.env("KAFKA_BOOTSTRAP", bs);
-                return process;
-            }
-            let mut args = instance_args(
-                bs,
-                &input,
-                &output,
-                &app,
-                &work_dir.join(format!("state-{i}")),
-            );
-            if let Some(addr) = ready_addrs.get(i) {
-                args.extend(["--metrics-addr".to_owned(), addr.clone()]);
-            }
-            args.extend(plan.extra_args.iter().cloned());
-            AppProcess::new(&plan.program, &prefix, &i.to_string(), args, work_dir)
-        })
+        .map(|i| make(i, &format!("state-{i}")))
         .collect();
     instances.iter_mut().for_each(AppProcess::start);
     let watch = (!ready_addrs.is_empty()).then(|| ReadyWatch::start(ready_addrs.clone()));
@@ -1284,6 +1321,19 @@ pub fn run_soak_with_sink(
                     kill(inst, &mut report);
                     inst.start();
                 }
+            }
+            65..=74 if plan.soak.is_none() => {
+                progress(
+                    done,
+                    &format!("SIGSTOP instance {victim}, a replacement with its id, SIGCONT"),
+                );
+                report.replacements += 1;
+                let mut replacement =
+                    make(victim, &format!("state-{victim}-r{}", report.replacements));
+                replacement.set_log(
+                    work_dir.join(format!("instance-{victim}-r{}.log", report.replacements)),
+                );
+                replace_frozen(inst, replacement, &mut rng, &mut report);
             }
             65..=84 => {
                 progress(done, &format!("SIGSTOP instance {victim}"));
