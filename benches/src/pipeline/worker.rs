@@ -7,7 +7,7 @@ use crate::ids::{absent_id, stored_id};
 use crate::procfs;
 use anyhow::Context as _;
 use exactly::processors::Forward;
-use exactly::{App, Guarantee, TaskId};
+use exactly::{App, Guarantee};
 use exactly_core::{DedupStore, IdKey, SeenEntry, StoreBatch};
 use exactly_state::{RocksDedupStore, SharedRocksResources};
 use rdkafka::config::ClientConfig;
@@ -204,7 +204,7 @@ fn run_exactly(args: &WorkerArgs) -> anyhow::Result<()> {
     }
     app.config_mut().max_batch_records = args.max_batch_records;
     let output = args.output.clone();
-    app.run(move |_: &TaskId| Forward::to(output.clone()))?;
+    app.run(move |_| Forward::to(output.clone()))?;
     Ok(())
 }
 

@@ -369,9 +369,7 @@ fn run_forward(a: ForwardArgs) -> anyhow::Result<ExitCode> {
     let instance = a.run.instance_id.clone();
     let app = a.run.app(a.app_id.clone())?.input(a.input).output(a.output);
     match a.postgres {
-        None => {
-            app.run(move |_: &exactly::TaskId| exactly::processors::Forward::to(output.clone()))?
-        }
+        None => app.run(move |_| exactly::processors::Forward::to(output.clone()))?,
         Some(url) => sink::run_forward(app, &a.app_id, &instance, output, url, &a.sink_table)?,
     }
     Ok(ExitCode::SUCCESS)

@@ -6,7 +6,7 @@ use exactly::sinks::postgres::{
 };
 use exactly::sinks::tokio_postgres::{self, Transaction};
 use exactly::sinks::{SinkError, SinkMetrics};
-use exactly::{Context, Output, ProcessError, Record, TaskId};
+use exactly::{Context, Output, ProcessError, Record};
 use exactly_testkit::broker::ReadRecord;
 use std::collections::HashMap;
 
@@ -104,7 +104,7 @@ pub fn run_forward(
     sink.migrate()?;
     sink.run_migration(&[&create_table(&table)])?;
     tracing::info!(%table, "sink table ready");
-    app.run(move |task: &TaskId| {
+    app.run(move |task| {
         PgSinkProcessor::new(
             sink.clone(),
             task,

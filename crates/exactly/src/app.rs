@@ -2,7 +2,7 @@
 //! (commit the open transaction, close the stores).
 
 use crate::observer::MetricsObserver;
-use exactly_core::{IdSource, ProcessorFactory};
+use exactly_core::{IdSource, Processor, ProcessorFactory, TaskId};
 use exactly_kafka::{
     default_dead_letter_topic, DedupScope, Guarantee, RuntimeConfig, RuntimeError,
 };
@@ -151,10 +151,43 @@ impl App {
         Ok(self.metrics.clone().expect("set above"))
     }
 
-    /// Runs processors made by `factory` until SIGTERM / SIGINT (graceful: commits the open
+    /// Runs one processor per task, made by `factory` (a closure of the task: `.run(|_|
+    /// Charge)`, no type annotation needed), until SIGTERM / SIGINT (graceful: commits the open
     /// transaction and closes the stores) or a fatal error. Serves `/metrics`, `/health` and
-    /// `/ready` if a metrics address is set.
-    pub fn run<F: ProcessorFactory>(mut self, factory: F) -> Result<(), RuntimeError> {
+    /// `/ready` if a metrics address is set. [`run_factory`](Self::run_factory) takes any
+    /// [`ProcessorFactory`], [`run_default`](Self::run_default) a `Processor + Default`.
+    pub fn run<P, F>(self, factory: F) -> Result<(), RuntimeError>
+    where
+        P: Processor,
+        F: Fn(&TaskId) -> P + Send + Sync + 'static,
+    {
+        self.run_factory(factory)
+    }
+
+    /// Runs `P::default()` for every task (see [`run`](Self::run)).
+    ///
+    /// ```no_run
+    /// use exactly::{App, Context, Output, ProcessError, Processor, Record};
+    ///
+    /// #[derive(Default)]
+    /// struct Forward;
+    /// impl Processor for Forward {
+    ///     fn process(&mut self, r: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+    ///         ctx.send(Output::forward("clean", r));
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// App::new("dedup").input("raw").output("clean").run_default::<Forward>()?;
+    /// # Ok::<(), exactly::RuntimeError>(())
+    /// ```
+    pub fn run_default<P: Processor + Default>(self) -> Result<(), RuntimeError> {
+        self.run(|_| P::default())
+    }
+
+    /// [`run`](Self::run) with any [`ProcessorFactory`] (a type of your own that makes the
+    /// processors).
+    pub fn run_factory<F: ProcessorFactory>(mut self, factory: F) -> Result<(), RuntimeError> {
         let metrics = self.metrics()?;
         let health = Arc::new(Health::new());
         let observer = Arc::new(MetricsObserver::new(

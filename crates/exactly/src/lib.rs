@@ -5,7 +5,7 @@
 //! input offsets and seen IDs commit together in one Kafka transaction.
 //!
 //! ```no_run
-//! use exactly::{App, Context, Output, ProcessError, Processor, Record, TaskId};
+//! use exactly::{App, Context, Output, ProcessError, Processor, Record};
 //!
 //! struct Forward;
 //! impl Processor for Forward {
@@ -18,7 +18,7 @@
 //! App::new("payments-dedup")
 //!     .input("payments")
 //!     .output("payments-clean")
-//!     .run(|_: &TaskId| Forward)
+//!     .run(|_| Forward)
 //!     .unwrap();
 //! ```
 //!

@@ -9,7 +9,6 @@
 use clap::Parser;
 use exactly::cli::RunArgs;
 use exactly::processors::Forward;
-use exactly::TaskId;
 
 #[derive(Parser, Debug)]
 #[command(about = "Forward each record once per message ID, exactly once")]
@@ -36,6 +35,6 @@ fn main() -> anyhow::Result<()> {
         .app(args.app_id)?
         .input(args.input)
         .output(args.output);
-    app.run(move |_: &TaskId| Forward::to(output.clone()))?;
+    app.run(move |_| Forward::to(output.clone()))?;
     Ok(())
 }

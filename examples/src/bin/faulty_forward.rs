@@ -17,9 +17,7 @@
 
 use clap::Parser;
 use exactly::cli::RunArgs;
-use exactly::{
-    Context, ErrorPolicy, InvalidIdPolicy, Output, ProcessError, Processor, Record, TaskId,
-};
+use exactly::{Context, ErrorPolicy, InvalidIdPolicy, Output, ProcessError, Processor, Record};
 use std::collections::HashMap;
 
 #[derive(Parser, Debug)]
@@ -133,7 +131,7 @@ fn main() -> anyhow::Result<()> {
     };
     task.ids.max_len = args.max_id_len;
     let output = args.output;
-    app.run(move |_: &TaskId| Faulty {
+    app.run(move |_| Faulty {
         output: output.clone(),
         attempts: HashMap::new(),
     })?;

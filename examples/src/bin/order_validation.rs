@@ -15,7 +15,7 @@
 
 use clap::Parser;
 use exactly::cli::RunArgs;
-use exactly::{Context, InitContext, Output, ProcessError, Processor, Record, TaskId};
+use exactly::{Context, InitContext, Output, ProcessError, Processor, Record};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -147,7 +147,7 @@ fn main() -> anyhow::Result<()> {
         .input(args.input)
         .output(args.output);
     let catalogue = catalogue();
-    app.run(move |_: &TaskId| ValidateOrders {
+    app.run(move |_| ValidateOrders {
         output: output.clone(),
         catalogue: catalogue.clone(),
         priced: 0,

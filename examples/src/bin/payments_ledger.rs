@@ -21,7 +21,7 @@ use exactly::cli::RunArgs;
 use exactly::sinks::postgres::{PgApply, PgHandler, PgSink, PgSinkConfig, PgSinkProcessor};
 use exactly::sinks::tokio_postgres::Transaction;
 use exactly::sinks::{SinkError, SinkMetrics};
-use exactly::{Context, ProcessError, Record, TaskId};
+use exactly::{Context, ProcessError, Record};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -195,7 +195,7 @@ fn main() -> anyhow::Result<()> {
     ])?;
     tracing::info!(%ledger, %balances, "ledger tables ready");
     let _ttl = sink.spawn_ttl_cleanup(Duration::from_secs(600), 10_000);
-    app.run(move |task: &TaskId| {
+    app.run(move |task| {
         PgSinkProcessor::new(
             sink.clone(),
             task,

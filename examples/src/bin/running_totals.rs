@@ -18,7 +18,7 @@
 use clap::Parser;
 use exactly::cli::RunArgs;
 use exactly::state::{Bincode, TypedStore};
-use exactly::{Context, FlushContext, Output, ProcessError, Processor, Record, StoreSpec, TaskId};
+use exactly::{Context, FlushContext, Output, ProcessError, Processor, Record, StoreSpec};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -97,7 +97,7 @@ fn main() -> anyhow::Result<()> {
         .input(args.input)
         .output(args.output)
         .store(StoreSpec::new(STORE));
-    app.run(move |_: &TaskId| RunningTotals {
+    app.run(move |_| RunningTotals {
         output: output.clone(),
         totals: TypedStore::new(STORE),
         fail_flushes: fail_flushes.clone(),
