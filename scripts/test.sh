@@ -84,7 +84,7 @@ done < <(strip_ansi "$LOG_DIR/doctest.log" | grep -E '^test result:' || true)
 echo
 echo "nextest: $([[ $nextest_rc == 0 ]] && echo ok || echo "FAILED (exit $nextest_rc)")${summary:+ —$(sed 's/^ *Summary//' <<<"$summary")}"
 echo "doctests: $([[ $doc_rc == 0 ]] && echo ok || echo "FAILED (exit $doc_rc)")"
-echo "scripts/check-publish.sh --quick (cargo package, docs, facade feature sets; no warnings): $([[ $publish_rc == 0 ]] && echo ok || echo "FAILED (see $LOG_DIR/package.log, $LOG_DIR/rustdoc.log)")"
+echo "scripts/check-publish.sh --quick (cargo package, docs, facade feature sets; no warnings): $([[ $publish_rc == 0 ]] && echo ok || echo "FAILED (see $LOG_DIR/package.log)")"
 if [[ -z "$summary" && $nextest_rc != 0 ]]; then
 	echo "nextest printed no summary: the build failed or no test ran (see $LOG_DIR/nextest.log)"
 fi
