@@ -8,7 +8,7 @@ use exactly_kafka::{changelog_topic, default_dead_letter_topic, DedupScope};
 use exactly_state::{task_dir, RocksDedupStore, SharedRocksResources, StoreIdentity};
 use exactly_testkit::broker;
 use exactly_testkit::broker::ReadRecord;
-use exactly_testkit::chaos::{Verification, NO_ID};
+use exactly_testkit::chaos::{count_by, Verification, NO_ID};
 use exactly_testkit::ids::IdLocation;
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
@@ -94,14 +94,13 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         println!("OK: every input ID is in the output exactly once");
         return Ok(ExitCode::SUCCESS);
     }
-    let mut outs: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
-    for r in &outputs {
-        *outs
-            .entry(output_id.of(r).unwrap_or_else(|| NO_ID.to_owned()))
-            .or_default() += 1;
-    }
+    let mut duplicated: Vec<(String, u64)> = count_by(&outputs, &output_id)
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .collect();
+    duplicated.sort();
     // (partition:offset places: where to start reading the app's logs.)
-    for (id, n) in outs.iter().filter(|(_, n)| **n > 1).take(a.show) {
+    for (id, n) in duplicated.iter().take(a.show) {
         println!(
             "duplicate: {id} appears {n} times in {} at {} (input at {})",
             a.output,

@@ -346,9 +346,26 @@ pub const NO_ID: &str = "<no id>";
 
 /// Output records per message ID (`<no id>` for records without one).
 pub fn count_by_id(records: &[ReadRecord]) -> HashMap<String, u64> {
+    count_by(records, &IdLocation::default())
+}
+
+/// Records per message ID at `at` (`<no id>` for records without one there).
+pub fn count_by(records: &[ReadRecord], at: &IdLocation) -> HashMap<String, u64> {
+    count_ids(&ids_at(records, at))
+}
+
+/// The ID at `at` of each record, in order (`<no id>` for one without).
+fn ids_at(records: &[ReadRecord], at: &IdLocation) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| at.of(r).unwrap_or_else(|| NO_ID.to_owned()))
+        .collect()
+}
+
+fn count_ids(ids: &[String]) -> HashMap<String, u64> {
     let mut m = HashMap::new();
-    for r in records {
-        *m.entry(r.id().unwrap_or_else(|| NO_ID.into())).or_default() += 1;
+    for id in ids {
+        *m.entry(id.clone()).or_default() += 1;
     }
     m
 }
@@ -399,17 +416,10 @@ impl Verification {
         input_id: &IdLocation,
         output_id: &IdLocation,
     ) -> Self {
-        let id_in = |r: &ReadRecord| input_id.of(r).unwrap_or_else(|| NO_ID.to_owned());
-        let id_out = |r: &ReadRecord| output_id.of(r).unwrap_or_else(|| NO_ID.to_owned());
-        let count = |records: &[ReadRecord], id: &dyn Fn(&ReadRecord) -> String| {
-            let mut m: HashMap<String, u64> = HashMap::new();
-            for r in records {
-                *m.entry(id(r)).or_default() += 1;
-            }
-            m
-        };
-        let ins = count(inputs, &id_in);
-        let outs = count(outputs, &id_out);
+        // Each record's ID, worked out once (a JSON location parses the value).
+        let (in_ids, out_ids) = (ids_at(inputs, input_id), ids_at(outputs, output_id));
+        let ins = count_ids(&in_ids);
+        let outs = count_ids(&out_ids);
         let mut missing: Vec<String> = ins
             .keys()
             .filter(|id| !outs.contains_key(*id))
@@ -432,17 +442,18 @@ impl Verification {
             .into_iter()
             .take(10)
             .map(|id| {
-                let at = |records: &[ReadRecord], of: &dyn Fn(&ReadRecord) -> String| {
+                let at = |records: &[ReadRecord], ids: &[String]| {
                     records
                         .iter()
-                        .filter(|r| of(r) == *id)
-                        .map(|r| (r.partition, r.offset, r.timestamp))
+                        .zip(ids)
+                        .filter(|(_, of)| *of == id)
+                        .map(|(r, _)| (r.partition, r.offset, r.timestamp))
                         .collect()
                 };
                 DuplicateExample {
                     id: id.clone(),
-                    inputs: at(inputs, &id_in),
-                    outputs: at(outputs, &id_out),
+                    inputs: at(inputs, &in_ids),
+                    outputs: at(outputs, &out_ids),
                 }
             })
             .collect();

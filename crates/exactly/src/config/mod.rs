@@ -343,13 +343,10 @@ fn kafka_properties(
     Ok(out)
 }
 
-const SECTIONS: [&str; 5] = [
-    keys::SECTIONS[0].0,
-    keys::SECTIONS[1].0,
-    keys::SECTIONS[2].0,
-    keys::SECTIONS[3].0,
-    "kafka",
-];
+/// Whether `name` is a section of the file: a declared one or the open `[kafka]` table.
+fn is_section(name: &str) -> bool {
+    name == "kafka" || keys::SECTIONS.iter().any(|(section, _)| *section == name)
+}
 
 const KAFKA_FIX: &str =
     "librdkafka properties are strings: quote the value, e.g. \"linger.ms\" = \"5\"";
@@ -405,7 +402,7 @@ fn key_of_env(rest: &str) -> Result<String, String> {
 fn unknown_key(key: String, origin: Origin) -> ConfigError {
     let section = key.split_once('.').map(|(section, _)| section);
     let valid: Vec<&'static str> = match section {
-        Some(section) if SECTIONS.contains(&section) => KEYS
+        Some(section) if is_section(section) => KEYS
             .iter()
             .map(|key| key.name)
             .filter(|k| k.split_once('.').map(|(s, _)| s) == Some(section))
@@ -496,7 +493,7 @@ fn check_file_keys(
 ) -> Result<(), ConfigError> {
     let origin = Origin::File(file.to_owned());
     for (name, value) in table.iter_mut() {
-        if !SECTIONS.contains(&name.as_str()) {
+        if !is_section(name) {
             if key(name).is_none() {
                 return Err(unknown_key(name.clone(), origin));
             }
