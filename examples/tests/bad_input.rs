@@ -20,6 +20,7 @@ fn msg(id: Option<&str>, value: &str) -> TestMessage {
         id: id.map(str::to_owned),
         key: Some(b"k".to_vec()),
         value: value.as_bytes().to_vec(),
+        timestamp: None,
     }
 }
 

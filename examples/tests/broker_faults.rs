@@ -113,6 +113,7 @@ fn messages(ids: impl Iterator<Item = usize>) -> Vec<TestMessage> {
         id: Some(format!("m{i}")),
         key: Some(format!("k{}", i % 13).into_bytes()),
         value: format!("v{i}").into_bytes(),
+        timestamp: None,
     })
     .collect()
 }

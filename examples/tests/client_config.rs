@@ -34,6 +34,7 @@ fn a_property_set_once_reaches_every_client_and_secrets_never_reach_the_log() {
             key: Some(format!("k{i}").into_bytes()),
             value: b"v".to_vec(),
             id: Some(format!("id-{i}")),
+            timestamp: None,
         })
         .collect();
     broker::produce(&s.bs, &s.input, &messages);

@@ -32,6 +32,7 @@ fn messages(unique: usize) -> (Placed, Placed) {
                 id: Some(format!("m{i}")),
                 key: Some(format!("k{i}").into_bytes()),
                 value: format!("payload-{i}").into_bytes(),
+                timestamp: None,
             };
             ((i % PARTITIONS as usize) as i32, m)
         })

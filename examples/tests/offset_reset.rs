@@ -53,6 +53,7 @@ fn copy_changelog(s: &Setup, app: &str) -> usize {
                 id: None,
                 key: r.key.clone(),
                 value: r.value.clone().unwrap_or_default(),
+                timestamp: None,
             })
             .collect();
         broker::produce_to(&s.bs, &to, Some(p), &part);

@@ -210,6 +210,7 @@ impl Payments {
                     )
                     .into_bytes(),
                     id: Some(id),
+                    timestamp: None,
                 }
             })
             .collect();

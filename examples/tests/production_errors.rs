@@ -19,6 +19,7 @@ fn msg(id: &str, value: &str) -> TestMessage {
         id: Some(id.to_owned()),
         key: Some(format!("k{}", id.len() % 3).into_bytes()),
         value: value.as_bytes().to_vec(),
+        timestamp: None,
     }
 }
 

@@ -44,6 +44,7 @@ fn batch(ids: std::ops::Range<usize>) -> Vec<TestMessage> {
             key: Some(id.clone().into_bytes()),
             value: format!("v{i}").into_bytes(),
             id: Some(id),
+            timestamp: None,
         }
     })
     .collect()

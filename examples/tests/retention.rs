@@ -16,6 +16,7 @@ fn message(id: &str) -> TestMessage {
         key: Some(id.as_bytes().to_vec()),
         value: b"v".to_vec(),
         id: Some(id.to_owned()),
+        timestamp: None,
     }
 }
 

@@ -4,8 +4,7 @@
 //! isolation.level=read_committed, equal a sequential run over the unique payment IDs.
 
 mod common;
-use common::{assert_exact, stop_all, Setup};
-use exactly_core::state::{decode_state_value, Bincode, ValueCodec};
+use common::{assert_exact, changelog_state, stop_all, Setup};
 use exactly_testkit::broker::{self, ReadRecord, TestMessage};
 use exactly_testkit::chaos::{self, messages_with_duplicates, payment_amount, ChaosPlan};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -70,27 +69,6 @@ fn wrong_totals(
     wrong
 }
 
-/// The state a restore would build from the committed changelog: last value per key.
-fn changelog_state(changelog: &[ReadRecord]) -> BTreeMap<String, i64> {
-    let mut sorted: Vec<&ReadRecord> = changelog.iter().collect();
-    sorted.sort_by_key(|r| (r.partition, r.offset));
-    let mut state = BTreeMap::new();
-    for r in sorted {
-        let account = String::from_utf8(r.key.clone().expect("key")).expect("utf-8");
-        match &r.value {
-            Some(v) => {
-                let (_, bytes) = decode_state_value(v).expect("a state changelog value");
-                let total = <Bincode as ValueCodec<i64>>::decode(bytes).expect("an i64");
-                state.insert(account, total);
-            }
-            None => {
-                state.remove(&account);
-            }
-        }
-    }
-    state
-}
-
 #[test]
 fn stateful_chaos_with_sigkill_keeps_outputs_and_state_equal_to_a_sequential_run() {
     let Some(bs) = broker::require_broker("state chaos") else {
@@ -123,7 +101,7 @@ fn stateful_chaos_with_sigkill_keeps_outputs_and_state_equal_to_a_sequential_run
     println!("{}", report.summary());
     let (per_id, totals) = sequential(&report.inputs);
     let wrong = wrong_totals(&report.outputs, &per_id);
-    let state = changelog_state(&report.state_changelogs["totals"]);
+    let state = changelog_state::<i64>(&report.state_changelogs["totals"]);
     let v = &report.verification;
     if !v.is_exact() || !wrong.is_empty() || state != totals {
         let kept = dir.keep();
@@ -195,7 +173,7 @@ fn aborted_transactions_leave_no_state_behind_on_a_real_broker() {
         &wrong[..wrong.len().min(5)]
     );
     let changelog = format!("{}-{}-totals-changelog", s.app, s.input);
-    let state = changelog_state(&broker::read_committed(&s.bs, &changelog));
+    let state = changelog_state::<i64>(&broker::read_committed(&s.bs, &changelog));
     broker::delete_topics(&s.bs, &[&changelog]);
     assert_eq!(state.len(), 20);
     assert_eq!(state, totals);

@@ -332,6 +332,7 @@ fn read_input_file(
         id: Option<String>,
         key: Option<String>,
         value: serde_json::Value,
+        timestamp: Option<i64>,
     }
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read --input-file {}: {e}", path.display()))?;
@@ -342,7 +343,7 @@ fn read_input_file(
         }
         let parsed: Line = serde_json::from_str(line).map_err(|e| {
             anyhow::anyhow!(
-                "{}:{}: {e}; each line must be a JSON object {{\"id\": \"...\", \"key\": \"...\", \"value\": ...}} (id and key optional)",
+                "{}:{}: {e}; each line must be a JSON object {{\"id\": \"...\", \"key\": \"...\", \"value\": ..., \"timestamp\": ms}} (id, key and timestamp optional)",
                 path.display(),
                 n + 1
             )
@@ -354,6 +355,7 @@ fn read_input_file(
                 serde_json::Value::String(s) => s.into_bytes(),
                 other => other.to_string().into_bytes(),
             },
+            timestamp: parsed.timestamp,
         });
     }
     anyhow::ensure!(

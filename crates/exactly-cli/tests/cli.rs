@@ -46,6 +46,7 @@ fn msg(id: &str) -> TestMessage {
         id: Some(id.to_owned()),
         key: Some(id.as_bytes().to_vec()),
         value: b"v".to_vec(),
+        timestamp: None,
     }
 }
 
@@ -219,12 +220,14 @@ fn verify_reads_ids_from_the_key_and_from_a_json_field_of_the_value() {
         id: None,
         key: Some(format!("order-{i}").into_bytes()),
         value: b"v".to_vec(),
+        timestamp: None,
     };
     let json = |i: u32| TestMessage {
         id: None,
         key: None,
         value: format!(r#"{{"order": {{"id": "order-{i}"}}, "id": "order-{i}", "n": {i}}}"#)
             .into_bytes(),
+        timestamp: None,
     };
     broker::produce(&bs, &input, &(0..20).map(keyed).collect::<Vec<_>>());
     // Every ID once, except order-5 (twice) and order-9 (missing).

@@ -20,6 +20,12 @@ pub enum ProcessError {
     /// is committed.
     #[error("fatal processor error: {0}")]
     Fatal(String),
+    /// The record's key or value is not what its topic carries (see
+    /// [`Topic::decode`](crate::topic::Topic::decode)): it goes to the dead-letter topic with
+    /// `exactly.error.kind = deserialization`, without retries and whatever the
+    /// [`ErrorPolicy`].
+    #[error("cannot deserialize: {0}")]
+    Deserialization(String),
 }
 
 impl ProcessError {
@@ -35,12 +41,17 @@ impl ProcessError {
     pub fn fatal(reason: impl Into<String>) -> Self {
         Self::Fatal(reason.into())
     }
+    /// A record that does not decode.
+    pub fn deserialization(reason: impl Into<String>) -> Self {
+        Self::Deserialization(reason.into())
+    }
     /// Stable label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Retry(_) => "retry",
             Self::DeadLetter(_) => "dead_letter",
             Self::Fatal(_) => "fatal",
+            Self::Deserialization(_) => "deserialization",
         }
     }
 }

@@ -32,6 +32,17 @@ impl IdSource {
         Self::Custom(Arc::new(f))
     }
 
+    /// The header an output carries its input's message ID in (see
+    /// [`Output::propagate_message_id`](crate::Output::propagate_message_id)): the header IDs
+    /// are read from, or [`DEFAULT_ID_HEADER`] when they come from the key or a custom
+    /// extractor.
+    pub fn propagated_header(&self) -> &str {
+        match self {
+            Self::Header(name) => name,
+            Self::Key | Self::Custom(_) => DEFAULT_ID_HEADER,
+        }
+    }
+
     /// Extracts the raw ID (not validated).
     pub fn extract<'r>(&self, record: &Record<'r>) -> Option<Cow<'r, [u8]>> {
         match self {

@@ -23,6 +23,7 @@
 
 pub mod changelog;
 pub mod clock;
+pub mod codec;
 pub mod engine;
 pub mod error;
 pub mod id;
@@ -33,8 +34,12 @@ pub mod record;
 pub mod state;
 pub mod store;
 pub mod task;
+pub mod timer;
+pub mod topic;
+pub mod window;
 
 pub use clock::{Clock, SystemClock};
+pub use codec::{Deserializer, Serde, SerdeError, Serializer};
 pub use engine::{Engine, EngineConfig, EngineEnv, EngineError, StreamClients};
 pub use error::{panic_message, ErrorPolicy, ProcessError, RetryPolicy, TaskError};
 pub use id::{IdKey, IdPolicy, IdSource, InvalidId, InvalidIdPolicy};
@@ -48,3 +53,6 @@ pub use task::{
     id_partition, repartition_headers, RestorePlan, Task, TaskConfig, TaskCounters, TaskState,
     TxnWriter, WipeReason,
 };
+pub use timer::{Timer, TimerKind};
+pub use topic::{Message, Topic};
+pub use window::WindowStore;

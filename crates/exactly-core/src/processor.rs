@@ -3,6 +3,7 @@
 use crate::error::ProcessError;
 use crate::record::{Output, Record, TaskId};
 use crate::state::{StateStore, TaskStores};
+use crate::timer::{by_due, by_key, decode_i64, Timer, TimerKind, TIMER_STORE};
 use std::time::Duration;
 
 /// Application logic, one instance per task (input partition).
@@ -60,6 +61,15 @@ pub trait Processor: Send + 'static {
 
     /// Called when the task is closed (revoked, shut down).
     fn close(&mut self) {}
+
+    /// Called when a timer this task scheduled ([`Context::schedule`]) is due, inside the
+    /// open transaction, like [`process`](Self::process) for a record: what it sends and
+    /// writes commits with the transaction, exactly once, and the timer is removed with it.
+    /// `ctx.message_id()` is the timer's ([`Timer::message_id`]); it may schedule again. See
+    /// [`crate::timer`].
+    fn on_timer(&mut self, _timer: &Timer, _ctx: &mut Context<'_>) -> Result<(), ProcessError> {
+        Ok(())
+    }
 }
 
 /// Creates one [`Processor`] per task. Implemented for every `Fn(&TaskId) -> P`.
@@ -147,6 +157,8 @@ pub struct Context<'a> {
     pub(crate) outputs: &'a mut Vec<Output>,
     pub(crate) stores: Option<&'a mut TaskStores>,
     pub(crate) now_ms: i64,
+    pub(crate) stream_time: Option<i64>,
+    pub(crate) timer: Option<&'a Timer>,
 }
 
 impl<'a> Context<'a> {
@@ -165,12 +177,40 @@ impl<'a> Context<'a> {
             outputs,
             stores: None,
             now_ms: 0,
+            stream_time: None,
+            timer: None,
+        }
+    }
+
+    /// A context for the callback of `timer` (`ctx.message_id()` is the timer's, the offset
+    /// -1, the timestamp its due time).
+    pub(crate) fn for_timer(
+        task: &'a TaskId,
+        timer: &'a Timer,
+        message_id: &'a [u8],
+        outputs: &'a mut Vec<Output>,
+    ) -> Self {
+        Self {
+            task,
+            message_id: Some(message_id),
+            offset: -1,
+            timestamp: Some(timer.due_ms),
+            outputs,
+            stores: None,
+            now_ms: 0,
+            stream_time: None,
+            timer: Some(timer),
         }
     }
 
     pub(crate) fn with_stores(mut self, stores: &'a mut TaskStores, now_ms: i64) -> Self {
         self.stores = Some(stores);
         self.now_ms = now_ms;
+        self
+    }
+
+    pub(crate) fn with_stream_time(mut self, stream_time: Option<i64>) -> Self {
+        self.stream_time = stream_time;
         self
     }
 
@@ -206,6 +246,96 @@ impl<'a> Context<'a> {
         Ok(StateStore::new(slot, now_ms))
     }
 
+    /// The timer store, or the error that says how to declare it.
+    fn timer_store(&mut self) -> Result<StateStore<'_>, ProcessError> {
+        let declared = self
+            .stores
+            .as_ref()
+            .is_some_and(|s| s.slots.iter().any(|s| s.spec.is_timers()));
+        if !declared {
+            return Err(ProcessError::fatal(
+                "this app uses timers but does not declare them: call `App::timers()` (or add `StoreSpec::timers()` to `TaskConfig::stores`)",
+            ));
+        }
+        self.store(TIMER_STORE)
+    }
+
+    /// Schedules the timer of `kind` for `key` at `due_ms` (ms since the Unix epoch),
+    /// replacing the key's earlier one of that kind: [`Processor::on_timer`] runs when it is
+    /// due (see [`crate::timer`]). Committed with this record's effects, or not at all. A time
+    /// already passed fires right after this call's record (stream time) or at the next turn
+    /// (wall clock).
+    pub fn schedule(
+        &mut self,
+        kind: TimerKind,
+        key: impl AsRef<[u8]>,
+        due_ms: i64,
+    ) -> Result<(), ProcessError> {
+        let key = key.as_ref();
+        let mut store = self.timer_store()?;
+        let by_key = by_key(kind, key);
+        if let Some(old) = store.get(&by_key)?.as_deref().and_then(decode_i64) {
+            store.delete(by_due(kind, old, key));
+        }
+        store.put(by_key, &due_ms.to_be_bytes());
+        store.put(by_due(kind, due_ms, key), &[]);
+        let next = &mut self
+            .stores
+            .as_mut()
+            .expect("the timer store exists")
+            .next_timer[kind.index()];
+        *next = Some(next.map_or(due_ms, |t| t.min(due_ms)));
+        Ok(())
+    }
+
+    /// Cancels `key`'s timer of `kind`, if it has one. Returns when it was due.
+    pub fn cancel(
+        &mut self,
+        kind: TimerKind,
+        key: impl AsRef<[u8]>,
+    ) -> Result<Option<i64>, ProcessError> {
+        let key = key.as_ref();
+        let mut store = self.timer_store()?;
+        let by_key = by_key(kind, key);
+        let old = store.get(&by_key)?.as_deref().and_then(decode_i64);
+        if let Some(old) = old {
+            store.delete(by_due(kind, old, key));
+            store.delete(by_key);
+        }
+        Ok(old)
+    }
+
+    /// When `key`'s timer of `kind` is due, if it has one.
+    pub fn scheduled(
+        &mut self,
+        kind: TimerKind,
+        key: impl AsRef<[u8]>,
+    ) -> Result<Option<i64>, ProcessError> {
+        let by_key = by_key(kind, key.as_ref());
+        Ok(self
+            .timer_store()?
+            .get(&by_key)?
+            .as_deref()
+            .and_then(decode_i64))
+    }
+
+    /// The wall clock (ms since the Unix epoch) when this attempt began: the time wall-clock
+    /// timers follow.
+    pub fn wall_clock_ms(&self) -> i64 {
+        self.now_ms
+    }
+
+    /// The task's stream time: the largest record timestamp it has seen, this record's
+    /// included (`None` before any record with a timestamp).
+    pub fn stream_time(&self) -> Option<i64> {
+        self.stream_time
+    }
+
+    /// The timer whose callback this is ([`Processor::on_timer`]), `None` in `process`.
+    pub fn timer(&self) -> Option<&Timer> {
+        self.timer
+    }
+
     /// Queues an output. It is sent only if `process` returns `Ok`; outputs of a failed
     /// attempt are discarded.
     pub fn send(&mut self, output: Output) {
@@ -223,7 +353,7 @@ impl<'a> Context<'a> {
     pub fn partition(&self) -> i32 {
         self.task.partition
     }
-    /// Input offset.
+    /// Input offset (-1 in [`Processor::on_timer`]).
     pub fn offset(&self) -> i64 {
         self.offset
     }

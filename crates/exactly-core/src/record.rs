@@ -82,6 +82,14 @@ pub struct Output {
     pub headers: Vec<(String, Option<Vec<u8>>)>,
     /// Timestamp in ms; `None` lets the producer set it.
     pub timestamp: Option<i64>,
+    /// Whether the runtime adds the input record's message ID as a header when the output
+    /// has none of that name (default `true`): the header the app reads IDs from (by default
+    /// `message-id`), or `message-id` when IDs come from the key or a custom extractor. A
+    /// downstream exactly app then dedups the output without code. When one input has several
+    /// such outputs, the first carries the ID and the n-th after it `{id}#{n}`, so a fan-out
+    /// is not mistaken for copies downstream. Cleared by
+    /// [`without_message_id`](Self::without_message_id).
+    pub propagate_message_id: bool,
 }
 
 impl Output {
@@ -94,6 +102,7 @@ impl Output {
             value: None,
             headers: Vec::new(),
             timestamp: None,
+            propagate_message_id: true,
         }
     }
     /// Sets the key.
@@ -121,6 +130,13 @@ impl Output {
         self.timestamp = Some(ms);
         self
     }
+    /// Does not add the input's message ID header (see
+    /// [`propagate_message_id`](Self::propagate_message_id)): for an output that is not a
+    /// consequence of one input alone, e.g. a window's aggregate, whose ID you set yourself.
+    pub fn without_message_id(mut self) -> Self {
+        self.propagate_message_id = false;
+        self
+    }
     /// Copies key, value and headers of `record` (a forward).
     pub fn forward(topic: impl Into<String>, record: &Record<'_>) -> Self {
         Self {
@@ -134,6 +150,7 @@ impl Output {
                 .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
                 .collect(),
             timestamp: record.timestamp,
+            propagate_message_id: true,
         }
     }
     /// The value of the last header named `name`.

@@ -23,6 +23,7 @@
 //! value bytes`; a delete is a tombstone (null value), so a compacted changelog keeps the latest
 //! value of each key. Backends store the changelog value as it is.
 
+use crate::codec::Serde;
 use crate::processor::Context;
 use crate::store::{ChangelogCheckpoint, StoreError, StoreStats};
 use crate::ProcessError;
@@ -53,6 +54,9 @@ pub struct StoreSpec {
     /// Entries not written for this long are invisible and removed (the changelog then gets
     /// `cleanup.policy=compact,delete` with this `retention.ms`). `None`: kept until deleted.
     pub ttl: Option<Duration>,
+    /// A windowed store ([`WindowStore`](crate::window::WindowStore)): its windows close by
+    /// stream time, so it keeps the task's stream time too (like the timer store).
+    pub windowed: bool,
 }
 
 impl StoreSpec {
@@ -61,6 +65,7 @@ impl StoreSpec {
         Self {
             name: name.into(),
             ttl: None,
+            windowed: false,
         }
     }
 
@@ -91,6 +96,16 @@ impl StoreSpec {
                 "state store name \"dedup\" is reserved for the dedup changelog; choose another name"
                     .into(),
             );
+        }
+        if self.windowed && self.ttl.is_some() {
+            return Err(format!(
+                "state store {n:?} is a window store: its windows close by stream time; declare it without a ttl"
+            ));
+        }
+        if self.is_timers() && self.ttl.is_some() {
+            return Err(format!(
+                "state store {n:?} is the timer store (see exactly_core::timer): timers must not expire; declare it without a ttl"
+            ));
         }
         if self.ttl.is_some_and(|t| t.as_millis() == 0) {
             return Err(format!(
@@ -163,7 +178,7 @@ pub fn decode_state_value(v: &[u8]) -> Result<(i64, &[u8]), String> {
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// The type parameters a [`TypedStore`] carries (it holds no value of them).
-type Types<K, V, C> = PhantomData<fn() -> (K, V, C)>;
+type Types<K, V> = PhantomData<fn() -> (K, V)>;
 
 /// One write of a batch: a key and its encoded changelog value, or `None` to delete it.
 pub type KvWrite = (Vec<u8>, Option<Vec<u8>>);
@@ -400,6 +415,11 @@ impl StateSlot {
 #[derive(Default)]
 pub(crate) struct TaskStores {
     pub(crate) slots: Vec<StateSlot>,
+    /// Per timer kind (stream, wall), the earliest timer may be due at or after this (a lower
+    /// bound: `None` if there is none), so that no record or turn reads the timer store for
+    /// nothing. Lowered when a processor schedules one; recomputed from the timer store after
+    /// firing, restores and aborts.
+    pub(crate) next_timer: [Option<i64>; 2],
 }
 
 impl std::fmt::Debug for TaskStores {
@@ -422,6 +442,16 @@ impl TaskStores {
             s.pending.clear();
             s.staged.clear();
         }
+    }
+
+    /// Whether this store keeps the task's stream time (the timer store, window stores).
+    pub(crate) fn keeps_stream_time(spec: &StoreSpec) -> bool {
+        spec.is_timers() || spec.windowed
+    }
+
+    /// The timer store's slot, if the app declared it.
+    pub(crate) fn timers(&mut self) -> Option<&mut StateSlot> {
+        self.slots.iter_mut().find(|s| s.spec.is_timers())
     }
 
     pub(crate) fn take_failure(&mut self) -> Option<(String, StoreError)> {
@@ -507,24 +537,58 @@ impl<'a> StateStore<'a> {
     /// The live entries with keys in `[from, to)` (`to = None`: no upper bound), in ascending
     /// key order, with this record's and the open transaction's writes applied.
     pub fn range(&mut self, from: &[u8], to: Option<&[u8]>) -> Result<Entries, ProcessError> {
+        self.range_limit(from, to, usize::MAX)
+    }
+
+    /// The first `limit` live entries of [`range`](Self::range), reading no more of the
+    /// backend than it takes.
+    pub(crate) fn range_limit(
+        &mut self,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, ProcessError> {
         use std::ops::Bound;
+        let upper = to.map_or(Bound::Unbounded, Bound::Excluded);
+        let overlays = [&self.slot.staged, &self.slot.pending];
+        // The writes of the open transaction and of this record can hide at most this many of
+        // the backend's live entries.
+        let hidden: usize = overlays
+            .iter()
+            .map(|l| l.range::<[u8], _>((Bound::Included(from), upper)).count())
+            .sum();
+        let wanted = limit.saturating_add(hidden);
+        let cutoff = self.slot.spec.cutoff(self.now_ms);
         let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+        let mut live = 0usize;
         let scanned = self.slot.backend.scan(from, to, &mut |k, v| {
+            if decode_state_value(v).is_ok_and(|(ts, _)| ts >= cutoff) {
+                live += 1;
+            }
             merged.insert(k.to_vec(), Some(v.to_vec()));
-            true
+            live < wanted
         });
         if let Err(e) = scanned {
             return Err(self.backend_error(e));
         }
-        let upper = to.map_or(Bound::Unbounded, Bound::Excluded);
+        // When the scan stopped early, entries past its last key are not known: overlay
+        // entries there must not be taken before them.
+        let scanned_to = (live >= wanted)
+            .then(|| merged.keys().next_back().cloned())
+            .flatten();
         for layer in [&self.slot.staged, &self.slot.pending] {
             for (k, v) in layer.range::<[u8], _>((Bound::Included(from), upper)) {
+                if scanned_to.as_ref().is_some_and(|last| k > last) {
+                    break;
+                }
                 merged.insert(k.clone(), v.clone());
             }
         }
-        let cutoff = self.slot.spec.cutoff(self.now_ms);
-        let mut out = Vec::with_capacity(merged.len());
+        let mut out = Vec::with_capacity(merged.len().min(limit));
         for (k, v) in merged {
+            if out.len() == limit {
+                break;
+            }
             if let Some(v) = v.as_deref().and_then(|v| self.slot.live(v, cutoff)) {
                 out.push((k, v.to_vec()));
             }
@@ -599,114 +663,109 @@ impl StoreKey for i64 {
     }
 }
 
-/// How a [`TypedStore`] turns values into bytes.
-pub trait ValueCodec<V> {
-    /// Encodes a value.
-    fn encode(value: &V) -> Result<Vec<u8>, String>;
-    /// Decodes a value.
-    fn decode(bytes: &[u8]) -> Result<V, String>;
-}
+pub use crate::codec::{Bincode, Json};
 
-/// bincode 2 (standard configuration) for values that derive `bincode::Encode`/`Decode`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Bincode;
-
-impl<V: bincode::Encode + bincode::Decode<()>> ValueCodec<V> for Bincode {
-    fn encode(value: &V) -> Result<Vec<u8>, String> {
-        bincode::encode_to_vec(value, bincode::config::standard()).map_err(|e| e.to_string())
-    }
-    fn decode(bytes: &[u8]) -> Result<V, String> {
-        let (v, used) = bincode::decode_from_slice(bytes, bincode::config::standard())
-            .map_err(|e| e.to_string())?;
-        if used != bytes.len() {
-            return Err(format!("{} trailing bytes", bytes.len() - used));
-        }
-        Ok(v)
-    }
-}
-
-/// JSON (serde) for values that derive `serde::Serialize`/`Deserialize`: readable in the
-/// changelog topic, larger and slower than [`Bincode`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Json;
-
-impl<V: serde::Serialize + serde::de::DeserializeOwned> ValueCodec<V> for Json {
-    fn encode(value: &V) -> Result<Vec<u8>, String> {
-        serde_json::to_vec(value).map_err(|e| e.to_string())
-    }
-    fn decode(bytes: &[u8]) -> Result<V, String> {
-        serde_json::from_slice(bytes).map_err(|e| e.to_string())
-    }
-}
-
-/// A typed handle on a declared store: keys `K` ([`StoreKey`]), values `V` encoded by `C`
-/// ([`Bincode`] by default, or [`Json`]). It holds only the name; keep it in the processor.
+/// A typed store, declared once: its [`StoreSpec`] (name, TTL) with keys `K` ([`StoreKey`],
+/// order-preserving) and values `V` encoded by the serde `C` ([`Bincode`] by default, or
+/// [`Json`], or any [`Serde`]). The app declares the store from the handle
+/// (`App::store(&totals)`, or `TaskConfig::stores.push(totals.spec().clone())`) and the
+/// processor keeps a clone, so the two cannot name different stores.
 ///
 /// ```
-/// use exactly_core::state::{Bincode, TypedStore};
-/// use exactly_core::{Context, Output, ProcessError, Processor, Record};
+/// use exactly_core::state::TypedStore;
+/// use exactly_core::topic::Topic;
+/// use exactly_core::{Context, ProcessError, Processor, Record};
 ///
 /// /// Emits each account's running total.
-/// struct Totals { totals: TypedStore<String, i64, Bincode> }
+/// struct Totals { totals: TypedStore<String, i64>, out: Topic<i64> }
 ///
 /// impl Processor for Totals {
 ///     fn process(&mut self, record: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
 ///         let account = String::from_utf8_lossy(record.key.unwrap_or_default()).into_owned();
 ///         let total = self.totals.get(ctx, &account)?.unwrap_or(0) + 1;
 ///         self.totals.put(ctx, &account, &total)?;
-///         ctx.send(Output::to("totals").key(account).value(total.to_string()));
+///         ctx.send(self.out.output(&account, &total)?);
 ///         Ok(())
 ///     }
 /// }
 /// ```
 pub struct TypedStore<K, V, C = Bincode> {
-    name: String,
-    _types: Types<K, V, C>,
+    spec: StoreSpec,
+    codec: C,
+    _types: Types<K, V>,
 }
 
 impl<K, V, C> std::fmt::Debug for TypedStore<K, V, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TypedStore")
-            .field("name", &self.name)
+            .field("spec", &self.spec)
+            .field("value", &std::any::type_name::<V>())
             .finish()
     }
 }
 
-impl<K, V, C> Clone for TypedStore<K, V, C> {
+impl<K, V, C: Clone> Clone for TypedStore<K, V, C> {
     fn clone(&self) -> Self {
         Self {
-            name: self.name.clone(),
+            spec: self.spec.clone(),
+            codec: self.codec.clone(),
             _types: PhantomData,
         }
     }
 }
 
-impl<K: StoreKey, V, C: ValueCodec<V>> TypedStore<K, V, C> {
-    /// A handle on the store named `name` (declared in the app's config).
+/// The store's declaration (`App::store(&handle)`).
+impl<K, V, C> From<&TypedStore<K, V, C>> for StoreSpec {
+    fn from(store: &TypedStore<K, V, C>) -> StoreSpec {
+        store.spec.clone()
+    }
+}
+
+impl<K: StoreKey, V, C: Serde<V> + Default> TypedStore<K, V, C> {
+    /// A store named `name`, entries kept until deleted.
     pub fn new(name: impl Into<String>) -> Self {
+        Self::from_spec(StoreSpec::new(name), C::default())
+    }
+}
+
+impl<K: StoreKey, V, C: Serde<V>> TypedStore<K, V, C> {
+    /// A store declared by `spec`, values encoded by `codec`.
+    pub fn from_spec(spec: StoreSpec, codec: C) -> Self {
         Self {
-            name: name.into(),
+            spec,
+            codec,
             _types: PhantomData,
         }
     }
 
+    /// Entries expire `ttl` after their last write (see [`StoreSpec::ttl`]).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.spec = self.spec.ttl(ttl);
+        self
+    }
+
+    /// The store's declaration.
+    pub fn spec(&self) -> &StoreSpec {
+        &self.spec
+    }
+
     /// The store's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.spec.name
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<V, ProcessError> {
-        C::decode(bytes).map_err(|e| {
+        self.codec.decode(bytes).map_err(|e| {
             ProcessError::fatal(format!(
                 "state store {:?}: a stored value does not decode as this store's value type ({e}); was the type changed without migrating the store?",
-                self.name
+                self.spec.name
             ))
         })
     }
 
     /// The value of `key`, if present and not expired.
     pub fn get(&self, ctx: &mut Context<'_>, key: &K) -> Result<Option<V>, ProcessError> {
-        match ctx.store(&self.name)?.get(&key.to_key())? {
+        match ctx.store(&self.spec.name)?.get(&key.to_key())? {
             Some(bytes) => self.decode(&bytes).map(Some),
             None => Ok(None),
         }
@@ -714,19 +773,19 @@ impl<K: StoreKey, V, C: ValueCodec<V>> TypedStore<K, V, C> {
 
     /// Sets `key` to `value`.
     pub fn put(&self, ctx: &mut Context<'_>, key: &K, value: &V) -> Result<(), ProcessError> {
-        let bytes = C::encode(value).map_err(|e| {
+        let bytes = self.codec.encode(value).map_err(|e| {
             ProcessError::dead_letter(format!(
                 "state store {:?}: cannot encode the value: {e}",
-                self.name
+                self.spec.name
             ))
         })?;
-        ctx.store(&self.name)?.put(key.to_key(), &bytes);
+        ctx.store(&self.spec.name)?.put(key.to_key(), &bytes);
         Ok(())
     }
 
     /// Deletes `key`.
     pub fn delete(&self, ctx: &mut Context<'_>, key: &K) -> Result<(), ProcessError> {
-        ctx.store(&self.name)?.delete(key.to_key());
+        ctx.store(&self.spec.name)?.delete(key.to_key());
         Ok(())
     }
 
@@ -736,7 +795,7 @@ impl<K: StoreKey, V, C: ValueCodec<V>> TypedStore<K, V, C> {
         ctx: &mut Context<'_>,
         prefix: &[u8],
     ) -> Result<Vec<(K, V)>, ProcessError> {
-        self.collect(ctx.store(&self.name)?.scan_prefix(prefix)?)
+        self.collect(ctx.store(&self.spec.name)?.scan_prefix(prefix)?)
     }
 
     /// The live entries with keys in `[from, to)`, in key order.
@@ -748,7 +807,7 @@ impl<K: StoreKey, V, C: ValueCodec<V>> TypedStore<K, V, C> {
     ) -> Result<Vec<(K, V)>, ProcessError> {
         let to = to.map(StoreKey::to_key);
         self.collect(
-            ctx.store(&self.name)?
+            ctx.store(&self.spec.name)?
                 .range(&from.to_key(), to.as_deref())?,
         )
     }
@@ -759,7 +818,7 @@ impl<K: StoreKey, V, C: ValueCodec<V>> TypedStore<K, V, C> {
                 let key = K::from_key(&k).ok_or_else(|| {
                     ProcessError::fatal(format!(
                         "state store {:?}: key {k:?} is not a key of this store's key type",
-                        self.name
+                        self.spec.name
                     ))
                 })?;
                 Ok((key, self.decode(&v)?))
@@ -814,6 +873,59 @@ mod tests {
         assert!(StoreSpec::new("w").ttl(Duration::ZERO).validate().is_err());
         let twice = [StoreSpec::new("a"), StoreSpec::new("a")];
         assert!(validate_specs(&twice).unwrap_err().contains("twice"));
+    }
+
+    #[test]
+    fn a_limited_range_merges_the_open_writes_like_the_whole_range() {
+        let mut backend = MemKvStore::new();
+        let cp = ChangelogCheckpoint {
+            topic: "t".into(),
+            partition: 0,
+            next_offset: 1,
+        };
+        let writes: Vec<KvWrite> = (1..=6)
+            .map(|i| {
+                (
+                    format!("a{i}").into_bytes(),
+                    Some(encode_state_value(0, b"b")),
+                )
+            })
+            .collect();
+        backend.apply(&writes, &cp).unwrap();
+        let mut slot = StateSlot::new(StoreSpec::new("s"), "c".into(), Box::new(backend));
+        slot.staged.insert(b"a1".to_vec(), None);
+        slot.staged.insert(b"a2".to_vec(), None);
+        slot.pending
+            .insert(b"a0".to_vec(), Some(encode_state_value(0, b"p")));
+        slot.pending
+            .insert(b"a3".to_vec(), Some(encode_state_value(0, b"p")));
+        slot.pending
+            .insert(b"a9".to_vec(), Some(encode_state_value(0, b"p")));
+        let mut store = StateStore::new(&mut slot, 0);
+        let whole = store.range(b"a", None).unwrap();
+        let keys = |e: &Entries| {
+            e.iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{}={}",
+                        String::from_utf8_lossy(k),
+                        String::from_utf8_lossy(v)
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            keys(&whole),
+            ["a0=p", "a3=p", "a4=b", "a5=b", "a6=b", "a9=p"]
+        );
+        for limit in 0..8 {
+            let limited = store.range_limit(b"a", None, limit).unwrap();
+            assert_eq!(
+                keys(&limited),
+                keys(&whole)[..limit.min(whole.len())],
+                "limit {limit}"
+            );
+        }
     }
 
     #[test]

@@ -48,6 +48,8 @@ label_values! {
         RetriesExhausted => "retries_exhausted",
         /// The processor panicked and the policy dead-letters.
         Panic => "panic",
+        /// The record's key or value did not decode (`ProcessError::Deserialization`).
+        Deserialization => "deserialization",
         /// The record had no message ID (policy `dead-letter`).
         MissingId => "missing_id",
         /// The record's message ID was empty (policy `dead-letter`).
@@ -85,6 +87,8 @@ label_values! {
         DeadLetter => "dead_letter",
         /// `ProcessError::Fatal`.
         Fatal => "fatal",
+        /// `ProcessError::Deserialization`: the record did not decode.
+        Deserialization => "deserialization",
         /// `process` panicked.
         Panic => "panic",
     }
@@ -132,6 +136,7 @@ mod tests {
                 "processor_error",
                 "retries_exhausted",
                 "panic",
+                "deserialization",
                 "missing_id",
                 "empty_id",
                 "oversized_id",

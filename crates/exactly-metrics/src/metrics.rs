@@ -105,6 +105,9 @@ pub struct Metrics {
     /// `exactly_records_repartitioned_total{topic}`: records forwarded to the repartition topic
     /// by message ID (`dedup.scope = "global"`, stage 1; `topic` is the input topic).
     pub records_repartitioned_total: IntCounterVec,
+    /// `exactly_timers_fired_total{topic}`: timers whose callback succeeded (committed;
+    /// `topic` is the input topic of the task that scheduled them).
+    pub timers_fired_total: IntCounterVec,
     /// `exactly_state_store_entries{topic,partition,store}`: entries in a task's state store.
     pub state_store_entries: IntGaugeVec,
     /// `exactly_state_store_bytes{topic,partition,store}`: bytes of a task's state store.
@@ -327,6 +330,11 @@ impl Metrics {
             records_repartitioned_total: d.counter_vec(
                 "exactly_records_repartitioned_total",
                 "Records forwarded to the repartition topic by message ID (global dedup scope).",
+                &["topic"],
+            )?,
+            timers_fired_total: d.counter_vec(
+                "exactly_timers_fired_total",
+                "Timers whose callback succeeded, in committed transactions.",
                 &["topic"],
             )?,
             state_store_entries: d.gauge_vec(

@@ -137,6 +137,8 @@ pub struct TestMessage {
     pub key: Option<Vec<u8>>,
     /// Value.
     pub value: Vec<u8>,
+    /// Timestamp (ms since the Unix epoch); `None`: the producer's clock.
+    pub timestamp: Option<i64>,
 }
 
 /// Produces messages with an idempotent producer and waits for all acks.
@@ -201,6 +203,9 @@ fn send_all(
         }
         if let Some(p) = partition {
             rec = rec.partition(p);
+        }
+        if let Some(ts) = m.timestamp {
+            rec = rec.timestamp(ts);
         }
         loop {
             match producer.send(rec) {

@@ -277,6 +277,7 @@ pub fn messages_with_duplicates(unique: usize, dup_share: f64, seed: u64) -> Vec
                 key: Some(id.clone().into_bytes()),
                 value: format!("payload-{i}").into_bytes(),
                 id: Some(id),
+                timestamp: None,
             }
         })
         .collect();

@@ -2,7 +2,8 @@
 //! with outputs, aborted and failed attempts leave no trace, crashes at every point of the
 //! protocol end in the state a sequential run over unique IDs gives, TTL and scans.
 
-use exactly_core::state::{Bincode, TypedStore, ValueCodec};
+use exactly_core::state::{Bincode, TypedStore};
+use exactly_core::Deserializer;
 use exactly_core::{
     Context, FlushContext, Output, ProcessError, Processor, Record, StoreSpec, TaskConfig, TaskId,
 };
@@ -124,7 +125,7 @@ fn committed_totals(d: &TestDriver<Factory>, partitions: i32) -> BTreeMap<String
     let mut out = BTreeMap::new();
     for p in 0..partitions {
         for (k, v) in d.committed_state("totals", p) {
-            let total: i64 = <Bincode as ValueCodec<i64>>::decode(&v).expect("a bincode i64");
+            let total: i64 = Deserializer::<i64>::decode(&Bincode, &v).expect("a bincode i64");
             out.insert(String::from_utf8(k).expect("utf-8 account"), total);
         }
     }

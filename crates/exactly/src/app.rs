@@ -49,12 +49,14 @@ impl App {
         self.config.bootstrap = servers.into();
         self
     }
-    /// Adds an input topic.
+    /// Adds an input topic: its name, or its typed [`Topic`](exactly_core::Topic) handle
+    /// (`.input(&orders)`).
     pub fn input(mut self, topic: impl Into<String>) -> Self {
         self.config.inputs.push(topic.into());
         self
     }
-    /// Declares an output topic (checked to exist at start).
+    /// Declares an output topic (checked to exist at start): its name, or its typed
+    /// [`Topic`](exactly_core::Topic) handle.
     pub fn output(mut self, topic: impl Into<String>) -> Self {
         self.config.outputs.push(topic.into());
         self
@@ -90,10 +92,27 @@ impl App {
         self
     }
     /// Declares a state store every task gets (see `exactly_core::state`): its writes commit
-    /// with the outputs, and it is changelogged to `{app}-{input}-{store}-changelog`.
-    /// Declared in code, not in the config file, because the processor's code uses it by name.
-    pub fn store(mut self, spec: exactly_core::StoreSpec) -> Self {
-        self.config.task.stores.push(spec);
+    /// with the outputs, and it is changelogged to `{app}-{input}-{store}-changelog`. Pass the
+    /// processor's [`TypedStore`](exactly_core::TypedStore) handle (`.store(&totals)`), so the
+    /// app and the processor cannot name different stores, or a
+    /// [`StoreSpec`](exactly_core::StoreSpec) for byte-level access through
+    /// [`Context::store`](exactly_core::Context::store). Declared in code, not in the config
+    /// file, because the processor's code uses it.
+    pub fn store(mut self, store: impl Into<exactly_core::StoreSpec>) -> Self {
+        self.config.task.stores.push(store.into());
+        self
+    }
+    /// Lets the processor schedule timers (`Context::schedule`, `Processor::on_timer`; see
+    /// `exactly_core::timer`): declares the timer store every task gets, changelogged to
+    /// `{app}-{input}-timers-changelog`, which keeps each task's timers and stream time
+    /// across crashes and task moves.
+    pub fn timers(mut self) -> Self {
+        if !self.config.task.stores.iter().any(|s| s.is_timers()) {
+            self.config
+                .task
+                .stores
+                .push(exactly_core::StoreSpec::timers());
+        }
         self
     }
     /// Dedup scope: [`DedupScope::Partition`] (default) or [`DedupScope::Global`], which
@@ -117,6 +136,29 @@ impl App {
         self.metrics_addr = Some(addr);
         self
     }
+    /// A [`TestDriver`](exactly_testkit::TestDriver) for this app, running processors made
+    /// by `factory`: its input topics (one partition each; `.input(topic, n)` changes a
+    /// count), app id, stores, timers, ID policy, retries, error policies and dead-letter
+    /// topic, on a simulated cluster with Kafka's rules (feature `testkit`, for your
+    /// dev-dependencies).
+    ///
+    /// It runs the exactly-once guarantee and the partition dedup scope: an app configured
+    /// with `dedup_scope(Global)` is tested as if partition-scoped (the repartition stage is a
+    /// runtime matter, tested by this project against the broker).
+    #[cfg(feature = "testkit")]
+    pub fn test_driver<F: ProcessorFactory>(
+        &self,
+        factory: F,
+    ) -> exactly_testkit::TestDriverBuilder<F> {
+        let mut builder = exactly_testkit::TestDriver::builder(factory)
+            .app(&self.config.app_id)
+            .config(self.config.task.clone());
+        for input in &self.config.inputs {
+            builder = builder.input(input, 1);
+        }
+        builder
+    }
+
     /// The config so far, to adjust anything the builder does not cover.
     pub fn config_mut(&mut self) -> &mut RuntimeConfig {
         &mut self.config

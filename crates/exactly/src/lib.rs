@@ -30,6 +30,7 @@
 //! | `cli` | `cli::RunArgs` and `cli::ClusterArgs`: the options an app binary takes, for clap |
 //! | `postgres` | `sinks::postgres`: effects in PostgreSQL, deduplicated by message ID |
 //! | `redis` | `sinks::redis_guard`: a Redis `SET NX` guard per message ID |
+//! | `testkit` | `App::test_driver`: a `TestDriver` with the app's own topics, stores and policies (dev-dependencies) |
 //! | `failpoints` | crash-injection points (`TEST_FAILPOINT`) for process-level tests; never in production |
 //!
 //! The `exactly` command line (demo, chaos harness, verifier, store and topic tools) is the
@@ -46,12 +47,16 @@ pub mod observer;
 pub mod processors;
 
 pub use app::App;
+/// Serdes of keys and values: `Bytes`, `Utf8`, `Json`, `Bincode`, or your own `Serde`.
+pub use exactly_core::codec;
 /// State stores: typed key-value state committed with the outputs (see `docs/state.md`).
 pub use exactly_core::state;
+/// Timers (punctuators) on stream time and wall-clock time.
+pub use exactly_core::timer;
 pub use exactly_core::{
-    Context, ErrorPolicy, FlushContext, IdPolicy, IdSource, InitContext, InvalidIdPolicy, Output,
-    ProcessError, Processor, ProcessorFactory, Record, RetryPolicy, StoreSpec, TaskConfig, TaskId,
-    TypedStore,
+    Context, ErrorPolicy, FlushContext, IdPolicy, IdSource, InitContext, InvalidIdPolicy, Message,
+    Output, ProcessError, Processor, ProcessorFactory, Record, RetryPolicy, Serde, SerdeError,
+    StoreSpec, TaskConfig, TaskId, Timer, TimerKind, Topic, TypedStore, WindowStore,
 };
 pub use exactly_kafka::{DedupScope, Guarantee, RuntimeConfig, RuntimeError};
 pub use exactly_metrics::{Health, Metrics};
@@ -63,3 +68,8 @@ pub use exactly_sinks as sinks;
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
+
+/// docs/api.md's processor and its TestDriver test compile and pass (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/api.md")]
+struct ApiDoctests;

@@ -74,6 +74,11 @@ impl RuntimeObserver for MetricsObserver {
                 None => tracing::warn!(label, "dead-letter reason without a metric label"),
             }
         }
+        if c.timers_fired > 0 {
+            m.timers_fired_total
+                .with_label_values(&[topic])
+                .inc_by(c.timers_fired);
+        }
         if c.repartitioned > 0 {
             m.records_repartitioned_total
                 .with_label_values(&[topic])

@@ -112,6 +112,28 @@ fn each_feature_adds_only_its_own_dependencies() {
         &NEVER,
         "exactly with every feature",
     );
+    // `testkit` is for an app's dev-dependencies (`App::test_driver`): it brings the test kit
+    // without its broker and service helpers, and nothing of the other features.
+    let testkit = facade_with(&["testkit"]);
+    assert!(
+        testkit.contains("exactly-testkit"),
+        "feature testkit does not bring exactly-testkit"
+    );
+    assert_absent(
+        &testkit,
+        &[
+            "exactly-cli",
+            "tempfile",
+            "indicatif",
+            "criterion",
+            "clap",
+            "tokio-postgres",
+            "redis",
+            "shlex",
+        ],
+        "exactly with feature testkit",
+    );
+    assert!(!bare.contains("exactly-testkit"));
 }
 
 #[test]

@@ -1,9 +1,11 @@
 //! order-validation: a realistic exactly app. Reads JSON orders, validates them against a
 //! small product catalogue, prices them, and writes each valid order once to `--output` as an
-//! enriched JSON record, keyed by customer. Orders that can never be valid (unparsable JSON,
-//! unknown SKU, non-positive quantity) go to the dead-letter topic in the same transaction,
-//! with the reason in the `exactly.error` header; a resent order is neither priced nor
-//! dead-lettered twice.
+//! enriched JSON record, keyed by customer. Orders that can never be valid go to the
+//! dead-letter topic in the same transaction, with the reason in the `exactly.error` header:
+//! records that are not JSON orders with `exactly.error.kind = deserialization` (the typed
+//! input topic decodes them), unknown SKUs and non-positive quantities with `processor_error`.
+//! A resent order is neither priced nor dead-lettered twice, and each priced order carries its
+//! input's message ID, so a downstream exactly app dedups it without code.
 //!
 //! ```text
 //! cargo run -p exactly-examples --bin order-validation -- \
@@ -15,7 +17,7 @@
 
 use clap::Parser;
 use exactly::cli::RunArgs;
-use exactly::{Context, InitContext, Output, ProcessError, Processor, Record};
+use exactly::{Context, InitContext, ProcessError, Processor, Record, Topic};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,10 +51,10 @@ struct Order {
 
 /// What the app writes for a valid order.
 #[derive(Debug, Serialize)]
-struct PricedOrder<'a> {
-    order_id: &'a str,
-    customer: &'a str,
-    sku: &'a str,
+struct PricedOrder {
+    order_id: String,
+    customer: String,
+    sku: String,
     quantity: i64,
     unit_price_cents: i64,
     total_cents: i64,
@@ -64,7 +66,8 @@ struct PricedOrder<'a> {
 type Catalogue = Arc<HashMap<String, i64>>;
 
 struct ValidateOrders {
-    output: String,
+    orders: Topic<Order>,
+    priced_orders: Topic<PricedOrder>,
     catalogue: Catalogue,
     /// Valid orders this task priced since it started (logged at close).
     priced: u64,
@@ -77,11 +80,7 @@ impl Processor for ValidateOrders {
     }
 
     fn process(&mut self, record: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
-        let value = record
-            .value
-            .ok_or_else(|| ProcessError::dead_letter("order has no value"))?;
-        let order: Order = serde_json::from_slice(value)
-            .map_err(|e| ProcessError::dead_letter(format!("not an order: {e}")))?;
+        let order = self.orders.value(record)?;
         let unit = *self
             .catalogue
             .get(&order.sku)
@@ -96,23 +95,15 @@ impl Processor for ValidateOrders {
             ProcessError::dead_letter(format!("total overflows for quantity {}", order.quantity))
         })?;
         let priced = PricedOrder {
-            order_id: &order.order_id,
-            customer: &order.customer,
-            sku: &order.sku,
             quantity: order.quantity,
             unit_price_cents: unit,
             total_cents: total,
             source: format!("{}-{}@{}", record.topic, record.partition, record.offset),
+            order_id: order.order_id,
+            customer: order.customer,
+            sku: order.sku,
         };
-        let json = serde_json::to_vec(&priced)
-            .map_err(|e| ProcessError::fatal(format!("cannot encode: {e}")))?;
-        let mut out = Output::to(self.output.clone())
-            .key(order.customer.into_bytes())
-            .value(json);
-        if let Some(id) = ctx.message_id() {
-            out = out.header("message-id", id.to_vec());
-        }
-        ctx.send(out);
+        ctx.send(self.priced_orders.output(&priced.customer, &priced)?);
         self.priced += 1;
         Ok(())
     }
@@ -140,15 +131,17 @@ fn catalogue() -> Catalogue {
 fn main() -> anyhow::Result<()> {
     exactly::logging::init();
     let args = Args::parse();
-    let output = args.output.clone();
+    let orders: Topic<Order> = Topic::new(args.input);
+    let priced_orders: Topic<PricedOrder> = Topic::new(args.output);
     let app = args
         .run
         .app(args.app_id)?
-        .input(args.input)
-        .output(args.output);
+        .input(&orders)
+        .output(&priced_orders);
     let catalogue = catalogue();
     app.run(move |_| ValidateOrders {
-        output: output.clone(),
+        orders: orders.clone(),
+        priced_orders: priced_orders.clone(),
         catalogue: catalogue.clone(),
         priced: 0,
     })?;

@@ -21,7 +21,7 @@ use exactly::cli::RunArgs;
 use exactly::sinks::postgres::{PgApply, PgHandler, PgSink, PgSinkConfig, PgSinkProcessor};
 use exactly::sinks::tokio_postgres::Transaction;
 use exactly::sinks::{SinkError, SinkMetrics};
-use exactly::{Context, ProcessError, Record};
+use exactly::{Context, ProcessError, Record, Topic};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -75,6 +75,7 @@ struct Booking {
 }
 
 struct Ledger {
+    payments: Topic<PaymentEvent>,
     ledger: String,
     balances: String,
 }
@@ -133,11 +134,8 @@ impl PgHandler for Ledger {
         record: &Record<'_>,
         ctx: &mut Context<'_>,
     ) -> Result<Option<Booking>, ProcessError> {
-        let value = record
-            .value
-            .ok_or_else(|| ProcessError::dead_letter("payment has no value"))?;
-        let p: PaymentEvent = serde_json::from_slice(value)
-            .map_err(|e| ProcessError::dead_letter(format!("not a payment: {e}")))?;
+        // Not a JSON payment: dead-lettered with `exactly.error.kind = deserialization`.
+        let p = self.payments.value(record)?;
         if p.account.is_empty() {
             return Err(ProcessError::dead_letter("payment has no account"));
         }
@@ -158,7 +156,8 @@ impl PgHandler for Ledger {
 fn main() -> anyhow::Result<()> {
     exactly::logging::init();
     let args = Args::parse();
-    let mut app = args.run.app(args.app_id.clone())?.input(args.input);
+    let payments: Topic<PaymentEvent> = Topic::new(args.input);
+    let mut app = args.run.app(args.app_id.clone())?.input(&payments);
     let metrics = SinkMetrics::register(app.metrics()?.registry())?;
     let prefix = &args.table_prefix;
     let (ledger, balances) = (format!("{prefix}_ledger"), format!("{prefix}_balances"));
@@ -200,6 +199,7 @@ fn main() -> anyhow::Result<()> {
             sink.clone(),
             task,
             Ledger {
+                payments: payments.clone(),
                 ledger: ledger.clone(),
                 balances: balances.clone(),
             },

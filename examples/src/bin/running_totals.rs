@@ -3,8 +3,12 @@
 //!
 //! Input: key = account, value = amount (a decimal integer), header `message-id`. Output:
 //! key = account, value = the account's total after this payment, header `message-id` (the
-//! payment's) and `amount`. A payment whose amount does not parse is dead-lettered and leaves
-//! the total alone.
+//! payment's, carried by the runtime) and `amount`. A payment whose amount does not parse is
+//! dead-lettered (`exactly.error.kind = deserialization`) and leaves the total alone.
+//!
+//! The topics' values are decimal text (the `Text` serde) and their keys UTF-8 (`Utf8`). The
+//! store is declared once, by its typed handle, which the app registers and the processor
+//! keeps.
 //!
 //! ```text
 //! cargo run -p exactly-examples --bin running-totals -- \
@@ -17,8 +21,8 @@
 
 use clap::Parser;
 use exactly::cli::RunArgs;
-use exactly::state::{Bincode, TypedStore};
-use exactly::{Context, FlushContext, Output, ProcessError, Processor, Record, StoreSpec};
+use exactly::codec::{Text, Utf8};
+use exactly::{Context, FlushContext, ProcessError, Processor, Record, Topic, TypedStore};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -41,34 +45,27 @@ struct Args {
     run: RunArgs,
 }
 
-/// The store every task gets: account → total (bincode i64).
-const STORE: &str = "totals";
+/// Amounts and totals by account: decimal values, UTF-8 keys.
+type Amounts = Topic<i64, String, Text, Utf8>;
 
 struct RunningTotals {
-    output: String,
-    totals: TypedStore<String, i64, Bincode>,
+    payments: Amounts,
+    totals_out: Amounts,
+    /// account → total (bincode i64), every task's own.
+    totals: TypedStore<String, i64>,
     fail_flushes: Arc<AtomicU32>,
 }
 
 impl Processor for RunningTotals {
     fn process(&mut self, r: &Record<'_>, ctx: &mut Context<'_>) -> Result<(), ProcessError> {
-        let account = std::str::from_utf8(r.key.unwrap_or_default())
-            .map_err(|_| ProcessError::dead_letter("the key (account) is not UTF-8"))?
-            .to_owned();
-        let amount: i64 = std::str::from_utf8(r.value.unwrap_or_default())
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| ProcessError::dead_letter("the value (amount) is not an integer"))?;
-        let total = self.totals.get(ctx, &account)?.unwrap_or(0) + amount;
+        let payment = self.payments.decode(r)?;
+        let account = payment
+            .key
+            .ok_or_else(|| ProcessError::dead_letter("the payment has no key (account)"))?;
+        let total = self.totals.get(ctx, &account)?.unwrap_or(0) + payment.value;
         self.totals.put(ctx, &account, &total)?;
-        let mut out = Output::to(self.output.clone())
-            .key(account)
-            .value(total.to_string())
-            .header("amount", amount.to_string());
-        if let Some(id) = ctx.message_id() {
-            out = out.header("message-id", id.to_vec());
-        }
-        ctx.send(out);
+        let out = self.totals_out.output(&account, &total)?;
+        ctx.send(out.header("amount", payment.value.to_string()));
         Ok(())
     }
 
@@ -89,17 +86,20 @@ impl Processor for RunningTotals {
 fn main() -> anyhow::Result<()> {
     exactly::logging::init();
     let args = Args::parse();
-    let output = args.output.clone();
+    let payments = Amounts::new(args.input);
+    let totals_out = Amounts::new(args.output);
+    let totals = TypedStore::new("totals");
     let fail_flushes = Arc::new(AtomicU32::new(args.fail_flushes));
     let app = args
         .run
         .app(args.app_id)?
-        .input(args.input)
-        .output(args.output)
-        .store(StoreSpec::new(STORE));
+        .input(&payments)
+        .output(&totals_out)
+        .store(&totals);
     app.run(move |_| RunningTotals {
-        output: output.clone(),
-        totals: TypedStore::new(STORE),
+        payments: payments.clone(),
+        totals_out: totals_out.clone(),
+        totals: totals.clone(),
         fail_flushes: fail_flushes.clone(),
     })?;
     Ok(())

@@ -163,6 +163,34 @@ pub fn numbered(ids: std::ops::Range<usize>) -> Vec<TestMessage> {
         key: Some(format!("k{i}").into_bytes()),
         value: format!("v{i}").into_bytes(),
         id: Some(format!("m{i}")),
+        timestamp: None,
     })
     .collect()
+}
+
+/// The state a restore would build from a state store's committed changelog (read
+/// read_committed): the last value of each key, in partition and offset order, its values
+/// decoded by bincode (the stores' default serde).
+pub fn changelog_state<V: bincode::Decode<()>>(
+    changelog: &[ReadRecord],
+) -> std::collections::BTreeMap<String, V> {
+    use exactly_core::state::{decode_state_value, Bincode};
+    use exactly_core::Deserializer;
+    let mut sorted: Vec<&ReadRecord> = changelog.iter().collect();
+    sorted.sort_by_key(|r| (r.partition, r.offset));
+    let mut state = std::collections::BTreeMap::new();
+    for r in sorted {
+        let key = String::from_utf8(r.key.clone().expect("key")).expect("utf-8");
+        match &r.value {
+            Some(v) => {
+                let (_, bytes) = decode_state_value(v).expect("a state changelog value");
+                let value = Deserializer::<V>::decode(&Bincode, bytes).expect("a store value");
+                state.insert(key, value);
+            }
+            None => {
+                state.remove(&key);
+            }
+        }
+    }
+    state
 }

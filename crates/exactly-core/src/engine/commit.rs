@@ -54,9 +54,9 @@ pub(crate) struct Origins {
     sends: u64,
     /// First send and task of each run of sends by one task.
     runs: Vec<(u64, TopicPartition)>,
-    /// First send and input offset of each input record that sent something (`None`: the
-    /// task's dedup changelog records, which no one input record sent).
-    records: Vec<(u64, Option<i64>)>,
+    /// First send and origin of each input record, changelog write or timer that sent
+    /// something.
+    records: Vec<(u64, Origin)>,
 }
 
 /// What sent a record of the open transaction.
@@ -66,6 +66,8 @@ pub(crate) enum Origin {
     Input(i64),
     /// The task's dedup changelog record of the transaction.
     Changelog,
+    /// A timer's callback (its outputs, dead letter or state writes).
+    Timer,
 }
 
 impl Origins {
@@ -82,17 +84,18 @@ impl Origins {
         if self.runs.last().map(|(_, tp)| tp) != Some(task) {
             self.runs.push((seq, task.clone()));
         }
-        match source {
-            Some(Origin::Input(offset)) => self.records.push((seq, Some(offset))),
-            Some(Origin::Changelog) => self.records.push((seq, None)),
-            None => {}
+        if let Some(origin) = source {
+            self.records.push((seq, origin));
         }
         seq
     }
 
     /// Input records that sent something.
     pub(crate) fn input_records(&self) -> usize {
-        self.records.iter().filter(|(_, o)| o.is_some()).count()
+        self.records
+            .iter()
+            .filter(|(_, o)| matches!(o, Origin::Input(_)))
+            .count()
     }
 
     /// The task and origin of send `seq`.
@@ -106,8 +109,7 @@ impl Origins {
             .partition_point(|(s, _)| *s <= seq)
             .checked_sub(1)?;
         let (run_start, task) = &self.runs[run];
-        let (record_start, offset) = self.records[record];
-        let origin = offset.map_or(Origin::Changelog, Origin::Input);
+        let (record_start, origin) = self.records[record];
         (seq < self.sends && record_start >= *run_start).then(|| (task.clone(), origin))
     }
 }
@@ -146,9 +148,34 @@ impl<C: StreamClients> TxnWriter for ClientWriter<'_, C> {
     fn source(&mut self, offset: i64) {
         self.source = Some(Origin::Input(offset));
     }
+
+    fn timer_source(&mut self) {
+        self.source = Some(Origin::Timer);
+    }
 }
 
 impl<'c, C: StreamClients> ClientWriter<'c, C> {
+    /// A writer of `task`'s sends in the open transaction, the first from `source`.
+    fn new(
+        clients: &'c C,
+        clock: &'c dyn Clock,
+        deadline: Option<Duration>,
+        task: &'c TopicPartition,
+        origins: &'c mut Origins,
+        source: Option<Origin>,
+    ) -> Self {
+        Self {
+            clients,
+            clock,
+            deadline,
+            task,
+            origins,
+            source,
+            seq: 0,
+            failure: None,
+        }
+    }
+
     /// The task's error as the fault it is: the client's own error if a send failed (so that
     /// a fenced producer, a full queue and a refused record are told apart).
     fn fault(self, error: TaskError) -> Fault {
@@ -213,16 +240,14 @@ impl<F: ProcessorFactory> Engine<F> {
         let until = self.txn_time_bound();
         let deadline = self.coordinator_deadline();
         let slot = self.tasks.get_mut(tp).expect("the caller found the task");
-        let mut writer = ClientWriter {
+        let mut writer = ClientWriter::new(
             clients,
-            clock: self.env.clock.as_ref(),
+            self.env.clock.as_ref(),
             deadline,
-            task: tp,
-            origins: &mut self.origins,
-            source: None,
-            seq: 0,
-            failure: None,
-        };
+            tp,
+            &mut self.origins,
+            None,
+        );
         let result = slot
             .task
             .handle_batch_until(run, self.env.clock.as_ref(), &mut writer, until);
@@ -238,6 +263,43 @@ impl<F: ProcessorFactory> Engine<F> {
             pending.entry(tp.topic.clone()).or_default().merge(counters);
         }
         result.map_err(|error| writer.fault(error))
+    }
+
+    /// Step 4b: fires the wall-clock timers that are due, in the open transaction (opened
+    /// for them if no record opened it).
+    pub(crate) fn fire_wall_timers<C: StreamClients>(&mut self, clients: &C) -> Result<(), Fault> {
+        let now = self.env.clock.now_ms();
+        let due: Vec<TopicPartition> = self
+            .tasks
+            .iter()
+            .filter(|(_, s)| s.is_running() && s.task.next_wall_timer().is_some_and(|t| t <= now))
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        for tp in due {
+            self.begin_if_needed(clients)?;
+            let deadline = self.coordinator_deadline();
+            let slot = self.tasks.get_mut(&tp).expect("found above");
+            let mut writer = ClientWriter::new(
+                clients,
+                self.env.clock.as_ref(),
+                deadline,
+                &tp,
+                &mut self.origins,
+                None,
+            );
+            let result = slot
+                .task
+                .fire_wall_timers(self.env.clock.as_ref(), &mut writer);
+            let counters = slot.task.counters_mut().take();
+            if let Txn::Open {
+                counters: pending, ..
+            } = &mut self.txn
+            {
+                pending.entry(tp.topic.clone()).or_default().merge(counters);
+            }
+            result.map_err(|error| writer.fault(error))?;
+        }
+        Ok(())
     }
 
     /// Commits the open transaction, in this order:
@@ -285,16 +347,14 @@ impl<F: ProcessorFactory> Engine<F> {
         let deadline = self.coordinator_deadline();
         let clock = self.env.clock.clone();
         for (tp, slot) in self.tasks.iter_mut().filter(|(_, s)| s.is_running()) {
-            let mut writer = ClientWriter {
+            let mut writer = ClientWriter::new(
                 clients,
-                clock: clock.as_ref(),
+                clock.as_ref(),
                 deadline,
-                task: tp,
-                origins: &mut self.origins,
-                source: Some(Origin::Changelog),
-                seq: 0,
-                failure: None,
-            };
+                tp,
+                &mut self.origins,
+                Some(Origin::Changelog),
+            );
             let written = slot.task.write_changelog(&mut writer);
             written.map_err(|error| writer.fault(error))?;
             // The sink commits last: a send that fails fails before it.
@@ -714,6 +774,11 @@ impl<F: ProcessorFactory> Engine<F> {
             // Sending it again fails again, and no input record can be skipped for it.
             Some((task, Origin::Changelog)) => {
                 let error = EngineError::ChangelogRefused { task, source: e };
+                tracing::error!(thread, %error, "stopping");
+                return Err(error);
+            }
+            Some((task, Origin::Timer)) => {
+                let error = EngineError::TimerOutputRefused { task, source: e };
                 tracing::error!(thread, %error, "stopping");
                 return Err(error);
             }

@@ -69,6 +69,15 @@ pub enum EngineError {
         /// The broker's (or client's) error.
         source: ClientError,
     },
+    /// The broker refused an output (or state write, or dead letter) of a timer's callback for
+    /// good.
+    #[error("the broker refused a record that a timer of task {task} sent ({source}): nothing was committed, and the timer fires again after a restart. Make the callback's outputs fit their topic (max.message.bytes, ACLs, the topic exists), then restart")]
+    TimerOutputRefused {
+        /// The task.
+        task: TopicPartition,
+        /// The broker's (or client's) error.
+        source: ClientError,
+    },
     /// The process is being killed (the simulation's SIGKILL).
     #[error("the process is being terminated")]
     Terminated,

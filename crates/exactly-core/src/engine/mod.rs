@@ -13,7 +13,8 @@
 //! 3. handle the rebalance: commit (revoked) or abort (lost) before the partitions move, open
 //!    restoring tasks for new ones;
 //! 4. step the restores (changelog records into the stores; finished tasks start running),
-//!    opening tasks for assigned partitions that have none (a failed open is retried);
+//!    opening tasks for assigned partitions that have none (a failed open is retried); then
+//!    fire the wall-clock timers that are due (see [`crate::timer`]), in the transaction;
 //! 5. commit when the transaction is old or big enough ([`Engine`]'s `commit`, whose steps are
 //!    numbered in its doc);
 //! 6. housekeeping: retention expiry between transactions, lag and store gauges, and the
@@ -259,6 +260,10 @@ impl<F: ProcessorFactory> Engine<F> {
                 .open_missing(clients)
                 .and_then(|()| self.restore_step(clients))
             {
+                self.recover(clients, fault)?;
+            }
+            // 4b. Wall-clock timers.
+            if let Err(fault) = self.fire_wall_timers(clients) {
                 self.recover(clients, fault)?;
             }
             // 5. Commit when due.

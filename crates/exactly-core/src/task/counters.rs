@@ -33,6 +33,8 @@ pub struct TaskCounters {
     pub stale: u64,
     /// State store counters by store name.
     pub stores: std::collections::BTreeMap<String, StoreCounters>,
+    /// Timers whose callback succeeded (see [`crate::timer`]).
+    pub timers_fired: u64,
 }
 
 impl TaskCounters {
@@ -67,6 +69,7 @@ impl TaskCounters {
         self.expired += other.expired;
         self.repartitioned += other.repartitioned;
         self.stale += other.stale;
+        self.timers_fired += other.timers_fired;
         for (name, c) in other.stores {
             let mine = self.stores.entry(name).or_default();
             mine.writes += c.writes;

@@ -38,6 +38,7 @@ use std::time::Duration;
 mod counters;
 mod process;
 mod restore;
+mod timers;
 
 pub use counters::TaskCounters;
 pub use restore::{RestorePlan, WipeReason};
@@ -158,6 +159,8 @@ pub trait TxnWriter {
     fn source(&mut self, offset: i64) {
         let _ = offset;
     }
+    /// The records sent from now on come from a timer's callback (see [`crate::timer`]).
+    fn timer_source(&mut self) {}
 }
 
 /// Lifecycle state of a task.
@@ -214,6 +217,12 @@ pub struct Task<P: Processor, S: DedupStore> {
     /// handled next it is dead-lettered with this reason instead of processed (until a
     /// transaction past it commits).
     poison: std::collections::BTreeMap<i64, String>,
+    /// The largest record timestamp seen, in committed and open transactions.
+    stream_time: Option<i64>,
+    /// The stream time the open transaction wrote to the timer store (or the committed one).
+    stream_time_written: Option<i64>,
+    /// The stream time of the last committed transaction.
+    stream_time_committed: Option<i64>,
 }
 
 impl<P: Processor, S: DedupStore> std::fmt::Debug for Task<P, S> {
@@ -297,6 +306,9 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
             dead_letter_count: 0,
             stores: TaskStores::default(),
             poison: std::collections::BTreeMap::new(),
+            stream_time: None,
+            stream_time_written: None,
+            stream_time_committed: None,
         }
     }
 
@@ -422,6 +434,7 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
             self.committed_offset = Some(next);
             self.poison = self.poison.split_off(&next);
         }
+        self.stream_time_committed = self.stream_time_written;
         self.apply_state_writes(next_offset)?;
         if self.overlay.is_empty() {
             return Ok(());
@@ -534,6 +547,7 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         if self.state != TaskState::Running {
             return Err(self.wrong_state("write_changelog"));
         }
+        self.write_stream_time(writer)?;
         let per_record = entries_per_batch_value(self.config.changelog_record_bytes);
         while self.overlay_written < self.overlay.len() {
             let end = (self.overlay_written + per_record).min(self.overlay.len());
@@ -562,6 +576,13 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         self.overlay_written = 0;
         self.stores.drop_staged();
         self.pending_offset = None;
+        // The records since the commit come again, and move stream time again.
+        self.stream_time = self.stream_time_committed;
+        self.stream_time_written = self.stream_time_committed;
+        if self.state == TaskState::Running && self.find_next_timers().is_err() {
+            // Unknown: the next record or turn looks (and finds the store's error again).
+            self.stores.next_timer = [Some(i64::MIN); 2];
+        }
         if let (TaskState::Running, Some(processor)) = (self.state, self.processor.as_mut()) {
             if let Err(panic) = catch_unwind(AssertUnwindSafe(|| processor.abort())) {
                 tracing::error!(task = %self.id, "processor abort panicked: {}", panic_message(panic.as_ref()));

@@ -8,8 +8,30 @@ use std::time::Duration;
 /// A record's message ID and its store key.
 type KeyedId<'r> = (Cow<'r, [u8]>, IdKey);
 
-/// How one record's processing ended.
-enum Attempt {
+/// Adds the input's message ID header to the outputs that want it and have no header of that
+/// name: the first of them gets `id` itself, the n-th after it `id#n`, so that outputs of one
+/// input (a fan-out) keep distinct IDs downstream while a resent copy of any of them has the
+/// same. The numbering is stable: a transaction's outputs come from one run of `process`.
+pub(super) fn propagate_id(outputs: &mut [Output], id: &[u8], header: &str) {
+    let mut n = 0usize;
+    for out in outputs {
+        if !out.propagate_message_id || out.headers.iter().any(|(k, _)| k == header) {
+            continue;
+        }
+        let value = if n == 0 {
+            id.to_vec()
+        } else {
+            let mut v = id.to_vec();
+            v.extend_from_slice(format!("#{n}").as_bytes());
+            v
+        };
+        out.headers.push((header.to_owned(), Some(value)));
+        n += 1;
+    }
+}
+
+/// How one record's (or timer's) processing ended.
+pub(super) enum Attempt {
     Done,
     DeadLetter { kind: &'static str, reason: String },
 }
@@ -101,6 +123,7 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
             }
             self.counters.consumed += 1;
             writer.source(record.offset);
+            self.observe_timestamp(record.timestamp);
             match &ids[i] {
                 Ok((id, key)) => {
                     if in_store[i] || self.overlay.contains_key(key) {
@@ -118,6 +141,7 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
                 }
             }
             self.pending_offset = Some(record.offset + 1);
+            self.after_record(clock, writer)?;
         }
         Ok(stale + records.len())
     }
@@ -207,26 +231,12 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
             return self.dead_letter(record, id, "production", &reason, writer);
         }
         let attempt = self.run_processor(record, id, clock);
-        if let Some((store, source)) = self.stores.take_failure() {
-            self.outputs.clear();
-            self.stores.drop_pending();
-            return Err(self.state_err(&store, source));
-        }
+        self.check_stores_after_attempt()?;
         match attempt {
             Ok(Attempt::Done) => {
                 self.counters.processed += 1;
                 self.stage_state_writes(writer)?;
-                for out in &self.outputs {
-                    writer
-                        .send(RecordKind::Output, out)
-                        .map_err(|reason| TaskError::Write {
-                            task: self.id.to_string(),
-                            reason,
-                        })?;
-                }
-                self.counters.outputs += self.outputs.len() as u64;
-                self.outputs.clear();
-                Ok(())
+                self.send_outputs(id, writer)
             }
             Ok(Attempt::DeadLetter { kind, reason }) => {
                 self.outputs.clear();
@@ -241,6 +251,45 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         }
     }
 
+    /// After an attempt: a state store that failed during it fails the task, and the
+    /// attempt's outputs and writes are dropped.
+    pub(super) fn check_stores_after_attempt(&mut self) -> Result<(), TaskError> {
+        match self.stores.take_failure() {
+            Some((store, source)) => {
+                self.outputs.clear();
+                self.stores.drop_pending();
+                Err(self.state_err(&store, source))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Sends the successful attempt's outputs, with `id` propagated to them.
+    pub(super) fn send_outputs(
+        &mut self,
+        id: Option<&[u8]>,
+        writer: &mut dyn TxnWriter,
+    ) -> Result<(), TaskError> {
+        if let Some(id) = id {
+            propagate_id(
+                &mut self.outputs,
+                id,
+                self.config.ids.source.propagated_header(),
+            );
+        }
+        for out in &self.outputs {
+            writer
+                .send(RecordKind::Output, out)
+                .map_err(|reason| TaskError::Write {
+                    task: self.id.to_string(),
+                    reason,
+                })?;
+        }
+        self.counters.outputs += self.outputs.len() as u64;
+        self.outputs.clear();
+        Ok(())
+    }
+
     /// The reason to dead-letter the record at `offset` instead of processing it, if the
     /// broker refused its outputs for good ([`Task::dead_letter_at`]).
     fn poison_reason(&self, offset: i64) -> Option<String> {
@@ -249,7 +298,10 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
 
     /// Sends the successful attempt's state writes as changelog records in the open
     /// transaction and stages them (applied to the stores after the commit).
-    fn stage_state_writes(&mut self, writer: &mut dyn TxnWriter) -> Result<(), TaskError> {
+    pub(super) fn stage_state_writes(
+        &mut self,
+        writer: &mut dyn TxnWriter,
+    ) -> Result<(), TaskError> {
         for slot in &mut self.stores.slots {
             if slot.pending.is_empty() {
                 continue;
@@ -278,24 +330,36 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         id: Option<&[u8]>,
         clock: &dyn Clock,
     ) -> Result<Attempt, TaskError> {
+        self.run_attempts(record.offset, clock, |task, now_ms| {
+            let mut ctx = Context::new(&task.id, record, id, &mut task.outputs)
+                .with_stores(&mut task.stores, now_ms)
+                .with_stream_time(task.stream_time);
+            let processor = task
+                .processor
+                .as_mut()
+                .expect("a processing task has a processor");
+            catch_unwind(AssertUnwindSafe(|| processor.process(record, &mut ctx)))
+        })
+    }
+
+    /// Runs `call` (the processor on one record or timer) with the retry and error policies:
+    /// each attempt starts with no outputs and no pending state writes. `offset` names the
+    /// input in errors.
+    pub(super) fn run_attempts(
+        &mut self,
+        offset: i64,
+        clock: &dyn Clock,
+        mut call: impl FnMut(&mut Self, i64) -> std::thread::Result<Result<(), ProcessError>>,
+    ) -> Result<Attempt, TaskError> {
         let retry: RetryPolicy = self.config.retry;
         let mut attempt = 1u32;
         loop {
             self.outputs.clear();
             self.stores.drop_pending();
-            // State stores read their entries' TTL against the time; without stores no clock.
-            let now_ms = if self.stores.slots.is_empty() {
-                0
-            } else {
-                clock.now_ms()
-            };
-            let mut ctx = Context::new(&self.id, record, id, &mut self.outputs)
-                .with_stores(&mut self.stores, now_ms);
-            let processor = self
-                .processor
-                .as_mut()
-                .expect("a processing task has a processor");
-            let result = catch_unwind(AssertUnwindSafe(|| processor.process(record, &mut ctx)));
+            // State stores read their entries' TTL against it; processors read it as
+            // `Context::wall_clock_ms` (e.g. to schedule wall-clock timers).
+            let now_ms = clock.now_ms();
+            let result = call(self, now_ms);
             let (kind, reason) = match result {
                 Ok(Ok(())) => return Ok(Attempt::Done),
                 Ok(Err(e @ ProcessError::Retry(_))) => {
@@ -317,11 +381,18 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
                         reason,
                     });
                 }
+                Ok(Err(ProcessError::Deserialization(reason))) => {
+                    self.count_error("deserialization");
+                    return Ok(Attempt::DeadLetter {
+                        kind: "deserialization",
+                        reason,
+                    });
+                }
                 Ok(Err(ProcessError::Fatal(reason))) => {
                     self.count_error("fatal");
                     return Err(TaskError::Processor {
                         task: self.id.to_string(),
-                        offset: record.offset,
+                        offset,
                         reason,
                     });
                 }
@@ -337,14 +408,14 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
                 ErrorPolicy::DeadLetter => Ok(Attempt::DeadLetter { kind, reason }),
                 ErrorPolicy::Fail => Err(TaskError::Processor {
                     task: self.id.to_string(),
-                    offset: record.offset,
+                    offset,
                     reason,
                 }),
             };
         }
     }
 
-    fn count_error(&mut self, kind: &'static str) {
+    pub(super) fn count_error(&mut self, kind: &'static str) {
         *self.counters.processor_errors.entry(kind).or_default() += 1;
     }
 
@@ -376,15 +447,26 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         if record.key.is_none() {
             out.partition = None;
         }
+        self.send_dead_letter(&out, kind, writer)?;
+        tracing::warn!(task = %self.id, offset = record.offset, kind, reason, "record dead-lettered");
+        Ok(())
+    }
+
+    /// Sends a dead letter in the open transaction and counts it by `kind`.
+    pub(super) fn send_dead_letter(
+        &mut self,
+        out: &Output,
+        kind: &'static str,
+        writer: &mut dyn TxnWriter,
+    ) -> Result<(), TaskError> {
         writer
-            .send(RecordKind::DeadLetter, &out)
+            .send(RecordKind::DeadLetter, out)
             .map_err(|reason| TaskError::Write {
                 task: self.id.to_string(),
                 reason,
             })?;
         *self.counters.dead_lettered.entry(kind).or_default() += 1;
         self.dead_letter_count += 1;
-        tracing::warn!(task = %self.id, offset = record.offset, kind, reason, "record dead-lettered");
         Ok(())
     }
 

@@ -363,10 +363,15 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         self.overlay.clear();
         self.overlay_written = 0;
         self.stores.drop_staged();
-        let Some(processor) = self.processor.as_mut() else {
+        if self.processor.is_none() {
             self.state = TaskState::Running;
             return Ok(());
-        };
+        }
+        // Timers and stream time as committed.
+        self.load_stream_time()?;
+        self.stream_time_committed = self.stream_time;
+        self.find_next_timers()?;
+        let processor = self.processor.as_mut().expect("checked above");
         let id = &self.id;
         let result = catch_unwind(AssertUnwindSafe(|| {
             processor.init(&mut InitContext::new(id))

@@ -33,10 +33,11 @@ use crate::sim::{
     lock, partition_of, DiskStore, GroupProtocol, KillPoint, SharedCluster, SimClientConfig,
     SimClients, SimCluster, SimConfig, SimDisk, SimProcess, SimRecord, SimStores, TopicConfig,
 };
+use exactly_core::codec::Deserializer;
 use exactly_core::engine::{changelog_topic, EngineConfig, Step};
 use exactly_core::state::{decode_state_value, state_changelog_topic, validate_specs};
 use exactly_core::{
-    Clock, Engine, EngineEnv, EngineError, ProcessorFactory, TaskConfig, TaskError,
+    Clock, Engine, EngineEnv, EngineError, Message, ProcessorFactory, TaskConfig, TaskError, Topic,
 };
 use parts::StatsObserver;
 use std::collections::BTreeMap;
@@ -76,18 +77,31 @@ impl<F: ProcessorFactory> Zombie<F> {
 pub struct TestDriverBuilder<F: ProcessorFactory> {
     factory: F,
     app: String,
-    input: String,
-    partitions: i32,
+    /// Input topics with their partition counts; the first is the main one.
+    inputs: Vec<(String, i32)>,
+    /// Whether `inputs` still holds the default (`input`, 1), which the first
+    /// [`input`](Self::input) call replaces.
+    default_input: bool,
     config: TaskConfig,
     max_batch: usize,
     start_ms: i64,
 }
 
 impl<F: ProcessorFactory> TestDriverBuilder<F> {
-    /// The input topic and its partition count (default `input`, 1).
+    /// An input topic and its partition count (default: one topic `input` with 1
+    /// partition). The first call replaces the default; later calls add more input topics (or
+    /// set the partition count of one already added). The first is the main input, which the
+    /// single-input methods ([`pipe`](TestDriver::pipe) without [`TestRecord::topic`],
+    /// [`committed_offset`](TestDriver::committed_offset), ...) mean.
     pub fn input(mut self, topic: &str, partitions: i32) -> Self {
-        self.input = topic.to_owned();
-        self.partitions = partitions.max(1);
+        if std::mem::take(&mut self.default_input) {
+            self.inputs.clear();
+        }
+        let partitions = partitions.max(1);
+        match self.inputs.iter_mut().find(|(t, _)| t == topic) {
+            Some(input) => input.1 = partitions,
+            None => self.inputs.push((topic.to_owned(), partitions)),
+        }
         self
     }
     /// The application id (names the changelog and transactional id).
@@ -121,8 +135,8 @@ impl<F: ProcessorFactory> TestDriverBuilder<F> {
             heartbeat_interval_ms: 0,
             ..SimConfig::default()
         };
-        let mut cluster = SimCluster::new(clock.clone(), sim, self.partitions);
-        cluster.create_topic(&self.input, self.partitions, TopicConfig::default());
+        let (input, partitions) = self.inputs[0].clone();
+        let mut cluster = SimCluster::new(clock.clone(), sim, partitions);
         let compacted = TopicConfig {
             compact: true,
             retention_ms: None,
@@ -130,20 +144,22 @@ impl<F: ProcessorFactory> TestDriverBuilder<F> {
         };
         // The dedup changelog is `compact,delete` with `retention.ms` = the dedup retention,
         // as the runtime creates it.
-        let changelog = changelog_topic(&self.app, &self.input);
         let dedup_changelog = TopicConfig {
             retention_ms: Some(self.config.dedup_retention_ms),
             ..compacted
         };
-        cluster.create_topic(&changelog, self.partitions, dedup_changelog);
-        for s in &self.config.stores {
-            let topic = state_changelog_topic(&self.app, &self.input, &s.name);
-            cluster.create_topic(&topic, self.partitions, compacted);
+        let topics: Vec<String> = self.inputs.iter().map(|(t, _)| t.clone()).collect();
+        let mut engine = EngineConfig::new(self.app.clone(), topics);
+        for (topic, n) in &self.inputs {
+            cluster.create_topic(topic, *n, TopicConfig::default());
+            cluster.create_topic(&changelog_topic(&self.app, topic), *n, dedup_changelog);
+            for s in &self.config.stores {
+                let store = state_changelog_topic(&self.app, topic, &s.name);
+                cluster.create_topic(&store, *n, compacted);
+            }
+            engine.input_partitions.insert(topic.clone(), *n);
         }
-        let mut engine = EngineConfig::new(self.app.clone(), vec![self.input.clone()]);
-        engine
-            .input_partitions
-            .insert(self.input.clone(), self.partitions);
+        let changelog = changelog_topic(&self.app, &input);
         // Every step commits what it handled (one step, one transaction).
         engine.commit_interval = Duration::ZERO;
         engine.max_batch_records = self.max_batch;
@@ -158,9 +174,9 @@ impl<F: ProcessorFactory> TestDriverBuilder<F> {
             clock,
             factory: Arc::new(self.factory),
             engine: Arc::new(engine),
-            input: self.input,
+            input,
             changelog,
-            partitions: self.partitions,
+            inputs: self.inputs,
             disk: SimDisk::new(),
             instance: None,
             stats: Arc::new(StatsObserver::default()),
@@ -176,9 +192,11 @@ pub struct TestDriver<F: ProcessorFactory> {
     clock: Arc<ManualClock>,
     factory: Arc<F>,
     engine: Arc<EngineConfig>,
+    /// The main input topic and its dedup changelog.
     input: String,
     changelog: String,
-    partitions: i32,
+    /// Every input topic with its partition count.
+    inputs: Vec<(String, i32)>,
     /// The instance's state directory: it outlives crashes.
     disk: SimDisk,
     instance: Option<Instance<F>>,
@@ -192,20 +210,27 @@ impl<F: ProcessorFactory> TestDriver<F> {
         TestDriverBuilder {
             factory,
             app: "app".to_owned(),
-            input: "input".to_owned(),
-            partitions: 1,
+            inputs: vec![("input".to_owned(), 1)],
+            default_input: true,
             config: TaskConfig::default(),
             max_batch: 100,
             start_ms: 1_700_000_000_000,
         }
     }
 
-    /// Appends a record to the input topic (a plain, non-transactional produce). Returns its
-    /// `(partition, offset)`.
+    /// Appends a record to its input topic ([`TestRecord::topic`], else the main input) with a
+    /// plain, non-transactional produce. Returns its `(partition, offset)`.
     pub fn pipe(&mut self, record: parts::TestRecord) -> (i32, i64) {
+        let topic = record.topic.clone().unwrap_or_else(|| self.input.clone());
+        let Some(&(_, partitions)) = self.inputs.iter().find(|(t, _)| *t == topic) else {
+            panic!(
+                "TestDriver::pipe: {topic:?} is not an input topic (inputs: {:?}); add it with TestDriverBuilder::input",
+                self.inputs.iter().map(|(t, _)| t).collect::<Vec<_>>()
+            );
+        };
         let partition = record.partition.unwrap_or_else(|| {
             match record.key.as_deref().or(record.id.as_deref()) {
-                Some(k) => partition_of(k, self.partitions),
+                Some(k) => partition_of(k, partitions),
                 None => 0,
             }
         });
@@ -215,7 +240,7 @@ impl<F: ProcessorFactory> TestDriver<F> {
             headers: record.headers,
             timestamp: record.timestamp.or(Some(self.clock.now_ms())),
         };
-        lock(&self.cluster).produce(&self.input, Some(partition), sim)
+        lock(&self.cluster).produce(&topic, Some(partition), sim)
     }
 
     /// The simulated cluster (to inject faults or read topics).
@@ -241,9 +266,13 @@ impl<F: ProcessorFactory> TestDriver<F> {
     pub fn changelog_topic(&self) -> &str {
         &self.changelog
     }
-    /// The changelog topic of the declared state store `store`.
+    /// The changelog topic of the declared state store `store` (of the main input's tasks).
     pub fn state_changelog_topic(&self, store: &str) -> String {
         state_changelog_topic(&self.engine.app_id, &self.input, store)
+    }
+    /// Every input topic with its partition count, the main one first.
+    pub fn input_topics(&self) -> &[(String, i32)] {
+        &self.inputs
     }
     /// The input topic.
     pub fn input_topic(&self) -> &str {
@@ -262,6 +291,17 @@ impl<F: ProcessorFactory> TestDriver<F> {
     /// would build it from the committed changelog: `(key, value)` in key order, expired
     /// entries left out.
     pub fn committed_state(&self, store: &str, partition: i32) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.committed_state_of(&self.input, store, partition)
+    }
+
+    /// [`committed_state`](Self::committed_state) of the task of `input`'s partition
+    /// `partition`.
+    pub fn committed_state_of(
+        &self,
+        input: &str,
+        store: &str,
+        partition: i32,
+    ) -> Vec<(Vec<u8>, Vec<u8>)> {
         let spec = self
             .engine
             .task
@@ -270,7 +310,7 @@ impl<F: ProcessorFactory> TestDriver<F> {
             .find(|s| s.name == store)
             .unwrap_or_else(|| panic!("TestDriver: no state store named {store:?}"));
         let cutoff = spec.cutoff(self.clock.now_ms());
-        let topic = self.state_changelog_topic(store);
+        let topic = state_changelog_topic(&self.engine.app_id, input, store);
         let mut state = BTreeMap::new();
         for (p, _, r) in self.cluster().committed_records(&topic) {
             if p != partition {
@@ -292,8 +332,13 @@ impl<F: ProcessorFactory> TestDriver<F> {
 
     /// The app's committed offset of input partition `partition` (`None`: none yet).
     pub fn committed_offset(&self, partition: i32) -> Option<i64> {
+        self.committed_offset_of(&self.input, partition)
+    }
+
+    /// The app's committed offset of partition `partition` of input topic `input`.
+    pub fn committed_offset_of(&self, input: &str, partition: i32) -> Option<i64> {
         self.cluster()
-            .committed_offset(&self.engine.app_id, &self.input, partition)
+            .committed_offset(&self.engine.app_id, input, partition)
     }
 
     /// Records of `topic` a read_committed consumer sees.
@@ -304,6 +349,29 @@ impl<F: ProcessorFactory> TestDriver<F> {
             .map(|(_, _, r)| r)
             .collect()
     }
+    /// The committed records of `topic`, decoded by its serdes (panics, naming the record, if
+    /// one does not decode): what a typed read_committed consumer sees.
+    pub fn read_output<V, K, VS, KS>(&self, topic: &Topic<V, K, VS, KS>) -> Vec<Message<K, V>>
+    where
+        VS: Deserializer<V>,
+        KS: Deserializer<K>,
+    {
+        self.committed_outputs(topic.name())
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                topic
+                    .decode_parts(r.key.as_deref(), r.value.as_deref())
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "TestDriver::read_output: record {i} of {} does not decode: {e}",
+                            topic.name()
+                        )
+                    })
+            })
+            .collect()
+    }
+
     /// Committed dead letters (empty if no dead-letter topic is configured).
     pub fn dead_letters(&self) -> Vec<SimRecord> {
         match &self.engine.task.dead_letter_topic {
@@ -354,7 +422,8 @@ impl<F: ProcessorFactory> TestDriver<F> {
         let mut inst = self.spawn();
         for _ in 0..START_TURNS {
             let running = inst.engine.tasks();
-            if running.len() == self.partitions as usize && running.iter().all(|(_, r)| *r) {
+            let tasks: i32 = self.inputs.iter().map(|(_, n)| n).sum();
+            if running.len() == tasks as usize && running.iter().all(|(_, r)| *r) {
                 self.instance = Some(inst);
                 return Ok(());
             }
@@ -388,6 +457,14 @@ impl<F: ProcessorFactory> TestDriver<F> {
             }
         }
         panic!("TestDriver::run_until_idle: no idle cycle after 100000 cycles (livelock)");
+    }
+
+    /// Moves the wall clock forward by `d` and steps until idle: the wall-clock timers due
+    /// by then fire (see `exactly_core::timer`). Stream time moves only with records: pipe a
+    /// record with a later [`TestRecord::timestamp`] to move it, as on a real cluster.
+    pub fn advance_wall_clock(&mut self, d: Duration) -> Result<(), TaskError> {
+        self.clock.advance(d);
+        self.run_until_idle()
     }
 
     /// Removes IDs older than the retention from every running task's store; returns how

@@ -1,7 +1,8 @@
 //! The pieces of the `TestDriver`'s API: its clock, input records, crash points, outcomes and
 //! statistics (gathered by observing the engine, as the metrics are).
 
-use exactly_core::{Clock, RuntimeObserver, TaskCounters};
+use exactly_core::codec::Serializer;
+use exactly_core::{Clock, RuntimeObserver, TaskCounters, Topic};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
@@ -47,6 +48,7 @@ pub struct TestRecord {
     pub(crate) partition: Option<i32>,
     pub(crate) timestamp: Option<i64>,
     pub(crate) id: Option<Vec<u8>>,
+    pub(crate) topic: Option<String>,
 }
 
 impl TestRecord {
@@ -86,10 +88,46 @@ impl TestRecord {
         self.partition = Some(p);
         self
     }
-    /// Sets the timestamp.
+    /// Sets the timestamp (ms since the Unix epoch; default: the driver's clock). It moves
+    /// the task's stream time.
     pub fn timestamp(mut self, ms: i64) -> Self {
         self.timestamp = Some(ms);
         self
+    }
+    /// The input topic to pipe it to (default: the driver's main input).
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.topic = Some(topic.into());
+        self
+    }
+    /// Sets the key, encoded by `topic`'s key serde, and pipes it to `topic`.
+    pub fn typed_key<V, K, VS, KS: Serializer<K>>(
+        mut self,
+        topic: &Topic<V, K, VS, KS>,
+        key: &K,
+    ) -> Self {
+        let bytes = topic.encode_key(key).unwrap_or_else(|e| {
+            panic!(
+                "TestRecord: the key does not encode for topic {}: {e}",
+                topic.name()
+            )
+        });
+        self.key = Some(bytes);
+        self.topic(topic.name())
+    }
+    /// Sets the value, encoded by `topic`'s value serde, and pipes it to `topic`.
+    pub fn typed_value<V, K, VS: Serializer<V>, KS>(
+        mut self,
+        topic: &Topic<V, K, VS, KS>,
+        value: &V,
+    ) -> Self {
+        let bytes = topic.encode_value(value).unwrap_or_else(|e| {
+            panic!(
+                "TestRecord: the value does not encode for topic {}: {e}",
+                topic.name()
+            )
+        });
+        self.value = Some(bytes);
+        self.topic(topic.name())
     }
 }
 
@@ -168,6 +206,8 @@ pub struct DriverStats {
     pub store_failures: u64,
     /// Times the producer was fenced.
     pub fenced: u64,
+    /// Timers whose callback succeeded, in committed transactions.
+    pub timers_fired: u64,
 }
 
 /// Gathers [`DriverStats`] from the engine's reports.
@@ -190,6 +230,7 @@ impl RuntimeObserver for StatsObserver {
         self.with(|s| {
             s.duplicates_dropped += c.duplicates;
             s.stale_dropped += c.stale;
+            s.timers_fired += c.timers_fired;
         });
     }
     fn committed(&self, _: f64, _: usize, _: &HashMap<String, u64>) {
