@@ -534,7 +534,7 @@ mod tests {
     fn names_follow_prometheus_conventions() {
         let m = Metrics::new("app", "0").expect("metrics");
         let names = m.metric_names();
-        assert_eq!(names.len(), 31);
+        assert_eq!(names.len(), 32);
         for name in &names {
             assert!(
                 name.starts_with("exactly_"),
