@@ -46,7 +46,7 @@ if ((quick)); then
 else
 	step "docs" env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps "${unpublished[@]}"
 fi
-for features in "" logging cli postgres redis failpoints; do
+for features in "" logging cli postgres redis testkit failpoints; do
 	step "exactly with features [${features}]" cargo build -p exactly --no-default-features \
 		${features:+--features "$features"}
 done

@@ -69,7 +69,17 @@ impl StoreSpec {
         }
     }
 
-    /// Entries expire `ttl` after their last write (a windowed store).
+    /// The timer store's declaration (see [`crate::timer`]).
+    pub fn timers() -> Self {
+        Self::new(crate::timer::TIMER_STORE)
+    }
+
+    /// Whether this is the timer store.
+    pub fn is_timers(&self) -> bool {
+        self.name == crate::timer::TIMER_STORE
+    }
+
+    /// Entries expire `ttl` after their last write (wall-clock time).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
         self

@@ -26,8 +26,6 @@
 //! no value, `exactly.error.kind` the error's, `exactly.timer.kind` and `exactly.timer.due`.
 //! `Fatal` (or a panic with the `fail` policy) stops the app and keeps the timer.
 
-use crate::state::StoreSpec;
-
 /// The name of the timer store (reserved: a store of that name holds timers).
 pub const TIMER_STORE: &str = "timers";
 
@@ -99,18 +97,6 @@ impl Timer {
         id.extend_from_slice(&self.key);
         id.extend_from_slice(format!("@{}", self.due_ms).as_bytes());
         id
-    }
-}
-
-impl StoreSpec {
-    /// The timer store's declaration (see [`crate::timer`]).
-    pub fn timers() -> Self {
-        Self::new(TIMER_STORE)
-    }
-
-    /// Whether this is the timer store.
-    pub fn is_timers(&self) -> bool {
-        self.name == TIMER_STORE
     }
 }
 
