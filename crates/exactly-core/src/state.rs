@@ -459,9 +459,9 @@ impl TaskStores {
         spec.is_timers() || spec.windowed
     }
 
-    /// The timer store's slot, if the app declared it.
-    pub(crate) fn timers(&mut self) -> Option<&mut StateSlot> {
-        self.slots.iter_mut().find(|s| s.spec.is_timers())
+    /// The index of the timer store's slot, if the app declared it.
+    pub(crate) fn timers(&self) -> Option<usize> {
+        self.slots.iter().position(|s| s.spec.is_timers())
     }
 
     pub(crate) fn take_failure(&mut self) -> Option<(String, StoreError)> {

@@ -13,6 +13,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The task type of an engine's slots.
+type TaskOf<F> =
+    crate::task::Task<<F as ProcessorFactory>::Processor, Box<dyn crate::store::DedupStore>>;
+
 /// Abort reason (metric label) when the group took this member's partitions away.
 pub(crate) const ABORT_LOST: &str = "assignment_lost";
 
@@ -238,6 +242,23 @@ impl<F: ProcessorFactory> Engine<F> {
         run: &[Record<'_>],
     ) -> Result<usize, Fault> {
         let until = self.txn_time_bound();
+        self.in_transaction(
+            clients,
+            tp,
+            |task, clock, writer| task.handle_batch_until(run, clock, writer, until),
+            |taken| *taken.unwrap_or(&run.len()),
+        )
+    }
+
+    /// Runs `work` on `tp`'s task with a writer into the open transaction, then adds the
+    /// task's counters, and the input records `records` says it took, to the transaction's.
+    fn in_transaction<C: StreamClients, R>(
+        &mut self,
+        clients: &C,
+        tp: &TopicPartition,
+        work: impl FnOnce(&mut TaskOf<F>, &dyn Clock, &mut dyn TxnWriter) -> Result<R, TaskError>,
+        records: impl FnOnce(Option<&R>) -> usize,
+    ) -> Result<R, Fault> {
         let deadline = self.coordinator_deadline();
         let slot = self.tasks.get_mut(tp).expect("the caller found the task");
         let mut writer = ClientWriter::new(
@@ -248,10 +269,8 @@ impl<F: ProcessorFactory> Engine<F> {
             &mut self.origins,
             None,
         );
-        let result = slot
-            .task
-            .handle_batch_until(run, self.env.clock.as_ref(), &mut writer, until);
-        let taken = *result.as_ref().unwrap_or(&run.len());
+        let result = work(&mut slot.task, self.env.clock.as_ref(), &mut writer);
+        let taken = records(result.as_ref().ok());
         let counters = slot.task.counters_mut().take();
         if let Txn::Open {
             records,
@@ -277,27 +296,12 @@ impl<F: ProcessorFactory> Engine<F> {
             .collect();
         for tp in due {
             self.begin_if_needed(clients)?;
-            let deadline = self.coordinator_deadline();
-            let slot = self.tasks.get_mut(&tp).expect("found above");
-            let mut writer = ClientWriter::new(
+            self.in_transaction(
                 clients,
-                self.env.clock.as_ref(),
-                deadline,
                 &tp,
-                &mut self.origins,
-                None,
-            );
-            let result = slot
-                .task
-                .fire_wall_timers(self.env.clock.as_ref(), &mut writer);
-            let counters = slot.task.counters_mut().take();
-            if let Txn::Open {
-                counters: pending, ..
-            } = &mut self.txn
-            {
-                pending.entry(tp.topic.clone()).or_default().merge(counters);
-            }
-            result.map_err(|error| writer.fault(error))?;
+                |task, clock, writer| task.fire_wall_timers(clock, writer),
+                |_| 0,
+            )?;
         }
         Ok(())
     }

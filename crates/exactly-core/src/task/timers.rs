@@ -19,7 +19,7 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
     /// Whether this task fires timers: it runs a processor and the app declared the timer
     /// store.
     fn has_timers(&self) -> bool {
-        self.processor.is_some() && self.stores.slots.iter().any(|s| s.spec.is_timers())
+        self.processor.is_some() && self.stores.timers().is_some()
     }
 
     /// The task's stream time: the largest record timestamp it has seen (in committed and
@@ -109,12 +109,7 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
     pub(super) fn load_stream_time(&mut self) -> Result<(), TaskError> {
         self.stream_time = None;
         for i in self.stream_time_slots() {
-            let slot = &mut self.stores.slots[i];
-            let read = StateStore::new(slot, 0).get(STREAM_TIME_KEY);
-            self.check_stores_after_attempt()?;
-            let read = read.map_err(|e| {
-                self.state_err(crate::timer::TIMER_STORE, StoreError::Io(e.to_string()))
-            })?;
+            let read = self.with_slot(i, 0, |s| s.get(STREAM_TIME_KEY))?;
             let stored = read.as_deref().and_then(decode_i64);
             self.stream_time = self.stream_time.max(stored);
         }
@@ -165,12 +160,25 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         now_ms: i64,
         f: impl FnOnce(&mut StateStore<'_>) -> Result<R, ProcessError>,
     ) -> Result<R, TaskError> {
-        let slot = self.stores.timers().expect("the timer store is declared");
-        let result = f(&mut StateStore::new(slot, now_ms));
+        let i = self.stores.timers().expect("the timer store is declared");
+        self.with_slot(i, now_ms, f)
+    }
+
+    /// Runs `f` on the task's state store number `i`; a store failure is the task's error.
+    fn with_slot<R>(
+        &mut self,
+        i: usize,
+        now_ms: i64,
+        f: impl FnOnce(&mut StateStore<'_>) -> Result<R, ProcessError>,
+    ) -> Result<R, TaskError> {
+        let result = f(&mut StateStore::new(&mut self.stores.slots[i], now_ms));
         if let Some((store, source)) = self.stores.take_failure() {
             return Err(self.state_err(&store, source));
         }
-        result.map_err(|e| self.state_err(crate::timer::TIMER_STORE, StoreError::Io(e.to_string())))
+        result.map_err(|e| {
+            let name = self.stores.slots[i].spec.name.clone();
+            self.state_err(&name, StoreError::Io(e.to_string()))
+        })
     }
 
     /// Up to `limit` timers of `kind` due at or before `now`, in due order.
@@ -214,12 +222,11 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
     }
 
     /// Deletes `timer` among the pending writes of the timer store.
-    fn remove_pending(&mut self, timer: &Timer, now_ms: i64) -> Result<(), ProcessError> {
-        let slot = self.stores.timers().expect("the timer store is declared");
-        let mut store = StateStore::new(slot, now_ms);
+    fn remove_pending(&mut self, timer: &Timer, now_ms: i64) {
+        let i = self.stores.timers().expect("the timer store is declared");
+        let mut store = StateStore::new(&mut self.stores.slots[i], now_ms);
         store.delete(by_key(timer.kind, &timer.key));
         store.delete(by_due(timer.kind, timer.due_ms, &timer.key));
-        Ok(())
     }
 
     /// Runs the processor's callback for one due timer and commits its effects and its
@@ -234,7 +241,7 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
         let id = timer.message_id();
         let attempt = self.run_attempts(-1, clock, |task, now_ms| {
             // The timer goes with a successful callback (which may schedule its key again).
-            let _ = task.remove_pending(timer, now_ms);
+            task.remove_pending(timer, now_ms);
             let mut ctx = Context::for_timer(&task.id, timer, &id, &mut task.outputs)
                 .with_stores(&mut task.stores, now_ms)
                 .with_stream_time(task.stream_time);
@@ -267,7 +274,7 @@ impl<P: Processor, S: DedupStore> Task<P, S> {
             Ok(Attempt::DeadLetter { kind, reason }) => {
                 self.outputs.clear();
                 self.stores.drop_pending();
-                let _ = self.remove_pending(timer, clock.now_ms());
+                self.remove_pending(timer, clock.now_ms());
                 self.stage_state_writes(writer)?;
                 self.dead_letter_timer(timer, &id, kind, &reason, writer)
             }
