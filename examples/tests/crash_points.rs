@@ -241,6 +241,10 @@ fn a_panic_outside_the_processor_stops_the_instance_and_commits_nothing_of_its_t
     app.env("TEST_FAILPOINT", "");
     app.set_log(s.dir.path().join("restart.log"));
     app.start();
+    // When the other thread committed everything before the stop, the group has caught up
+    // already: wait for the restart to run, so that the SIGTERM below meets a started app
+    // (one that has not installed its signal handler yet dies of the signal).
+    wait_for_log(&mut app, "task restored; running", Duration::from_secs(60));
     s.wait_caught_up(std::slice::from_mut(&mut app));
     stop_all(std::slice::from_mut(&mut app));
     let v = s.verify();
